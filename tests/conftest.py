@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny learnable image sets made at test time, an isolated store, ../shared."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_WEIGHTS = SHARED / "weights"
+CLIPART8 = SHARED / "datasets" / "clipart8"
+FASHION = SHARED / "datasets" / "fashion_mnist_2k"
+MOBILENET_NOTOP = SHARED_WEIGHTS / "mobilenet_v1_1.0_224_imagenet_notop.weights.h5"
+
+needs_shared_weights = pytest.mark.skipif(
+    not MOBILENET_NOTOP.is_file(), reason="../shared/weights (real MobileNet ImageNet weights) is absent"
+)
+needs_clipart8 = pytest.mark.skipif(not CLIPART8.is_dir(), reason="../shared/datasets/clipart8 is absent")
+needs_fashion = pytest.mark.skipif(not FASHION.is_dir(), reason="../shared/datasets/fashion_mnist_2k is absent")
+
+TOY_COLORS = {"red": (210, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
+
+
+def toy_image(color: tuple[int, int, int], rng: np.random.Generator, size: int = 40) -> Image.Image:
+    """A noisy background with a square of the class colour somewhere: learnable, not trivial."""
+    pixels = rng.integers(0, 90, (size, size, 3)).astype(np.uint8)
+    side = size // 2
+    x0, y0 = rng.integers(0, size - side, 2)
+    jitter = rng.integers(-25, 25, 3)
+    pixels[y0 : y0 + side, x0 : x0 + side] = np.clip(np.array(color) + jitter, 0, 255)
+    return Image.fromarray(pixels)
+
+
+def make_toy_folder(root: Path, n_per_class: int = 14, size: int = 40, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for name, color in TOY_COLORS.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            toy_image(color, rng, size).save(folder / f"{name}_{i:03d}.png")
+    return root
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def zip_folder(folder: Path, extra: dict[str, bytes] | None = None, prefix: str = "") -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, prefix + path.relative_to(folder).as_posix())
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def toy_folder(tmp_path_factory) -> Path:
+    return make_toy_folder(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    from tl_core.store import RunStore
+
+    monkeypatch.setenv("TL_DATA_DIR", str(tmp_path / "data"))
+    return RunStore(tmp_path / "data")

@@ -1,0 +1,125 @@
+"""The backbone registry: building, preprocessing inside the model, blocks, weights lookup."""
+
+from __future__ import annotations
+
+import socket
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import MOBILENET_NOTOP, SHARED_WEIGHTS, needs_shared_weights
+from tl_core.backbones import (
+    BACKBONES,
+    build_base,
+    build_feature_model,
+    get_spec,
+    list_blocks,
+    preprocessing_layer,
+    resolve_weights,
+    set_trainable_blocks,
+)
+from tl_core.errors import ConfigError, WeightsUnavailableError
+
+EXPECTED_BLOCKS = {"vgg16": 5, "mobilenet": 13, "mobilenetv2": 17, "efficientnetb0": 7, "resnet50": 16}
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_builds_and_pools_to_its_feature_size(name):
+    spec = get_spec(name)
+    base = build_base(spec, resolve_weights(spec, "none"), 32)
+    model = build_feature_model(spec, base, 32)
+    out = model(np.full((2, 32, 32, 3), 128.0, np.float32), training=False)
+    assert tuple(out.shape) == (2, spec.feature_dim)
+    assert len(list_blocks(spec, base)) == EXPECTED_BLOCKS[name]
+
+
+def test_required_backbones_are_registered():
+    assert {"vgg16", "mobilenet", "mobilenetv2", "efficientnetb0", "resnet50"} <= set(BACKBONES)
+    with pytest.raises(ConfigError, match="Unknown backbone 'alexnet'.*mobilenet"):
+        get_spec("alexnet")
+
+
+@pytest.mark.parametrize(
+    "name, reference",
+    [
+        ("vgg16", keras.applications.vgg16.preprocess_input),
+        ("resnet50", keras.applications.resnet50.preprocess_input),
+        ("mobilenet", keras.applications.mobilenet.preprocess_input),
+        ("mobilenetv2", keras.applications.mobilenet_v2.preprocess_input),
+    ],
+)
+def test_preprocessing_layer_matches_keras_preprocess_input(name, reference):
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 3)).astype(np.float32)
+    ours = np.asarray(preprocessing_layer(get_spec(name))(pixels))
+    np.testing.assert_allclose(ours, reference(pixels.copy()), atol=1e-4)
+
+
+def test_unfreezing_top_blocks_leaves_lower_layers_and_batchnorm_frozen():
+    spec = get_spec("mobilenet")
+    base = build_base(spec, resolve_weights(spec, "none"), 32)
+    blocks = list_blocks(spec, base)
+    set_trainable_blocks(spec, base, 2)
+    cut = blocks[-2][1]
+    for index, layer in enumerate(base.layers):
+        if isinstance(layer, keras.layers.BatchNormalization) or index < cut:
+            assert not layer.trainable, layer.name
+    assert base.get_layer("conv_dw_12").trainable and base.get_layer("conv_pw_13").trainable
+    assert not base.get_layer("conv_pw_11").trainable
+    assert set_trainable_blocks(spec, base, 0) == 0 and not base.trainable
+    n_all = set_trainable_blocks(spec, base, -1)
+    assert n_all > set_trainable_blocks(spec, base, 2)
+    with pytest.raises(ConfigError, match="has 13 blocks; cannot unfreeze 14"):
+        set_trainable_blocks(spec, base, 14)
+
+
+def test_weights_dir_is_searched_for_the_documented_file(tmp_path, monkeypatch):
+    spec = get_spec("mobilenet")
+    (tmp_path / "mobilenet_v1_1.0_224_imagenet_notop.weights.h5").write_bytes(b"fake")
+    monkeypatch.setenv("TL_WEIGHTS_DIR", str(tmp_path))
+    resolved = resolve_weights(spec, "imagenet")
+    assert resolved.keras_arg == str(tmp_path / "mobilenet_v1_1.0_224_imagenet_notop.weights.h5")
+    monkeypatch.setenv("TL_WEIGHTS_DIR", str(tmp_path / "elsewhere"))
+    assert resolve_weights(spec, "imagenet").keras_arg == "imagenet"
+    assert resolve_weights(spec, "none", seed=3).identity == "none-seed3"
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_weights(spec, str(tmp_path / "missing.h5"))
+
+
+def test_a_weights_file_of_another_architecture_is_a_clear_error(tmp_path):
+    wrong = tmp_path / "vgg.weights.h5"
+    keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(wrong)
+    spec = get_spec("mobilenet")
+    with pytest.raises(ConfigError, match="does not fit MobileNet v1"):
+        build_base(spec, resolve_weights(spec, str(wrong)), 32)
+
+
+def _online() -> bool:
+    try:
+        socket.create_connection(("storage.googleapis.com", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_offline_imagenet_without_local_weights_names_tl_weights_dir(monkeypatch, tmp_path):
+    if _online():
+        pytest.skip("this machine is online: Keras would download the weights instead of failing")
+    monkeypatch.delenv("TL_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    spec = get_spec("mobilenetv2")
+    with pytest.raises(WeightsUnavailableError, match="TL_WEIGHTS_DIR") as info:
+        build_base(spec, resolve_weights(spec, "imagenet"), 96)
+    assert "mobilenet_v2_1.0_224_imagenet_notop.weights.h5" in str(info.value)
+
+
+@needs_shared_weights
+def test_real_mobilenet_weights_load_from_tl_weights_dir(monkeypatch):
+    monkeypatch.setenv("TL_WEIGHTS_DIR", str(SHARED_WEIGHTS))
+    spec = get_spec("mobilenet")
+    resolved = resolve_weights(spec, "imagenet")
+    assert resolved.keras_arg == str(MOBILENET_NOTOP)
+    base = build_base(spec, resolved, 64)
+    random_base = build_base(spec, resolve_weights(spec, "none"), 64)
+    # The real first-layer kernels are not the random initialisation.
+    assert not np.allclose(base.get_layer("conv1").get_weights()[0], random_base.get_layer("conv1").get_weights()[0])

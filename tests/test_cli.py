@@ -1,0 +1,74 @@
+"""The command line as a user (or a script) runs it: a real subprocess, JSON on the last line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, make_toy_folder
+
+
+def cli(*args, data_dir, check=True):
+    env = {**os.environ, "TL_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tl_core", *args], capture_output=True, text=True, env=env, timeout=600
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def last_json(proc):
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_inspect_train_runs_show(tmp_path):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=6)
+    (root / "red" / "broken.png").write_bytes(b"nope")
+    data_dir = tmp_path / "store"
+
+    report = last_json(cli("inspect", "--data", str(root), "--json", data_dir=data_dir))
+    assert report["n_images"] == 18 and report["n_classes"] == 3
+    assert report["per_class"] == {"blue": 6, "green": 6, "red": 6}
+    assert report["skipped"][0]["file"] == "red/broken.png"
+    assert report["duplicates"] == []
+
+    proc = cli(
+        "train", "--data", str(root), "--backbone", "vgg16", "--strategy", "feature_extractor",
+        "--head", "ovr", "--weights", "none", "--image-size", "32", "--seed", "3", "--json",
+        data_dir=data_dir,
+    )
+    result = last_json(proc)
+    assert result["status"] == "succeeded" and len(result["run_id"]) == 22
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and result["seconds"] > 0
+    assert "extract features" in proc.stderr  # the progress bar went to standard error
+
+    runs = last_json(cli("runs", "--json", data_dir=data_dir))["runs"]
+    assert [r["run_id"] for r in runs] == [result["run_id"]] and runs[0]["head"] == "ovr"
+    shown = last_json(cli("show", result["run_id"], "--json", data_dir=data_dir))
+    assert shown["config"]["train"]["seed"] == 3 and shown["metrics"]["test_accuracy"] == result["test_accuracy"]
+
+
+def test_errors_are_messages_with_a_nonzero_exit(tmp_path):
+    proc = cli("show", "not-a-run", "--json", data_dir=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "is not a run id" in last_json(proc)["error"] and "Traceback" not in proc.stderr
+
+    proc = cli("inspect", "--data", str(tmp_path / "missing"), data_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and "No folder or zip file" in proc.stderr
+
+    root = make_toy_folder(tmp_path / "toy", n_per_class=2)
+    proc = cli("train", "--data", str(root), "--weights", "none", "--image-size", "32", "--json", data_dir=tmp_path, check=False)
+    result = last_json(proc)
+    assert proc.returncode == 1 and result["status"] == "failed"
+    assert "at least 3 per class" in result["error"]
+
+
+@pytest.mark.parametrize("argv", [["train", "--help"], ["--help"]])
+def test_help_lists_the_options(argv, tmp_path):
+    out = cli(*argv, data_dir=tmp_path).stdout
+    assert "--json" in out or "inspect" in out

@@ -1,0 +1,288 @@
+"""Ingestion, careful decoding, the health report and the stratified split."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TOY_COLORS, make_toy_folder, png_bytes, toy_image, zip_folder
+from tl_core.config import DataConfig
+from tl_core.data import (
+    build_report,
+    decode_dataset,
+    decode_image,
+    inspect_dataset,
+    load_images,
+    split_dataset,
+)
+from tl_core.errors import DataError, ImageDecodeError
+
+LIMIT = 40_000_000
+
+
+# ------------------------------------------------------------------ sources
+
+
+def test_folder_gives_one_class_per_subfolder(toy_folder):
+    image_set = load_images(toy_folder)
+    assert image_set.class_names == sorted(TOY_COLORS)
+    assert len(image_set.items) == 3 * 14
+    assert all(item.name.startswith(item.label + "/") for item in image_set.items)
+
+
+def test_zip_with_single_root_folder_and_junk_is_read(toy_folder):
+    archive = zip_folder(
+        toy_folder,
+        prefix="my_photos/",
+        extra={
+            "__MACOSX/my_photos/red/._red_000.png": b"junk",
+            "my_photos/red/.DS_Store": b"junk",
+            "my_photos/red/notes.txt": b"hello",
+            "my_photos/README.md": b"# readme",
+        },
+    )
+    image_set = load_images(archive)
+    assert image_set.class_names == sorted(TOY_COLORS)
+    assert len(image_set.items) == 42
+    reasons = {entry["file"]: entry["reason"] for entry in image_set.ignored}
+    assert reasons["red/notes.txt"].startswith("not an image file type (.txt)")
+    assert reasons["red/.DS_Store"] == "hidden or system file"
+    assert reasons["README.md"] == "not inside a class folder"
+    assert any("__MACOSX" in name for name in reasons)
+
+
+def test_zip_unsafe_entries_are_ignored_not_extracted(tmp_path):
+    rng = np.random.default_rng(1)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for label in ("a", "b"):
+            for i in range(3):
+                archive.writestr(f"{label}/{i}.png", png_bytes(toy_image((200, 0, 0), rng)))
+        archive.writestr("../evil/x.png", png_bytes(toy_image((0, 0, 0), rng)))
+        archive.writestr("a/inner.zip", b"PK\x03\x04")
+    image_set = load_images(buffer.getvalue())
+    assert len(image_set.items) == 6
+    reasons = {entry["file"]: entry["reason"] for entry in image_set.ignored}
+    assert "unsafe path" in reasons["../evil/x.png"]
+    assert reasons["a/inner.zip"] == "nested archive (not opened)"
+    assert not (tmp_path.parent / "evil").exists()
+
+
+def test_not_a_zip_is_a_clear_error(tmp_path):
+    fake = tmp_path / "data.zip"
+    fake.write_bytes(b"this is not a zip")
+    with pytest.raises(DataError, match="not a zip archive"):
+        load_images(fake)
+
+
+def test_missing_path_and_empty_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="No folder or zip file"):
+        load_images(tmp_path / "nowhere")
+    (tmp_path / "empty" / "cats").mkdir(parents=True)
+    with pytest.raises(DataError, match="No images found"):
+        load_images(tmp_path / "empty")
+
+
+def test_uploads_use_the_given_labels():
+    rng = np.random.default_rng(2)
+    files = [(f"IMG_{i}.png", png_bytes(toy_image((0, 200, 0), rng)), "plant") for i in range(3)]
+    files += [("notes.txt", b"x", "plant"), ("c:\\photos\\dog.png", png_bytes(toy_image((9, 9, 9), rng)), "dog")]
+    image_set = load_images(files)
+    assert sorted(item.name for item in image_set.items) == ["dog/dog.png", "plant/IMG_0.png", "plant/IMG_1.png", "plant/IMG_2.png"]
+    assert image_set.ignored[0]["file"] == "plant/notes.txt"
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def test_exif_orientation_is_applied():
+    # A 60 x 20 image whose left third is red, stored with orientation 6 (rotate 90 clockwise).
+    pixels = np.zeros((20, 60, 3), np.uint8)
+    pixels[:, :20] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = png_bytes(Image.fromarray(pixels), "JPEG", exif=exif.tobytes(), quality=95)
+    image, info = decode_image(data, LIMIT)
+    assert (info["width"], info["height"]) == (60, 20)
+    assert image.size == (20, 60)
+    top = np.asarray(image)[:15].mean(axis=(0, 1))
+    assert top[0] > 200 and top[1] < 60  # the red third is now at the top
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_composited_on_white(mode):
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    rgba.putpixel((0, 0), (0, 0, 255, 255))
+    if mode == "LA":
+        image = rgba.convert("LA")
+    elif mode == "P":
+        image = rgba.convert("P")
+        image.info["transparency"] = image.getpixel((5, 5))
+    else:
+        image = rgba
+    decoded, _ = decode_image(png_bytes(image), LIMIT)
+    pixels = np.asarray(decoded)
+    assert decoded.mode == "RGB"
+    assert pixels[5, 5].tolist() == [255, 255, 255]
+    assert pixels[0, 0].tolist() != [255, 255, 255]
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped():
+    values = np.array([[0, 32768, 65535]], dtype=np.uint16)
+    image = Image.fromarray(values)
+    assert image.mode.startswith("I;16")
+    decoded, _ = decode_image(png_bytes(image), LIMIT)
+    row = np.asarray(decoded)[0, :, 0]
+    assert row[0] == 0 and 120 <= row[1] <= 135 and row[2] == 255
+
+
+def test_cmyk_and_grayscale_become_rgb():
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))  # pure red in CMYK
+    decoded, info = decode_image(png_bytes(cmyk, "JPEG"), LIMIT)
+    assert info["mode"] == "CMYK" and decoded.mode == "RGB"
+    r, g, b = np.asarray(decoded)[1, 1]
+    assert r > 200 and g < 60 and b < 60
+    gray, _ = decode_image(png_bytes(Image.new("L", (4, 4), 77)), LIMIT)
+    assert np.asarray(gray)[0, 0].tolist() == [77, 77, 77]
+
+
+def test_animated_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (6, 6), (255, 0, 0)), Image.new("RGB", (6, 6), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    decoded, _ = decode_image(buffer.getvalue(), LIMIT)
+    r, g, b = np.asarray(decoded)[3, 3]
+    assert r > 200 and b < 60
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF"])
+def test_every_supported_format_decodes(fmt):
+    decoded, info = decode_image(png_bytes(Image.new("RGB", (10, 7), (10, 200, 30)), fmt), LIMIT)
+    assert decoded.size == (10, 7) and info["format"] == fmt
+
+
+def test_bad_images_raise_a_reason():
+    with pytest.raises(ImageDecodeError, match="empty file"):
+        decode_image(b"", LIMIT)
+    with pytest.raises(ImageDecodeError, match="not a readable image"):
+        decode_image(b"this is text, not a jpeg", LIMIT)
+    truncated = png_bytes(toy_image((1, 2, 3), np.random.default_rng(0), 64), "JPEG")[:300]
+    with pytest.raises(ImageDecodeError, match="could not decode"):
+        decode_image(truncated, LIMIT)
+    with pytest.raises(ImageDecodeError, match=r"over the 0.0001 MP limit"):
+        decode_image(png_bytes(Image.new("RGB", (20, 20))), max_pixels=100)
+
+
+def test_bad_files_are_skipped_with_reasons_and_the_rest_goes_on(tmp_path):
+    root = make_toy_folder(tmp_path / "set", n_per_class=5)
+    (root / "red" / "broken.jpg").write_bytes(b"not an image at all")
+    (root / "red" / "empty.png").write_bytes(b"")
+    Image.new("RGB", (300, 300)).save(root / "blue" / "huge.png")
+    decoded = decode_dataset(load_images(root), 32, DataConfig(max_pixels=50_000))
+    skipped = {entry["file"]: entry["reason"] for entry in decoded.skipped}
+    assert set(skipped) == {"red/broken.jpg", "red/empty.png", "blue/huge.png"}
+    assert "empty file" in skipped["red/empty.png"]
+    assert "MP limit" in skipped["blue/huge.png"]
+    assert decoded.x.shape == (15, 32, 32, 3) and decoded.x.dtype == np.uint8
+
+
+def test_decoded_pixels_are_cached_and_reused(tmp_path, toy_folder):
+    class Recorder:
+        def __init__(self):
+            self.logs = []
+
+        def on_stage_start(self, stage, total):
+            pass
+
+        def on_step(self, stage, step, logs=None):
+            self.logs.append(logs)
+
+        def on_stage_end(self, stage, logs=None):
+            pass
+
+        def should_stop(self):
+            return False
+
+    image_set = load_images(toy_folder)
+    first = decode_dataset(image_set, 32, cache_dir=tmp_path)
+    recorder = Recorder()
+    second = decode_dataset(image_set, 32, progress=recorder, cache_dir=tmp_path)
+    assert recorder.logs == [{"cached": 1.0}]
+    np.testing.assert_array_equal(first.x, second.x)
+    assert first.names == second.names and first.fingerprint == second.fingerprint
+    third = decode_dataset(image_set, 48, cache_dir=tmp_path)  # another size is another entry
+    assert third.x.shape[1] == 48
+
+
+# ------------------------------------------------------------------ report
+
+
+def test_report_counts_duplicates_and_imbalance(tmp_path):
+    root = make_toy_folder(tmp_path / "set", n_per_class=4)
+    rng = np.random.default_rng(5)
+    for i in range(12):
+        toy_image((200, 200, 0), rng).save(root / "red" / f"extra_{i}.png")
+    (root / "red" / "copy.png").write_bytes((root / "red" / "red_000.png").read_bytes())
+    (root / "blue" / "stolen.png").write_bytes((root / "green" / "green_001.png").read_bytes())
+    report = inspect_dataset(root)
+    assert report["per_class"] == {"blue": 5, "green": 4, "red": 17}
+    assert report["n_images"] == 26 and report["n_classes"] == 3
+    by_first = {tuple(d["files"]): d for d in report["duplicates"]}
+    assert by_first[("blue/stolen.png", "green/green_001.png")]["cross_class"] is True
+    assert by_first[("red/copy.png", "red/red_000.png")]["cross_class"] is False
+    assert any("imbalance" in w for w in report["warnings"])
+    assert any("different labels" in w for w in report["warnings"])
+    assert report["modes"] == {"RGB": 26} and report["width"]["max"] == 40
+
+
+# ------------------------------------------------------------------ split
+
+
+def _decoded(toy_folder):
+    return decode_dataset(load_images(toy_folder), 32)
+
+
+def test_split_is_stratified_disjoint_and_seeded(toy_folder):
+    decoded = _decoded(toy_folder)
+    splits = split_dataset(decoded, DataConfig(seed=1))
+    all_idx = np.concatenate(list(splits.values()))
+    assert sorted(all_idx.tolist()) == list(range(len(decoded.y)))
+    for part in ("train", "val", "test"):
+        assert set(decoded.y[splits[part]].tolist()) == {0, 1, 2}
+    assert len(splits["train"]) == 3 * 10 and len(splits["test"]) == 3 * 2
+    again = split_dataset(decoded, DataConfig(seed=1))
+    other = split_dataset(decoded, DataConfig(seed=2))
+    assert all(np.array_equal(splits[k], again[k]) for k in splits)
+    assert not np.array_equal(splits["test"], other["test"])
+
+
+def test_duplicates_never_straddle_splits(tmp_path):
+    root = make_toy_folder(tmp_path / "set", n_per_class=6)
+    for i in range(5):
+        (root / "red" / f"dup_{i}.png").write_bytes((root / "red" / "red_000.png").read_bytes())
+    decoded = decode_dataset(load_images(root), 32)
+    splits = split_dataset(decoded, DataConfig(seed=3))
+    copies = {i for i, name in enumerate(decoded.names) if name.startswith("red/dup_") or name == "red/red_000.png"}
+    homes = [part for part, idx in splits.items() if copies & set(idx.tolist())]
+    assert len(homes) == 1
+
+
+def test_class_too_small_names_the_class(tmp_path):
+    root = make_toy_folder(tmp_path / "set", n_per_class=5)
+    for path in sorted((root / "green").iterdir())[2:]:
+        path.unlink()
+    with pytest.raises(DataError, match=r"Class 'green' has 2 distinct image\(s\).*at least 3.*Add images or merge"):
+        split_dataset(_decoded(root))
+
+
+def test_single_class_is_refused(tmp_path):
+    root = make_toy_folder(tmp_path / "set", n_per_class=5)
+    for name in ("green", "blue"):
+        for path in (root / name).iterdir():
+            path.unlink()
+    with pytest.raises(DataError, match="at least 2"):
+        split_dataset(_decoded(root))

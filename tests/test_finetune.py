@@ -1,0 +1,113 @@
+"""Two-stage fine-tuning and training from scratch, with real Keras models on a toy set.
+
+Random-init VGG16 is used because its random features still separate the toy classes (random
+MobileNets collapse to near-zero features without pretrained weights).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import make_toy_folder
+from tl_core import backbones
+from tl_core.config import DataConfig, TrainConfig
+from tl_core.data import decode_dataset, load_images, split_dataset
+from tl_core.features import extract_features
+from tl_core.finetune import train_scratch, train_two_stage
+from tl_core.progress import NullProgress
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    decoded = decode_dataset(load_images(make_toy_folder(tmp_path_factory.mktemp("ft"), n_per_class=24)), 32)
+    splits = split_dataset(decoded, DataConfig(seed=0))
+    return decoded, splits
+
+
+def _setup(name="vgg16", inference_mode=True):
+    spec = backbones.get_spec(name)
+    base = backbones.build_base(spec, backbones.resolve_weights(spec, "none"), 32)
+    return spec, base, backbones.build_feature_model(spec, base, 32, inference_mode)
+
+
+def _accuracy(model, x, y):
+    return float((model.predict(x.astype("float32"), verbose=0).argmax(1) == y).mean())
+
+
+def _two_stage(toy, **overrides):
+    decoded, splits = toy
+    spec, base, feature_model = _setup()
+    data = {part: (decoded.x[idx], decoded.y[idx]) for part, idx in splits.items()}
+    features = {part: extract_features(feature_model, x) for part, (x, _) in data.items()}
+    settings = dict(
+        backbone="vgg16", strategy="finetune", epochs=25, fine_tune_epochs=2, unfreeze_blocks=1,
+        batch_size=8, dense_units=32, patience=25,
+    )
+    config = TrainConfig(**{**settings, **overrides})
+    kernels = {name: base.get_layer(name).get_weights()[0].copy() for name in ("block4_conv3", "block5_conv3")}
+    result = train_two_stage(
+        feature_model, lambda n: backbones.set_trainable_blocks(spec, base, n), data, 3, config, NullProgress(), features
+    )
+    return result, base, data, kernels
+
+
+def test_two_stage_learns_and_stage2_unfreezes_only_the_top_block(toy):
+    result, base, data, kernels = _two_stage(toy)
+    assert set(result.history) == {"stage1", "stage2"}
+    assert len(result.history["stage2"]) == 2
+    assert "cached ConvNet features" in result.notes[0]
+    assert base.get_layer("block5_conv3").trainable and not base.get_layer("block4_conv3").trainable
+    np.testing.assert_array_equal(base.get_layer("block4_conv3").get_weights()[0], kernels["block4_conv3"])
+    assert _accuracy(result.model, *data["test"]) >= 0.7  # chance is 1/3
+
+
+def test_a_harmful_stage2_gives_back_the_stage1_model(toy):
+    # A learning rate of 0.5 wrecks the unfrozen block: stage 2 trains (its weights move), its
+    # validation loss is worse than stage 1's, and the stage-1 weights come back.
+    result, base, data, kernels = _two_stage(toy, fine_tune_learning_rate=0.5)
+    assert "the stage-1 model was kept" in result.notes[-1]
+    assert min(e["val_loss"] for e in result.history["stage2"]) > min(e["val_loss"] for e in result.history["stage1"])
+    np.testing.assert_array_equal(base.get_layer("block5_conv3").get_weights()[0], kernels["block5_conv3"])
+    assert _accuracy(result.model, *data["test"]) >= 0.7
+
+
+def test_batchnorm_statistics_stay_put_in_stage2(toy):
+    decoded, splits = toy
+    spec, base, feature_model = _setup("mobilenet")
+    data = {part: (decoded.x[idx], decoded.y[idx]) for part, idx in splits.items()}
+    features = {part: extract_features(feature_model, x) for part, (x, _) in data.items()}
+    bn = base.get_layer("conv_pw_13_bn")
+    before = [w.copy() for w in bn.get_weights()]
+    config = TrainConfig(strategy="finetune", epochs=1, fine_tune_epochs=1, unfreeze_blocks=-1, batch_size=8)
+    train_two_stage(feature_model, lambda n: backbones.set_trainable_blocks(spec, base, n), data, 3, config, NullProgress(), features)
+    assert base.get_layer("conv_pw_13").trainable
+    for old, new in zip(before, bn.get_weights()):
+        np.testing.assert_array_equal(old, new)  # gamma, beta, moving mean and variance
+
+
+def test_augmentation_runs_stage1_end_to_end(toy):
+    decoded, splits = toy
+    spec, base, feature_model = _setup()
+    data = {part: (decoded.x[idx], decoded.y[idx]) for part, idx in splits.items()}
+    features = {part: extract_features(feature_model, x) for part, (x, _) in data.items()}
+    config = TrainConfig(backbone="vgg16", epochs=1, fine_tune_epochs=0, augment=True, batch_size=8)
+    result = train_two_stage(
+        feature_model, lambda n: backbones.set_trainable_blocks(spec, base, n), data, 3, config, NullProgress(), features
+    )
+    assert "augmentation" in result.notes[0] and list(result.history) == ["stage1"]
+    assert any(layer.name == "augmentation" for layer in result.model.layers)
+
+
+def test_scratch_trains_every_layer_and_fits_the_training_set(toy):
+    decoded, splits = toy
+    spec, base, feature_model = _setup("vgg16", inference_mode=False)
+    first_kernel = base.get_layer("block1_conv1").get_weights()[0].copy()
+    data = {part: (decoded.x[idx], decoded.y[idx]) for part, idx in splits.items()}
+    config = TrainConfig(backbone="vgg16", strategy="scratch", epochs=8, batch_size=8, dense_units=32, patience=8)
+    result = train_scratch(feature_model, data, 3, config, NullProgress())
+    history = result.history["scratch"]
+    assert not np.allclose(base.get_layer("block1_conv1").get_weights()[0], first_kernel)
+    assert history[-1]["loss"] < history[0]["loss"] * 0.8
+    assert _accuracy(result.model, *data["train"]) > 0.6  # chance is 1/3

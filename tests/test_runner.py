@@ -1,0 +1,109 @@
+"""A whole run: data -> strategy -> metrics -> stored model, and how runs fail or stop."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import CLIPART8, SHARED_WEIGHTS, make_toy_folder, needs_clipart8, needs_shared_weights
+from tl_core.config import DataConfig, TrainConfig
+from tl_core.data import decode_dataset, load_images
+from tl_core.errors import ConfigError
+from tl_core.progress import NullProgress
+from tl_core.runner import run_training
+
+FAST = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8)
+
+
+@pytest.mark.parametrize("head", ["softmax", "ovr", "svm"])
+def test_feature_extractor_run_is_stored_and_its_model_predicts_like_the_head(head, toy_folder, store):
+    run = run_training(toy_folder, TrainConfig(strategy="feature_extractor", head=head, **FAST), store=store)
+    assert run["status"] == "succeeded", run["error"]
+    metrics = run["metrics"]
+    assert metrics["test_accuracy"] >= 0.8  # chance is 1/3
+    assert set(metrics["timing"]) >= {"decode", "extract", "head"}
+    assert metrics["split"] == {"train": 30, "val": 6, "test": 6}
+    assert run["dataset"]["n_images"] == 42 and run["dataset"]["per_class"]["red"] == 14
+
+    # The stored .keras model takes raw pixels and reproduces the test accuracy on the test split.
+    model = keras.saving.load_model(run["model_path"], safe_mode=True)
+    decoded = decode_dataset(load_images(toy_folder), 32)
+    split = (store.run_dir(run["id"]) / "split.json").read_text()
+    test_names = __import__("json").loads(split)["test"]
+    idx = [decoded.names.index(name) for name in test_names]
+    predicted = model.predict(decoded.x[idx].astype("float32"), verbose=0).argmax(1)
+    assert float((predicted == decoded.y[idx]).mean()) == pytest.approx(metrics["test_accuracy"])
+
+
+def test_finetune_run_records_both_stages_epoch_by_epoch(tmp_path, store):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=24)
+    config = TrainConfig(strategy="finetune", epochs=20, fine_tune_epochs=1, unfreeze_blocks=1, dense_units=32, **FAST)
+    run = run_training(root, config, store=store)
+    assert run["status"] == "succeeded", run["error"]
+    assert len(run["epochs"]["stage1"]) == len(run["metrics"]["history"]["stage1"]) >= 1
+    assert len(run["epochs"]["stage2"]) == 1
+    assert run["metrics"]["test_accuracy"] >= 0.6
+
+
+def test_bad_images_are_skipped_and_the_run_goes_on(tmp_path, store):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=8)
+    (root / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a full jpeg")
+    (root / "blue" / "empty.png").write_bytes(b"")
+    run = run_training(root, TrainConfig(**FAST), store=store)
+    assert run["status"] == "succeeded", run["error"]
+    skipped = {s["file"] for s in run["dataset"]["skipped"]}
+    assert skipped == {"red/corrupt.jpg", "blue/empty.png"}
+    assert run["dataset"]["n_images"] == 24
+
+
+def test_a_class_too_small_marks_the_run_failed_with_the_reason(tmp_path, store):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=6)
+    for path in sorted((root / "green").iterdir())[1:]:
+        path.unlink()
+    run = run_training(root, TrainConfig(**FAST), store=store)
+    assert run["status"] == "failed"
+    assert "Class 'green' has 1 distinct image(s)" in run["error"]
+    assert store.get_run(run["id"])["status"] == "failed"
+
+
+def test_invalid_settings_are_refused_before_anything_is_stored(toy_folder, store):
+    with pytest.raises(ConfigError, match="Unknown strategy 'magic'"):
+        run_training(toy_folder, TrainConfig(strategy="magic"), store=store)
+    with pytest.raises(ConfigError, match="image_size is 8"):
+        run_training(toy_folder, TrainConfig(image_size=8), store=store)
+    assert store.list_runs() == []
+
+
+class StopAfterFirstEpoch(NullProgress):
+    def __init__(self):
+        self.epochs = 0
+
+    def on_step(self, stage, step, logs=None):
+        if stage == "stage1" and logs is not None:
+            self.epochs += 1
+
+    def should_stop(self):
+        return self.epochs >= 1
+
+
+def test_cancelling_stops_within_an_epoch_and_keeps_what_was_done(tmp_path, store):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=8)
+    config = TrainConfig(strategy="finetune", epochs=30, augment=True, **FAST)
+    run = run_training(root, config, store=store, progress=StopAfterFirstEpoch())
+    assert run["status"] == "cancelled"
+    assert len(run["epochs"]["stage1"]) == 1  # 30 were allowed
+    assert run["dataset"]["n_images"] == 24
+
+
+@needs_shared_weights
+@needs_clipart8
+def test_real_transfer_beats_random_features_on_clipart8(monkeypatch, store):
+    """The acceptance figure: ImageNet MobileNet features + softmax on 559 clip-art images."""
+    monkeypatch.setenv("TL_WEIGHTS_DIR", str(SHARED_WEIGHTS))
+    config = TrainConfig(backbone="mobilenet", strategy="feature_extractor", head="softmax", weights="imagenet")
+    run = run_training(CLIPART8, config, DataConfig(), store=store)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["metrics"]["test_accuracy"] >= 0.65  # 8 classes; the largest is 21% of the images
+    assert len(run["dataset"]["skipped"]) == 4  # the four 168-megapixel drawings
+    assert str(SHARED_WEIGHTS) in run["metrics"]["weights"]

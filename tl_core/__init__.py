@@ -1,0 +1,13 @@
+"""Transfer Learning Studio's engine: data -> advisor -> strategy -> metrics -> store.
+
+Keras 3 on TensorFlow. This package never imports Streamlit; the app, the command line and the
+job worker all call it the same way and observe it through :mod:`tl_core.progress`.
+"""
+
+import os
+
+# TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) is noise for our users.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+__version__ = "0.1.0"

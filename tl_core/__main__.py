@@ -1,0 +1,245 @@
+"""Command line: ``python -m tl_core {inspect,train,runs,show,worker,cancel} ... [--json]``.
+
+With ``--json`` the last line of standard output is one JSON object (the contract scripts and
+checks rely on); progress bars go to standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+from tl_core.config import HEADS, STRATEGIES, DataConfig, TrainConfig
+from tl_core.errors import TLCoreError
+
+STAGE_LABELS = {
+    "decode": "decode images",
+    "extract": "extract features",
+    "head": "fit linear head",
+    "stage1": "stage 1: new layers",
+    "stage2": "stage 2: fine-tune",
+    "scratch": "train from scratch",
+    "evaluate": "evaluate",
+}
+
+
+class TerminalProgress:
+    """A tqdm bar per stage on standard error; Ctrl-C is handled by the caller."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, tqdm] = {}
+
+    def on_stage_start(self, stage: str, total: int) -> None:
+        if self.enabled:
+            unit = "epoch" if stage in ("stage1", "stage2", "scratch") else "img"
+            self.bars[stage] = tqdm(total=total, desc=STAGE_LABELS.get(stage, stage), unit=unit, file=sys.stderr)
+
+    def on_step(self, stage: str, step: int, logs: dict[str, Any] | None = None) -> None:
+        bar = self.bars.get(stage)
+        if bar is not None:
+            bar.update(step - bar.n)
+            if logs:
+                shown = {k: f"{v:.3f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+                if shown:
+                    bar.set_postfix(shown)
+
+    def on_stage_end(self, stage: str, logs: dict[str, Any] | None = None) -> None:
+        bar = self.bars.pop(stage, None)
+        if bar is not None:
+            bar.close()
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def _store(args):
+    from tl_core.store import RunStore
+
+    return RunStore(args.data_dir) if args.data_dir else RunStore()
+
+
+def cmd_inspect(args) -> dict[str, Any]:
+    from tl_core.data import inspect_dataset
+
+    report = inspect_dataset(args.data, DataConfig(max_pixels=args.max_pixels), TerminalProgress(not args.quiet))
+    if not args.json:
+        print(f"{report['n_images']} images in {report['n_classes']} classes")
+        for name, count in report["per_class"].items():
+            print(f"  {name:<24} {count}")
+        for item in report["skipped"]:
+            print(f"  skipped {item['file']}: {item['reason']}")
+        for group in report["duplicates"]:
+            print(f"  duplicate{' (different labels!)' if group['cross_class'] else ''}: {', '.join(group['files'])}")
+        for warning in report["warnings"]:
+            print(f"  warning: {warning}")
+    return report
+
+
+def cmd_train(args) -> dict[str, Any]:
+    from tl_core.runner import run_training
+
+    config = TrainConfig(
+        backbone=args.backbone,
+        strategy=args.strategy,
+        head=args.head,
+        weights=args.weights,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        fine_tune_epochs=args.fine_tune_epochs,
+        unfreeze_blocks=args.unfreeze_blocks,
+        learning_rate=args.learning_rate,
+        fine_tune_learning_rate=args.fine_tune_learning_rate,
+        augment=args.augment,
+        seed=args.seed,
+    )
+    data_config = DataConfig(max_pixels=args.max_pixels, seed=args.seed)
+    run = run_training(args.data, config, data_config, _store(args), TerminalProgress(not args.quiet), name=args.name)
+    metrics = run.get("metrics") or {}
+    result = {
+        "run_id": run["id"],
+        "status": run["status"],
+        "error": run.get("error"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "macro_f1": metrics.get("macro_f1"),
+        "seconds": metrics.get("seconds"),
+        "model_path": run["model_path"] if run["status"] == "succeeded" else None,
+    }
+    if not args.json:
+        if run["status"] == "succeeded":
+            print(
+                f"run {run['id']} succeeded: test accuracy {result['test_accuracy']:.3f}, "
+                f"macro F1 {result['macro_f1']:.3f}, {result['seconds']:.1f} s"
+            )
+        else:
+            print(f"run {run['id']} {run['status']}: {run.get('error')}")
+    if run["status"] != "succeeded":
+        args.exit_code = 1
+    return result
+
+
+def cmd_runs(args) -> dict[str, Any]:
+    runs = _store(args).list_runs()
+    rows = []
+    for run in runs:
+        metrics, config = run.get("metrics") or {}, (run.get("config") or {}).get("train", {})
+        rows.append(
+            {
+                "run_id": run["id"],
+                "status": run["status"],
+                "strategy": config.get("strategy"),
+                "backbone": config.get("backbone"),
+                "head": config.get("head") if config.get("strategy") == "feature_extractor" else None,
+                "test_accuracy": metrics.get("test_accuracy"),
+                "macro_f1": metrics.get("macro_f1"),
+                "seconds": metrics.get("seconds"),
+                "created_at": run["created_at"],
+            }
+        )
+    if not args.json:
+        for row in rows:
+            acc = f"{row['test_accuracy']:.3f}" if row["test_accuracy"] is not None else "-"
+            print(f"{row['run_id']}  {row['status']:<9}  {row['strategy'] or '-':<17}  {row['backbone'] or '-':<14}  acc {acc}")
+    return {"runs": rows}
+
+
+def cmd_show(args) -> dict[str, Any]:
+    run = _store(args).get_run(args.run_id)
+    if not args.json:
+        print(json.dumps({k: run[k] for k in ("id", "status", "error", "config")}, indent=2))
+        if run.get("metrics"):
+            m = run["metrics"]
+            print(f"test accuracy {m['test_accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}")
+    return run
+
+
+def cmd_worker(args) -> dict[str, Any]:
+    from tl_core.jobs import run_worker
+
+    executed = run_worker(_store(args), idle_exit_seconds=args.idle_exit, once=args.once)
+    return {"executed": executed}
+
+
+def cmd_cancel(args) -> dict[str, Any]:
+    status = _store(args).request_cancel(args.run_id)
+    if not args.json:
+        print(f"run {args.run_id}: {status}{' (stop requested)' if status == 'running' else ''}")
+    return {"run_id": args.run_id, "status": status}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tl_core.backbones import BACKBONES
+
+    parser = argparse.ArgumentParser(prog="python -m tl_core", description="Transfer Learning Studio, headless.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    common.add_argument("--data-dir", help="store folder (default: $TL_DATA_DIR or ~/.tl_studio)")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    inspect = sub.add_parser("inspect", parents=[common], help="dataset health report")
+    inspect.add_argument("--data", required=True, help="folder of class folders, or a .zip")
+    inspect.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
+    inspect.set_defaults(func=cmd_inspect)
+
+    train = sub.add_parser("train", parents=[common], help="train and store one run")
+    train.add_argument("--data", required=True, help="folder of class folders, or a .zip")
+    train.add_argument("--backbone", default="mobilenet", choices=list(BACKBONES))
+    train.add_argument("--strategy", default="feature_extractor", choices=STRATEGIES)
+    train.add_argument("--head", default="softmax", choices=HEADS)
+    train.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file path")
+    train.add_argument("--image-size", type=int, default=None, help="default: the backbone's own (224)")
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--epochs", type=int, default=30, help="stage 1 / from-scratch epochs (early stopping)")
+    train.add_argument("--fine-tune-epochs", type=int, default=10, help="stage 2 epochs")
+    train.add_argument("--unfreeze-blocks", type=int, default=2, help="top blocks unfrozen in stage 2 (-1: all)")
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
+    train.add_argument("--augment", action="store_true")
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
+    train.add_argument("--name", default=None)
+    train.set_defaults(func=cmd_train)
+
+    runs = sub.add_parser("runs", parents=[common], help="list stored runs")
+    runs.set_defaults(func=cmd_runs)
+
+    show = sub.add_parser("show", parents=[common], help="one stored run")
+    show.add_argument("run_id")
+    show.set_defaults(func=cmd_show)
+    worker = sub.add_parser("worker", parents=[common], help="execute queued runs (the app starts this)")
+    worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--idle-exit", type=float, default=600.0, help="seconds idle before exiting")
+    worker.set_defaults(func=cmd_worker)
+
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run")
+    cancel.add_argument("run_id")
+    cancel.set_defaults(func=cmd_cancel)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.exit_code = 0
+    try:
+        result = args.func(args)
+    except TLCoreError as err:
+        print(f"error: {err}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(err), "type": err.__class__.__name__}))
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, default=str))
+    return args.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

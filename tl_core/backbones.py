@@ -1,0 +1,261 @@
+"""Registry of pretrained ConvNets: builder, input size, preprocessing, feature size, blocks.
+
+A saved model always takes raw RGB pixels in [0, 255]: each backbone's preprocessing is a layer
+inside the model, not a function the caller must remember.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import keras
+import numpy as np
+
+from tl_core.errors import ConfigError, WeightsUnavailableError
+
+WEIGHTS_DIR_ENV = "TL_WEIGHTS_DIR"
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the engine needs to know about one ConvNet.
+
+    Attributes:
+        name: registry key (``mobilenet``).
+        title: human name (``MobileNet v1``).
+        builder: the ``keras.applications`` constructor.
+        input_size: the side the ImageNet weights were trained at.
+        preprocessing: ``tf`` (scale to [-1, 1]), ``caffe`` (RGB->BGR, ImageNet mean subtracted)
+            or ``none`` (the model normalises its own input, as EfficientNet does).
+        feature_dim: channels after global average pooling.
+        block_pattern: regex whose group 1 names the block a layer belongs to.
+        weights_files: file names looked for in ``TL_WEIGHTS_DIR``, documented name first, then
+            the name Keras gives its own download.
+    """
+
+    name: str
+    title: str
+    builder: Callable[..., keras.Model]
+    input_size: int
+    preprocessing: str
+    feature_dim: int
+    block_pattern: str
+    weights_files: tuple[str, ...]
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        BackboneSpec(
+            "vgg16", "VGG16", keras.applications.VGG16, 224, "caffe", 512, r"^(block\d)_",
+            ("vgg16_imagenet_notop.weights.h5", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        ),
+        BackboneSpec(
+            "mobilenet", "MobileNet v1", keras.applications.MobileNet, 224, "tf", 1024,
+            r"^conv_(?:dw|pw)_(\d+)",
+            ("mobilenet_v1_1.0_224_imagenet_notop.weights.h5", "mobilenet_1_0_224_tf_no_top.h5"),
+        ),
+        BackboneSpec(
+            "mobilenetv2", "MobileNetV2", keras.applications.MobileNetV2, 224, "tf", 1280,
+            r"^(expanded_conv|block_\d+)_",
+            (
+                "mobilenet_v2_1.0_224_imagenet_notop.weights.h5",
+                "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+            ),
+        ),
+        BackboneSpec(
+            "efficientnetb0", "EfficientNetB0", keras.applications.EfficientNetB0, 224, "none", 1280,
+            r"^(block\d)[a-z]_",
+            ("efficientnetb0_imagenet_notop.weights.h5", "efficientnetb0_notop.h5"),
+        ),
+        BackboneSpec(
+            "resnet50", "ResNet50", keras.applications.ResNet50, 224, "caffe", 2048,
+            r"^(conv\d_block\d+)_",
+            ("resnet50_imagenet_notop.weights.h5", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registry entry for ``name``, or a ConfigError listing the choices."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ConfigError(f"Unknown backbone '{name}'. Choose one of: {', '.join(BACKBONES)}.") from None
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where a backbone's weights come from: ``keras_arg`` goes to the builder."""
+
+    keras_arg: str | None
+    identity: str
+    description: str
+
+
+@lru_cache(maxsize=32)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _digest(path: Path) -> str:
+    st = path.stat()
+    return _file_digest(str(path), st.st_size, st.st_mtime_ns)
+
+
+def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> ResolvedWeights:
+    """Turn ``imagenet`` / ``none`` / a path into what the Keras builder takes.
+
+    ``imagenet`` first looks for the backbone's documented file in ``$TL_WEIGHTS_DIR``, then falls
+    back to Keras' own download and cache (the usual path on a connected machine).
+
+    Raises:
+        ConfigError: a path that does not exist.
+    """
+    if weights in ("none", "None", None, ""):
+        return ResolvedWeights(None, f"none-seed{seed}", "random initialisation")
+    if weights == "imagenet":
+        folder = os.environ.get(WEIGHTS_DIR_ENV)
+        if folder:
+            for filename in spec.weights_files:
+                candidate = Path(folder).expanduser() / filename
+                if candidate.is_file():
+                    return ResolvedWeights(
+                        str(candidate), f"imagenet-{_digest(candidate)}", f"ImageNet ({candidate})"
+                    )
+        return ResolvedWeights("imagenet", "imagenet-keras", "ImageNet (Keras download)")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"Weights file '{weights}' does not exist. Use 'imagenet', 'none' or the path of a "
+            f"{spec.title} weights file (.weights.h5 or .h5, without the classification top)."
+        )
+    return ResolvedWeights(str(path), f"file-{_digest(path)}", f"file {path}")
+
+
+def _offline_message(spec: BackboneSpec, err: Exception) -> str:
+    return (
+        f"Could not download the ImageNet weights of {spec.title} ({err.__class__.__name__}: "
+        f"{str(err)[:200]}). Offline? Put '{spec.weights_files[0]}' (or Keras' own "
+        f"'{spec.weights_files[-1]}') in a folder and set {WEIGHTS_DIR_ENV} to it, "
+        "or train with weights 'none'."
+    )
+
+
+def build_base(spec: BackboneSpec, weights: ResolvedWeights, image_size: int, seed: int = 0) -> keras.Model:
+    """The backbone without its classification top, for ``image_size`` square RGB input.
+
+    Raises:
+        WeightsUnavailableError: ImageNet weights asked for, but offline and not in TL_WEIGHTS_DIR.
+        ConfigError: the weights file does not fit this backbone.
+    """
+    keras.utils.set_random_seed(seed)
+    kwargs = {"include_top": False, "weights": weights.keras_arg, "input_shape": (image_size, image_size, 3)}
+    try:
+        return spec.builder(**kwargs)
+    except (ValueError, OSError, Exception) as err:  # noqa: BLE001 - classified below
+        text = str(err)
+        if weights.keras_arg == "imagenet" and (
+            isinstance(err, OSError) or "URL fetch failure" in text or "urlopen" in text
+        ):
+            raise WeightsUnavailableError(_offline_message(spec, err)) from err
+        if weights.keras_arg not in (None, "imagenet") and isinstance(err, (ValueError, OSError, KeyError)):
+            raise ConfigError(
+                f"The weights file '{weights.keras_arg}' does not fit {spec.title} without its top "
+                f"({text[:200]}). Use a matching file, 'imagenet' or 'none'."
+            ) from err
+        raise
+
+
+def preprocessing_layer(spec: BackboneSpec) -> keras.layers.Layer | None:
+    """A built-in Keras layer doing the backbone's ``preprocess_input`` on raw [0, 255] RGB."""
+    if spec.preprocessing == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")
+    if spec.preprocessing == "caffe":
+        # RGB->BGR and mean subtraction as a frozen 3x3 Dense on the channel axis: an exact,
+        # standard layer, so the saved model loads anywhere without custom code.
+        layer = keras.layers.Dense(3, trainable=False, name="preprocess")
+        layer.build((None, None, None, 3))
+        flip = np.eye(3, dtype="float32")[::-1]
+        layer.set_weights([flip, -np.asarray(_CAFFE_MEAN_BGR, dtype="float32")])
+        return layer
+    return None
+
+
+def build_feature_model(
+    spec: BackboneSpec, base: keras.Model, image_size: int, inference_mode: bool = True
+) -> keras.Model:
+    """Raw pixels -> preprocessing -> backbone -> global average pooling -> feature vector.
+
+    Args:
+        inference_mode: call the backbone with ``training=False`` so BatchNormalization keeps its
+            ImageNet statistics even when layers are unfrozen (transfer); ``False`` lets them
+            learn (training from scratch).
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = inputs
+    pre = preprocessing_layer(spec)
+    if pre is not None:
+        x = pre(x)
+    x = base(x, training=False) if inference_mode else base(x)
+    outputs = keras.layers.GlobalAveragePooling2D(name="features")(x)
+    return keras.Model(inputs, outputs, name=f"{spec.name}_features")
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def list_blocks(spec: BackboneSpec, base: keras.Model) -> list[tuple[str, int]]:
+    """``(block name, index of its first layer)`` in order; the stem is not a block."""
+    pattern = re.compile(spec.block_pattern)
+    blocks: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for index, layer in enumerate(base.layers):
+        match = pattern.match(layer.name)
+        if match and match.group(1) not in seen:
+            seen.add(match.group(1))
+            blocks.append((match.group(1), index))
+    return blocks
+
+
+def set_trainable_blocks(spec: BackboneSpec, base: keras.Model, n_blocks: int) -> int:
+    """Unfreeze the top ``n_blocks`` blocks (``-1``: all layers); BatchNormalization stays frozen.
+
+    Returns:
+        The number of trainable weight tensors in the base afterwards.
+
+    Raises:
+        ConfigError: more blocks asked for than the backbone has.
+    """
+    blocks = list_blocks(spec, base)
+    if n_blocks > len(blocks):
+        raise ConfigError(
+            f"{spec.title} has {len(blocks)} blocks; cannot unfreeze {n_blocks}. "
+            f"Use 1-{len(blocks)}, or -1 for all layers."
+        )
+    if n_blocks == 0:
+        base.trainable = False
+        return 0
+    cut = 0 if n_blocks < 0 else blocks[len(blocks) - n_blocks][1]
+    base.trainable = True
+    for index, layer in enumerate(base.layers):
+        # Frozen BN weights + training=False calls: the ImageNet statistics are never disturbed
+        # by small, differently distributed batches (the keras-io fine-tuning recipe).
+        frozen = index < cut or isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = not frozen
+    return len(base.trainable_weights)

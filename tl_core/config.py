@@ -1,0 +1,130 @@
+"""Frozen configuration dataclasses: everything a run needs to be repeated.
+
+Change a config with :func:`dataclasses.replace`; call :meth:`validate` to get a
+:class:`~tl_core.errors.ConfigError` that names the bad value instead of a failure mid-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from tl_core.errors import ConfigError
+
+STRATEGIES = ("feature_extractor", "finetune", "scratch")
+HEADS = ("softmax", "ovr", "svm")
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How images are read and split.
+
+    Attributes:
+        max_pixels: images with more pixels than this are skipped (decompression-bomb guard).
+        val_fraction: share of each class held out for validation (early stopping, head tuning).
+        test_fraction: share of each class held out for the final test metrics.
+        seed: seed of the stratified split.
+    """
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 42
+
+    def validate(self) -> DataConfig:
+        if self.max_pixels < 1:
+            raise ConfigError(f"max_pixels is {self.max_pixels}; it must be a positive number of pixels.")
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 0.5:
+                raise ConfigError(f"{name} is {value}; it must be between 0 and 0.5 (e.g. 0.15).")
+        if self.val_fraction + self.test_fraction >= 0.8:
+            raise ConfigError(
+                f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction:.2f}; "
+                "leave at least 20% of the images for training."
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    Attributes:
+        backbone: a name from :data:`tl_core.backbones.BACKBONES`.
+        strategy: ``feature_extractor``, ``finetune`` (two stages) or ``scratch``.
+        head: linear head of the feature extractor: ``softmax``, ``ovr`` or ``svm``.
+        weights: ``imagenet``, ``none`` (random initialisation) or a path to a weights file.
+        image_size: side in pixels images are resized to; ``None`` takes the backbone's own.
+        batch_size: images per training / extraction batch.
+        epochs: maximum epochs of stage 1 (new layers only) or of training from scratch.
+        fine_tune_epochs: maximum epochs of stage 2 (unfrozen blocks).
+        unfreeze_blocks: blocks of the backbone unfrozen in stage 2, counted from the top;
+            0 skips stage 2 and -1 unfreezes all of them.
+        learning_rate: Adam learning rate of the new layers (stage 1, scratch).
+        fine_tune_learning_rate: Adam learning rate of stage 2, kept small so the pretrained
+            layers move slowly.
+        dense_units: units of the new fully connected layer (0: none, softmax on the features).
+        dropout: dropout before the new layers.
+        patience: epochs without validation-loss improvement before early stopping.
+        augment: random flip, rotation, zoom and contrast during training.
+        seed: seed of weight initialisation, shuffling and augmentation.
+    """
+
+    backbone: str = "mobilenet"
+    strategy: str = "feature_extractor"
+    head: str = "softmax"
+    weights: str = "imagenet"
+    image_size: int | None = None
+    batch_size: int = 32
+    epochs: int = 30
+    fine_tune_epochs: int = 10
+    unfreeze_blocks: int = 2
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-5
+    dense_units: int = 256
+    dropout: float = 0.3
+    patience: int = 5
+    augment: bool = False
+    seed: int = 42
+
+    def validate(self) -> TrainConfig:
+        from tl_core.backbones import BACKBONES  # local: backbones imports keras
+
+        if self.backbone not in BACKBONES:
+            raise ConfigError(
+                f"Unknown backbone '{self.backbone}'. Choose one of: {', '.join(BACKBONES)}."
+            )
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(
+                f"Unknown strategy '{self.strategy}'. Choose one of: {', '.join(STRATEGIES)}."
+            )
+        if self.head not in HEADS:
+            raise ConfigError(f"Unknown head '{self.head}'. Choose one of: {', '.join(HEADS)}.")
+        if self.image_size is not None and not 32 <= self.image_size <= 1024:
+            raise ConfigError(f"image_size is {self.image_size}; it must be between 32 and 1024 pixels.")
+        checks = {
+            "batch_size": self.batch_size >= 1,
+            "epochs": self.epochs >= 1,
+            "fine_tune_epochs": self.fine_tune_epochs >= 0,
+            "unfreeze_blocks": self.unfreeze_blocks >= -1,
+            "learning_rate": self.learning_rate > 0,
+            "fine_tune_learning_rate": self.fine_tune_learning_rate > 0,
+            "dense_units": self.dense_units >= 0,
+            "dropout": 0.0 <= self.dropout < 1.0,
+            "patience": self.patience >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"{name} is {getattr(self, name)!r}, which is out of range.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

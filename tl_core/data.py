@@ -1,0 +1,609 @@
+"""Ingest, validate, decode, split and batch a labelled image set.
+
+A dataset arrives as a folder with one sub-folder per class, a ``.zip`` of the same, or a list of
+``(filename, bytes, label)`` from an upload widget. It becomes an :class:`ImageSet` (what was
+found, what was ignored and why), then a :class:`DecodedDataset` (uint8 pixels at the model's
+input size, cached on disk so epochs and later runs never decode again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import stat
+import warnings
+import zipfile
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, ImageSequence  # noqa: F401  (ImageSequence keeps GIF support loaded)
+
+from tl_core.config import DataConfig
+from tl_core.errors import DataError, ImageDecodeError
+from tl_core.progress import NullProgress, ProgressListener
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+ARCHIVE_EXTENSIONS = frozenset({".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"})
+MAX_ZIP_ENTRIES = 200_000
+MAX_ZIP_BYTES = 8 * 1024**3
+IMBALANCE_RATIO = 3.0
+# Bumped whenever decoding changes what pixels come out, so stale caches are never reused.
+DECODER_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One labelled image file, on disk (``path``) or in memory (``data``)."""
+
+    name: str
+    label: str
+    path: Path | None = None
+    data: bytes | None = None
+
+    def read_bytes(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.path is not None  # invariant of the constructors below, not user input
+        return self.path.read_bytes()
+
+
+@dataclass
+class ImageSet:
+    """The labelled files found in a source, and the files ignored with their reason."""
+
+    items: list[ImageItem]
+    ignored: list[dict[str, str]] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted({item.label for item in self.items})
+
+
+@dataclass
+class DecodedDataset:
+    """Decoded pixels of the usable images, in the order of ``names``.
+
+    Attributes:
+        x: ``(n, size, size, 3)`` uint8 pixels, or ``None`` when decoded only to inspect.
+        y: class index of each image (into ``class_names``).
+        names: display name (``class/file``) of each image.
+        hashes: sha256 of each file's bytes (duplicate detection, split groups, cache keys).
+        class_names: sorted class labels.
+        skipped: ``{file, reason}`` for every image that could not be used.
+        infos: per usable image: width, height, mode and format before decoding.
+    """
+
+    x: np.ndarray | None
+    y: np.ndarray
+    names: list[str]
+    hashes: list[str]
+    class_names: list[str]
+    skipped: list[dict[str, str]]
+    infos: list[dict[str, Any]]
+    image_size: int | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """A short content hash of the usable images and their labels."""
+        digest = hashlib.sha256()
+        for name, h, label in sorted(zip(self.names, self.hashes, self.y.tolist())):
+            digest.update(f"{h}:{self.class_names[label]}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- ingestion
+
+
+def load_images(source: str | os.PathLike | bytes | Sequence[tuple[str, bytes, str]]) -> ImageSet:
+    """Read a labelled image set from a folder, a zip (path or bytes) or an upload list.
+
+    Args:
+        source: a folder with one sub-folder per class, a ``.zip`` of such folders (as a path or
+            its bytes), or ``(filename, bytes, label)`` tuples.
+
+    Returns:
+        The image set. Nothing is decoded yet.
+
+    Raises:
+        DataError: the source does not exist, is not a zip, or holds no images.
+    """
+    if isinstance(source, (bytes, bytearray)):
+        image_set = load_zip(bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source).expanduser()
+        if path.is_dir():
+            image_set = load_folder(path)
+        elif path.is_file():
+            image_set = load_zip(path)
+        else:
+            raise DataError(f"No folder or zip file at '{path}'. Give a folder of class folders or a .zip.")
+    else:
+        image_set = load_uploads(source)
+    if not image_set.items:
+        raise DataError(
+            f"No images found in {image_set.source or 'the upload'} "
+            f"({len(image_set.ignored)} other files ignored). Expected one folder per class holding "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))} files."
+        )
+    return image_set
+
+
+def _classify_entry(relative: PurePosixPath) -> str | None:
+    """Returns why a relative file path is ignored, or ``None`` if it is a usable image path."""
+    if any(part.startswith(".") for part in relative.parts) or "__MACOSX" in relative.parts:
+        return "hidden or system file"
+    if len(relative.parts) < 2:
+        return "not inside a class folder"
+    suffix = relative.suffix.lower()
+    if suffix in ARCHIVE_EXTENSIONS:
+        return "nested archive (not opened)"
+    if suffix not in IMAGE_EXTENSIONS:
+        return f"not an image file type ({suffix or 'no extension'})"
+    return None
+
+
+def _strip_single_root(paths: Iterable[PurePosixPath]) -> PurePosixPath | None:
+    """The common top folder to strip when every usable path lies in one folder of class folders."""
+    visible = [p for p in paths if not any(s.startswith(".") or s == "__MACOSX" for s in p.parts)]
+    images = [p for p in visible if p.suffix.lower() in IMAGE_EXTENSIONS]
+    roots = {p.parts[0] for p in visible}
+    if len(roots) == 1 and images and all(len(p.parts) >= 3 for p in images):
+        return PurePosixPath(next(iter(roots)))
+    return None
+
+
+def _items_from_paths(
+    entries: list[tuple[PurePosixPath, Any]], make_item
+) -> tuple[list[ImageItem], list[dict[str, str]]]:
+    root = _strip_single_root(p for p, _ in entries)
+    items, ignored = [], []
+    for relative, handle in entries:
+        if root is not None and relative.parts[0] == root.name:
+            relative = PurePosixPath(*relative.parts[1:])
+        reason = _classify_entry(relative)
+        if reason:
+            ignored.append({"file": str(relative), "reason": reason})
+        else:
+            items.append(make_item(str(relative), relative.parts[0], handle))
+    return items, ignored
+
+
+def load_folder(folder: Path) -> ImageSet:
+    """Images in ``folder/<class>/**``; a single wrapping folder is looked through."""
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames.sort()
+        for filename in sorted(filenames):
+            full = Path(dirpath) / filename
+            entries.append((PurePosixPath(full.relative_to(folder).as_posix()), full))
+    items, ignored = _items_from_paths(
+        entries, lambda name, label, full: ImageItem(name=name, label=label, path=full)
+    )
+    return ImageSet(items=items, ignored=ignored, source=str(folder))
+
+
+def load_zip(source: Path | bytes) -> ImageSet:
+    """Images in a zip of class folders, read into memory after checking the archive's size.
+
+    Entries with absolute or ``..`` paths, symbolic links and nested archives are ignored and
+    listed; the total uncompressed size and the number of entries are checked before reading.
+    """
+    label = "the uploaded zip" if isinstance(source, bytes) else f"'{source}'"
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    if not zipfile.is_zipfile(stream):
+        raise DataError(f"{label} is not a zip archive. Upload a .zip of class folders.")
+    with zipfile.ZipFile(stream) as archive:
+        infos = [info for info in archive.infolist() if not info.is_dir()]
+        if len(infos) > MAX_ZIP_ENTRIES:
+            raise DataError(f"{label} has {len(infos):,} files; at most {MAX_ZIP_ENTRIES:,} are accepted.")
+        total = sum(info.file_size for info in infos)
+        if total > MAX_ZIP_BYTES:
+            raise DataError(
+                f"{label} expands to {total / 1024**3:.1f} GB; at most {MAX_ZIP_BYTES / 1024**3:.0f} GB "
+                "is accepted. Split the dataset or use a local folder."
+            )
+        entries, unsafe = [], []
+        for info in infos:
+            name = info.filename.replace("\\", "/")
+            relative = PurePosixPath(name)
+            mode = info.external_attr >> 16
+            if relative.is_absolute() or ".." in relative.parts or name.startswith("/"):
+                unsafe.append({"file": name, "reason": "unsafe path (absolute or '..'), not extracted"})
+            elif stat.S_ISLNK(mode):
+                unsafe.append({"file": name, "reason": "symbolic link, not followed"})
+            else:
+                entries.append((relative, info))
+
+        def read(name: str, label_: str, info: zipfile.ZipInfo) -> ImageItem:
+            with archive.open(info) as handle:
+                data = handle.read(info.file_size + 1)
+            return ImageItem(name=name, label=label_, data=data[: info.file_size])
+
+        items, ignored = _items_from_paths(entries, read)
+    return ImageSet(items=items, ignored=unsafe + ignored, source=label)
+
+
+def load_uploads(files: Sequence[tuple[str, bytes, str]]) -> ImageSet:
+    """Images from ``(filename, bytes, label)`` tuples, as a per-class upload widget gives them."""
+    items, ignored = [], []
+    for filename, data, label in files:
+        label = str(label).strip()
+        base = PurePosixPath(str(filename).replace("\\", "/")).name
+        reason = _classify_entry(PurePosixPath(label or "_", base)) if label else "no class name given"
+        if reason:
+            ignored.append({"file": f"{label}/{base}", "reason": reason})
+        else:
+            items.append(ImageItem(name=f"{label}/{base}", label=label, data=bytes(data)))
+    return ImageSet(items=items, ignored=ignored, source="the uploaded files")
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and float single-channel images scaled (not clipped) into 8-bit grayscale."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        peak = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+    else:
+        peak = 65535.0 if values.max(initial=0) > 255 else 255.0
+    return Image.fromarray(np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) -> tuple[Image.Image, dict]:
+    """Decode image bytes into an 8-bit RGB picture the way a careful tool does.
+
+    EXIF orientation is applied; transparency is composited on white; grayscale, 16-bit, palette
+    and CMYK become RGB; an animated image gives its first frame.
+
+    Args:
+        data: the file's bytes.
+        max_pixels: larger images are refused before their pixels are decoded.
+        draft_size: lets JPEG decoding downscale on the fly to at least this side (faster).
+
+    Returns:
+        The RGB image and its original ``width``, ``height``, ``mode`` and ``format``.
+
+    Raises:
+        ImageDecodeError: empty, not an image, truncated, or over the pixel limit.
+    """
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own, lower pixel limit below, before any pixel is decoded.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"{width} x {height} px ({width * height / 1e6:.1f} MP) is over the "
+                    f"{max_pixels / 1e6:g} MP limit; downscale it or raise the limit"
+                )
+            info = {"width": width, "height": height, "mode": image.mode, "format": image.format or "?"}
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            if draft_size and image.format == "JPEG":
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                image = _to_8bit(image)
+            has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+                image.mode == "P" and "transparency" in image.info
+            )
+            image = _composite_on_white(image) if has_alpha else image.convert("RGB")
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(f"decompression bomb refused: {err}") from err
+    except Image.UnidentifiedImageError as err:
+        raise ImageDecodeError("not a readable image (unknown or corrupt format)") from err
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise ImageDecodeError(f"could not decode: {err}") from err
+    return image, info
+
+
+def _decode_one(item: ImageItem, max_pixels: int, size: int | None):
+    """Returns ``(pixels or None, info, sha256)`` or raises ImageDecodeError."""
+    data = item.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    image, info = decode_image(data, max_pixels, draft_size=size or 256)
+    pixels = None
+    if size is not None:
+        resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        pixels = np.asarray(resized, dtype=np.uint8)
+    return pixels, info, digest
+
+
+def _cache_key(image_set: ImageSet, size: int | None, max_pixels: int) -> str:
+    digest = hashlib.sha256(f"v{DECODER_VERSION}:{size}:{max_pixels}\n".encode())
+    for item in image_set.items:
+        stamp = ""
+        if item.path is not None:
+            st = item.path.stat()
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        else:
+            stamp = hashlib.sha256(item.data or b"").hexdigest()
+        digest.update(f"{item.name}\t{item.label}\t{stamp}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def decode_dataset(
+    image_set: ImageSet,
+    image_size: int | None,
+    config: DataConfig = DataConfig(),
+    progress: ProgressListener | None = None,
+    cache_dir: Path | None = None,
+) -> DecodedDataset:
+    """Decode (and resize to ``image_size``) every image once, skipping the unusable ones.
+
+    Args:
+        image_set: what :func:`load_images` found.
+        image_size: side to resize to, or ``None`` to decode only (inspection).
+        config: the pixel limit.
+        progress: receives stage ``decode`` with one step per image.
+        cache_dir: when given, the result is stored there and reused while the files are unchanged.
+
+    Returns:
+        The decoded dataset. Skipped images are listed with their reason, never raised.
+    """
+    progress = progress or NullProgress()
+    cache_file = None
+    if cache_dir is not None and image_size is not None:
+        cache_file = Path(cache_dir) / f"decoded-{_cache_key(image_set, image_size, config.max_pixels)}"
+        cached = _read_decoded_cache(cache_file)
+        if cached is not None:
+            progress.on_stage_start("decode", len(image_set.items))
+            progress.on_step("decode", len(image_set.items), {"cached": 1.0})
+            progress.on_stage_end("decode", {"cached": 1.0})
+            return cached
+
+    class_names = image_set.class_names
+    class_index = {name: i for i, name in enumerate(class_names)}
+    progress.on_stage_start("decode", len(image_set.items))
+    pixels, labels, names, hashes, infos, skipped = [], [], [], [], [], []
+
+    def work(item: ImageItem):
+        try:
+            return item, _decode_one(item, config.max_pixels, image_size), None
+        except ImageDecodeError as err:
+            return item, None, str(err)
+        except OSError as err:  # an unreadable file on disk
+            return item, None, f"could not read the file: {err}"
+
+    # Pillow releases the GIL while decoding, so threads overlap the work on several cores.
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) + 1)) as pool:
+        for done, (item, result, reason) in enumerate(pool.map(work, image_set.items), start=1):
+            if reason is not None:
+                skipped.append({"file": item.name, "reason": reason})
+            else:
+                array, info, digest = result
+                if array is not None:
+                    pixels.append(array)
+                labels.append(class_index[item.label])
+                names.append(item.name)
+                hashes.append(digest)
+                infos.append(info)
+            if done % 16 == 0 or done == len(image_set.items):
+                progress.on_step("decode", done, None)
+            if progress.should_stop():
+                break
+    progress.on_stage_end("decode", {"skipped": float(len(skipped))})
+
+    x = None
+    if image_size is not None:
+        x = np.stack(pixels) if pixels else np.zeros((0, image_size, image_size, 3), np.uint8)
+    decoded = DecodedDataset(
+        x=x,
+        y=np.asarray(labels, dtype=np.int64),
+        names=names,
+        hashes=hashes,
+        class_names=class_names,
+        skipped=skipped,
+        infos=infos,
+        image_size=image_size,
+    )
+    if cache_file is not None and not progress.should_stop():
+        _write_decoded_cache(cache_file, decoded)
+    return decoded
+
+
+def _write_decoded_cache(path: Path, decoded: DecodedDataset) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "names": decoded.names,
+        "hashes": decoded.hashes,
+        "class_names": decoded.class_names,
+        "skipped": decoded.skipped,
+        "infos": decoded.infos,
+        "image_size": decoded.image_size,
+        "y": decoded.y.tolist(),
+    }
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, decoded.x)
+    os.replace(tmp, path.with_suffix(".npy"))
+    tmp_meta = path.with_suffix(".tmp.json")
+    tmp_meta.write_text(json.dumps(meta))
+    os.replace(tmp_meta, path.with_suffix(".json"))
+
+
+def _read_decoded_cache(path: Path) -> DecodedDataset | None:
+    meta_path, array_path = path.with_suffix(".json"), path.with_suffix(".npy")
+    if not (meta_path.exists() and array_path.exists()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        x = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None  # a damaged cache is rebuilt, not trusted
+    return DecodedDataset(
+        x=np.asarray(x),
+        y=np.asarray(meta["y"], dtype=np.int64),
+        names=meta["names"],
+        hashes=meta["hashes"],
+        class_names=meta["class_names"],
+        skipped=meta["skipped"],
+        infos=meta["infos"],
+        image_size=meta["image_size"],
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def find_duplicates(decoded: DecodedDataset) -> list[dict[str, Any]]:
+    """Groups of byte-identical files; ``cross_class`` marks groups that span classes."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, digest in enumerate(decoded.hashes):
+        groups[digest].append(index)
+    duplicates = []
+    for digest, members in groups.items():
+        if len(members) > 1:
+            labels = sorted({decoded.class_names[decoded.y[i]] for i in members})
+            duplicates.append(
+                {
+                    "sha256": digest[:16],
+                    "files": [decoded.names[i] for i in members],
+                    "classes": labels,
+                    "cross_class": len(labels) > 1,
+                }
+            )
+    return sorted(duplicates, key=lambda d: (not d["cross_class"], d["files"][0]))
+
+
+def build_report(image_set: ImageSet, decoded: DecodedDataset) -> dict[str, Any]:
+    """The dataset health report: counts, skipped and ignored files, duplicates, sizes, warnings."""
+    counts = Counter(decoded.class_names[i] for i in decoded.y.tolist())
+    per_class = {name: counts.get(name, 0) for name in decoded.class_names}
+    widths = [info["width"] for info in decoded.infos]
+    heights = [info["height"] for info in decoded.infos]
+    duplicates = find_duplicates(decoded)
+    warnings_ = []
+    nonzero = [n for n in per_class.values() if n > 0]
+    if len(nonzero) >= 2 and max(nonzero) / min(nonzero) >= IMBALANCE_RATIO:
+        small = min(per_class, key=lambda k: per_class[k] if per_class[k] else 10**9)
+        large = max(per_class, key=per_class.get)
+        warnings_.append(
+            f"Strong class imbalance: '{large}' has {per_class[large]} images, '{small}' has "
+            f"{per_class[small]} ({max(nonzero) / min(nonzero):.1f}x). Accuracy will flatter the "
+            "large classes; look at macro F1 and per-class recall, or add images to the small ones."
+        )
+    empty = [name for name, n in per_class.items() if n == 0]
+    if empty:
+        warnings_.append(f"No usable image in class(es): {', '.join(empty)}.")
+    cross = [d for d in duplicates if d["cross_class"]]
+    if cross:
+        warnings_.append(
+            f"{len(cross)} identical image(s) carry different labels (e.g. {', '.join(cross[0]['files'])}); "
+            "fix their labels or remove them."
+        )
+
+    def summary(values: list[int]) -> dict[str, float]:
+        if not values:
+            return {}
+        return {"min": int(min(values)), "median": float(np.median(values)), "max": int(max(values))}
+
+    return {
+        "source": image_set.source,
+        "n_images": int(len(decoded.y)),
+        "n_classes": len(decoded.class_names),
+        "class_names": decoded.class_names,
+        "per_class": per_class,
+        "skipped": decoded.skipped,
+        "ignored": image_set.ignored,
+        "duplicates": duplicates,
+        "width": summary(widths),
+        "height": summary(heights),
+        "modes": dict(Counter(info["mode"] for info in decoded.infos)),
+        "formats": dict(Counter(info["format"] for info in decoded.infos)),
+        "warnings": warnings_,
+        "fingerprint": decoded.fingerprint,
+    }
+
+
+def inspect_dataset(
+    source, config: DataConfig = DataConfig(), progress: ProgressListener | None = None
+) -> dict[str, Any]:
+    """Load and fully decode a dataset (without resizing) and return its health report."""
+    image_set = load_images(source)
+    return build_report(image_set, decode_dataset(image_set, None, config, progress))
+
+
+# --------------------------------------------------------------------------- split and batches
+
+
+def split_dataset(decoded: DecodedDataset, config: DataConfig = DataConfig()) -> dict[str, np.ndarray]:
+    """A stratified train / validation / test split of image indices, repeatable by seed.
+
+    Every class appears in every split. Byte-identical files of one class stay in the same split,
+    so a duplicate can never leak from training into the test set.
+
+    Raises:
+        DataError: fewer than two classes, or a class with fewer than 3 distinct images.
+    """
+    config.validate()
+    present = sorted(set(decoded.y.tolist()))
+    if len(present) < 2:
+        only = decoded.class_names[present[0]] if present else "none"
+        raise DataError(
+            f"Found {len(present)} class with usable images ({only}); a classifier needs at least 2. "
+            "Add a folder of images for another class."
+        )
+    rng = np.random.default_rng(config.seed)
+    splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    for label in present:
+        members = np.flatnonzero(decoded.y == label)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index in members:
+            groups[decoded.hashes[index]].append(int(index))
+        units = list(groups.values())
+        n = len(units)
+        if n < 3:
+            raise DataError(
+                f"Class '{decoded.class_names[label]}' has {n} distinct image(s); a stratified "
+                "train/validation/test split needs at least 3 per class. Add images or merge the class."
+            )
+        order = rng.permutation(n)
+        n_test = max(1, round(n * config.test_fraction))
+        n_val = max(1, round(n * config.val_fraction))
+        for position, unit in enumerate(order):
+            part = "test" if position < n_test else "val" if position < n_test + n_val else "train"
+            splits[part].extend(units[unit])
+    return {name: np.asarray(sorted(indices), dtype=np.int64) for name, indices in splits.items()}
+
+
+def make_batches(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+):
+    """A ``tf.data`` pipeline over cached uint8 pixels: shuffle, batch, cast to float32, prefetch."""
+    import tensorflow as tf
+
+    tensors = (x,) if y is None else (x, y)
+    dataset = tf.data.Dataset.from_tensor_slices(tensors)
+    if shuffle:
+        dataset = dataset.shuffle(min(len(x), 4096), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+
+    def cast(*batch):
+        images = tf.cast(batch[0], tf.float32)
+        return images if y is None else (images, batch[1])
+
+    return dataset.map(cast, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,75 @@
+"""Run a frozen ConvNet once over a dataset and cache the pooled features on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tl_core.errors import CancelledError
+from tl_core.progress import NullProgress, ProgressListener
+
+
+def features_key(hashes: list[str], backbone: str, weights_identity: str, image_size: int) -> str:
+    """Cache key: the images (in order), the backbone, its exact weights and the input size."""
+    digest = hashlib.sha256(f"{backbone}|{weights_identity}|{image_size}\n".encode())
+    for h in hashes:
+        digest.update(h.encode())
+    return digest.hexdigest()[:32]
+
+
+def extract_features(
+    feature_model: keras.Model,
+    x: np.ndarray,
+    batch_size: int = 32,
+    progress: ProgressListener | None = None,
+    cache_path: Path | None = None,
+    stage: str = "extract",
+) -> np.ndarray:
+    """Pooled features of every image, computed in inference mode, optionally cached.
+
+    Args:
+        feature_model: raw pixels -> feature vector (see ``backbones.build_feature_model``).
+        x: ``(n, size, size, 3)`` uint8 pixels.
+        batch_size: images per forward pass.
+        progress: receives ``stage`` with one step per image.
+        cache_path: an ``.npy`` file; read if present, written after a full pass.
+
+    Returns:
+        ``(n, feature_dim)`` float32 features.
+
+    Raises:
+        CancelledError: the listener asked to stop.
+    """
+    progress = progress or NullProgress()
+    n = len(x)
+    if cache_path is not None and Path(cache_path).is_file():
+        features = np.load(cache_path)
+        if features.shape[0] == n:
+            progress.on_stage_start(stage, n)
+            progress.on_step(stage, n, {"cached": 1.0})
+            progress.on_stage_end(stage, {"cached": 1.0})
+            return features.astype(np.float32)
+
+    forward = tf.function(lambda batch: feature_model(tf.cast(batch, tf.float32), training=False))
+    progress.on_stage_start(stage, n)
+    chunks = []
+    for start in range(0, n, batch_size):
+        if progress.should_stop():
+            raise CancelledError("Cancelled during feature extraction.")
+        chunks.append(np.asarray(forward(x[start : start + batch_size])))
+        progress.on_step(stage, min(start + batch_size, n), None)
+    features = np.concatenate(chunks) if chunks else np.zeros((0, feature_model.output_shape[-1]), np.float32)
+    progress.on_stage_end(stage, {"images": float(n)})
+
+    if cache_path is not None:
+        cache_path = Path(cache_path)
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_suffix(".tmp.npy")
+        np.save(tmp, features)
+        os.replace(tmp, cache_path)
+    return features

@@ -1,0 +1,200 @@
+"""Keras classifiers: two-stage fine-tuning of a pretrained ConvNet, and training from scratch.
+
+The two-stage recipe (keras-io's transfer-learning guide, fastai's ``fine_tune``):
+
+1. freeze the ConvNet, train new fully connected layers (Adam 1e-3, early stopping);
+2. unfreeze the top blocks, keep BatchNormalization in inference mode, recompile with a small
+   learning rate (1e-5) and train on, again with early stopping.
+
+Without augmentation the frozen ConvNet gives the same output every epoch, so stage 1 trains the
+new layers on features computed once; the layers are then attached to the ConvNet for stage 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from tl_core.config import TrainConfig
+from tl_core.data import make_batches
+from tl_core.errors import CancelledError
+from tl_core.progress import KerasProgressBridge, ProgressListener
+
+
+@dataclass
+class TrainedModel:
+    """A trained Keras classifier and the epoch history of each stage it went through."""
+
+    model: keras.Model
+    history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def build_augmentation(seed: int) -> keras.Sequential:
+    """Random flip, rotation, zoom and contrast; active only while training."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.1, seed=seed),
+            keras.layers.RandomZoom(0.1, seed=seed),
+            keras.layers.RandomContrast(0.1, seed=seed),
+        ],
+        name="augmentation",
+    )
+
+
+def build_head(
+    feature_dim: int, n_classes: int, config: TrainConfig, train_features: np.ndarray | None = None
+) -> keras.Sequential:
+    """The new layers: feature standardisation, dropout, a fully connected ReLU layer, dropout, softmax.
+
+    Args:
+        train_features: pooled features of the training images; when given, the first layer
+            standardises features with their mean and variance (what ``StandardScaler`` does for the
+            linear heads), so the new layers learn at one learning rate whatever the scale of the
+            backbone's features. BatchNormalization cannot do this on small data: with a handful of
+            steps per epoch its moving averages never reach the features' statistics.
+    """
+    layers: list = [keras.Input((feature_dim,))]
+    if train_features is not None:
+        norm = keras.layers.Normalization(name="features_norm")
+        norm.adapt(np.asarray(train_features, np.float32))
+        layers.append(norm)
+    if config.dense_units:
+        layers += [
+            keras.layers.Dropout(config.dropout, seed=config.seed),
+            keras.layers.Dense(config.dense_units, activation="relu", name="fc"),
+        ]
+    layers += [
+        keras.layers.Dropout(config.dropout, seed=config.seed),
+        keras.layers.Dense(n_classes, activation="softmax", name="predictions"),
+    ]
+    return keras.Sequential(layers, name="head")
+
+
+def attach_head(feature_model: keras.Model, head: keras.Model, augment: keras.Model | None) -> keras.Model:
+    """Raw pixels -> [augmentation] -> features -> head, as one model."""
+    inputs = keras.Input(feature_model.input_shape[1:], name="image")
+    x = augment(inputs) if augment is not None else inputs
+    outputs = head(feature_model(x))
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def _compile(model: keras.Model, learning_rate: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _fit(model, train, val, epochs, config, progress, stage) -> list[dict[str, float]]:
+    bridge = KerasProgressBridge(progress, stage, epochs)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=config.patience, restore_best_weights=True
+    )
+    # shuffle=False: the tf.data pipeline shuffles already.
+    model.fit(train, validation_data=val, epochs=epochs, callbacks=[stopper, bridge], verbose=0, shuffle=False)
+    if progress.should_stop():
+        raise CancelledError(f"Cancelled during {stage}.")
+    return bridge.history
+
+
+def train_two_stage(
+    feature_model: keras.Model,
+    base_unfreeze,
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    n_classes: int,
+    config: TrainConfig,
+    progress: ProgressListener,
+    features: dict[str, np.ndarray],
+) -> TrainedModel:
+    """Stage 1 (new layers on the frozen ConvNet), then stage 2 (top blocks unfrozen).
+
+    Args:
+        feature_model: pixels -> pooled features, its ConvNet called in inference mode.
+        base_unfreeze: ``callable(n_blocks)`` that unfreezes the ConvNet's top blocks.
+        data: ``{"train": (x, y), "val": (x, y)}`` uint8 pixels and class indices.
+        features: features of each split from the frozen ConvNet: they set the head's feature
+            standardisation and, when augmentation is off, stage 1 trains on them directly.
+    """
+    keras.utils.set_random_seed(config.seed)
+    head = build_head(feature_model.output_shape[-1], n_classes, config, features["train"])
+    augment = build_augmentation(config.seed) if config.augment else None
+    model = attach_head(feature_model, head, augment)
+    base_unfreeze(0)
+    result = TrainedModel(model)
+
+    if augment is None:
+        train = _feature_batches(features["train"], data["train"][1], config, shuffle=True)
+        val = _feature_batches(features["val"], data["val"][1], config)
+        _compile(head, config.learning_rate)
+        result.history["stage1"] = _fit(head, train, val, config.epochs, config, progress, "stage1")
+        result.notes.append("Stage 1 trained the new layers on cached ConvNet features (no augmentation).")
+    else:
+        train, val = _pixel_batches(data, config)
+        _compile(model, config.learning_rate)
+        result.history["stage1"] = _fit(model, train, val, config.epochs, config, progress, "stage1")
+        result.notes.append("Stage 1 ran the frozen ConvNet every epoch (augmentation changes its input).")
+
+    if config.unfreeze_blocks != 0 and config.fine_tune_epochs > 0:
+        train, val = _pixel_batches(data, config)
+        _compile(model, config.learning_rate)
+        stage1_val_loss = float(model.evaluate(val, verbose=0)[0])
+        stage1_weights = model.get_weights()
+        n_trainable = base_unfreeze(config.unfreeze_blocks)
+        _compile(model, config.fine_tune_learning_rate)  # recompile after changing trainable
+        result.history["stage2"] = _fit(model, train, val, config.fine_tune_epochs, config, progress, "stage2")
+        blocks = "all layers" if config.unfreeze_blocks < 0 else f"the top {config.unfreeze_blocks} block(s)"
+        result.notes.append(
+            f"Stage 2 fine-tuned {blocks} ({n_trainable} weight tensors) at learning rate "
+            f"{config.fine_tune_learning_rate:g}, BatchNormalization in inference mode."
+        )
+        best_stage2 = min(epoch["val_loss"] for epoch in result.history["stage2"])
+        if best_stage2 > stage1_val_loss:
+            # Early stopping restores the best stage-2 epoch; the stage-1 model can be better still.
+            model.set_weights(stage1_weights)
+            result.notes.append(
+                f"Stage 2 never beat stage 1 on validation loss ({best_stage2:.3f} vs "
+                f"{stage1_val_loss:.3f}); the stage-1 model was kept."
+            )
+    return result
+
+
+def train_scratch(
+    feature_model: keras.Model,
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    n_classes: int,
+    config: TrainConfig,
+    progress: ProgressListener,
+) -> TrainedModel:
+    """The same architecture from random weights, every layer trained (the no-transfer baseline)."""
+    keras.utils.set_random_seed(config.seed)
+    head = build_head(feature_model.output_shape[-1], n_classes, config)
+    augment = build_augmentation(config.seed) if config.augment else None
+    model = attach_head(feature_model, head, augment)
+    model.trainable = True
+    train, val = _pixel_batches(data, config)
+    _compile(model, config.learning_rate)
+    history = _fit(model, train, val, config.epochs, config, progress, "scratch")
+    return TrainedModel(model, {"scratch": history}, ["Trained every layer from random weights."])
+
+
+def _pixel_batches(data, config: TrainConfig):
+    x_train, y_train = data["train"]
+    x_val, y_val = data["val"]
+    return (
+        make_batches(x_train, y_train, config.batch_size, shuffle=True, seed=config.seed),
+        make_batches(x_val, y_val, config.batch_size),
+    )
+
+
+def _feature_batches(features: np.ndarray, y: np.ndarray, config: TrainConfig, shuffle: bool = False):
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((features.astype(np.float32), y))
+    if shuffle:
+        dataset = dataset.shuffle(len(features), seed=config.seed, reshuffle_each_iteration=True)
+    return dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)

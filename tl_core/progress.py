@@ -1,0 +1,128 @@
+"""The one progress-and-cancel protocol used by the app, the CLI and the job worker.
+
+The engine reports through a :class:`ProgressListener`; it never prints. Stages are named
+(``decode``, ``extract``, ``head``, ``stage1``, ``stage2``, ``scratch``, ``evaluate``); ``total``
+is the number of steps (images, epochs) and each ``on_step`` says how many are done.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Protocol, runtime_checkable
+
+import keras
+
+
+@runtime_checkable
+class ProgressListener(Protocol):
+    """What an observer of a run implements. Every method must return quickly."""
+
+    def on_stage_start(self, stage: str, total: int) -> None: ...
+
+    def on_step(self, stage: str, step: int, logs: dict[str, Any] | None = None) -> None: ...
+
+    def on_stage_end(self, stage: str, logs: dict[str, Any] | None = None) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+class NullProgress:
+    """A listener that ignores everything and never asks to stop."""
+
+    def on_stage_start(self, stage: str, total: int) -> None:
+        pass
+
+    def on_step(self, stage: str, step: int, logs: dict[str, Any] | None = None) -> None:
+        pass
+
+    def on_stage_end(self, stage: str, logs: dict[str, Any] | None = None) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+class CancelToken(NullProgress):
+    """A listener whose only job is to carry a cancel request (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    def should_stop(self) -> bool:
+        return self._event.is_set()
+
+
+class MultiProgress:
+    """Fans events out to several listeners; stops when any of them asks to."""
+
+    def __init__(self, *listeners: ProgressListener) -> None:
+        self.listeners = [listener for listener in listeners if listener is not None]
+
+    def on_stage_start(self, stage: str, total: int) -> None:
+        for listener in self.listeners:
+            listener.on_stage_start(stage, total)
+
+    def on_step(self, stage: str, step: int, logs: dict[str, Any] | None = None) -> None:
+        for listener in self.listeners:
+            listener.on_step(stage, step, logs)
+
+    def on_stage_end(self, stage: str, logs: dict[str, Any] | None = None) -> None:
+        for listener in self.listeners:
+            listener.on_stage_end(stage, logs)
+
+    def should_stop(self) -> bool:
+        return any(listener.should_stop() for listener in self.listeners)
+
+
+class StageTimer(NullProgress):
+    """Records wall seconds per stage (used for the run's timing metrics)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._started: dict[str, float] = {}
+
+    def on_stage_start(self, stage: str, total: int) -> None:
+        self._started[stage] = time.perf_counter()
+
+    def on_stage_end(self, stage: str, logs: dict[str, Any] | None = None) -> None:
+        if stage in self._started:
+            elapsed = time.perf_counter() - self._started.pop(stage)
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
+
+
+class KerasProgressBridge(keras.callbacks.Callback):
+    """Turns Keras ``fit`` events into protocol events, and a stop request into ``stop_training``.
+
+    One ``on_step`` per epoch carries the epoch's logs (loss, accuracy, val_loss, val_accuracy).
+    The stop request is also checked after each batch so cancelling takes effect within an epoch;
+    overriding a batch hook makes Keras call it synchronously, which is what we want here.
+    """
+
+    def __init__(self, listener: ProgressListener, stage: str, total_epochs: int) -> None:
+        super().__init__()
+        self.listener = listener
+        self.stage = stage
+        self.total_epochs = total_epochs
+        self.history: list[dict[str, float]] = []
+
+    def on_train_begin(self, logs=None):
+        self.listener.on_stage_start(self.stage, self.total_epochs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.listener.should_stop():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        clean = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+        clean["epoch"] = epoch + 1
+        self.history.append(clean)
+        self.listener.on_step(self.stage, epoch + 1, clean)
+        if self.listener.should_stop():
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self.listener.on_stage_end(self.stage, self.history[-1] if self.history else {})

@@ -1,0 +1,254 @@
+"""One training run from a dataset source to a stored, measured model.
+
+``run_training`` is what the CLI, the app's job worker and the tests call. It never raises for a
+run that fails: the run is stored as ``failed`` with its error (or ``cancelled``) and returned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from tl_core import backbones, data
+from tl_core.config import DataConfig, TrainConfig
+from tl_core.errors import CancelledError, TLCoreError
+from tl_core.features import extract_features, features_key
+from tl_core.finetune import TrainedModel, train_scratch, train_two_stage
+from tl_core.heads import LinearHead
+from tl_core.metrics import evaluate
+from tl_core.progress import MultiProgress, NullProgress, ProgressListener, StageTimer
+from tl_core.store import RunStore, write_json_atomic
+
+EPOCH_STAGES = ("stage1", "stage2", "scratch")
+
+
+class StoreProgress(NullProgress):
+    """Writes epoch metrics to the store as they arrive, and a progress snapshot at most twice a second."""
+
+    def __init__(self, store: RunStore, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+        self.snapshot: dict[str, Any] = {"stages": {}}
+        self._last_write = 0.0
+
+    def _write(self, force: bool = False) -> None:
+        now = time.time()
+        if force or now - self._last_write >= 0.5:
+            self._last_write = now
+            self.snapshot["updated_at"] = now
+            self.store.set_progress(self.run_id, self.snapshot)
+
+    def on_stage_start(self, stage: str, total: int) -> None:
+        self.snapshot["current"] = stage
+        self.snapshot["stages"][stage] = {"step": 0, "total": total, "started_at": time.time()}
+        self._write(force=True)
+
+    def on_step(self, stage: str, step: int, logs: dict[str, Any] | None = None) -> None:
+        entry = self.snapshot["stages"].setdefault(stage, {"total": step, "started_at": time.time()})
+        entry["step"] = step
+        if logs:
+            entry["logs"] = logs
+        if stage in EPOCH_STAGES and logs is not None:
+            self.store.add_epoch(self.run_id, stage, step, {k: v for k, v in logs.items() if k != "epoch"})
+            self._write(force=True)
+        else:
+            self._write()
+
+    def on_stage_end(self, stage: str, logs: dict[str, Any] | None = None) -> None:
+        entry = self.snapshot["stages"].setdefault(stage, {"started_at": time.time()})
+        entry["finished_at"] = time.time()
+        self._write(force=True)
+
+
+def describe_hardware() -> str:
+    """``CPU (n cores)`` or the GPU name(s) TensorFlow will train on."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return f"CPU ({os.cpu_count()} cores)"
+    names = []
+    for gpu in gpus:
+        try:
+            names.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
+        except (RuntimeError, ValueError):
+            names.append(gpu.name)
+    return ", ".join(names)
+
+
+def run_training(
+    source: Any,
+    config: TrainConfig,
+    data_config: DataConfig = DataConfig(),
+    store: RunStore | None = None,
+    progress: ProgressListener | None = None,
+    run_id: str | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Train one model on a dataset and store the run.
+
+    Args:
+        source: a folder, a zip (path or bytes) or upload tuples (see ``data.load_images``).
+        config: what to train; validated before anything is stored.
+        data_config: pixel limit and split.
+        store: where the run goes; the default store when ``None``.
+        progress: an observer (progress bar, job worker); may ask to stop.
+        run_id: an existing ``queued`` run to execute (the job worker creates it first).
+        name: a label shown in run lists.
+
+    Returns:
+        The stored run (``status``: ``succeeded``, ``failed`` with ``error``, or ``cancelled``).
+
+    Raises:
+        ConfigError: an invalid config (nothing is stored then).
+    """
+    config.validate()
+    data_config.validate()
+    store = store or RunStore()
+    payload = {"train": config.to_dict(), "data": dataclasses.asdict(data_config), "source": _describe(source)}
+    if run_id is None:
+        run_id = store.create_run(payload, status="running", name=name)
+    else:
+        store.set_status(run_id, "running")
+    timer = StageTimer()
+    listener = MultiProgress(progress or NullProgress(), StoreProgress(store, run_id), timer)
+    started = time.perf_counter()
+    try:
+        metrics = _execute(source, config, data_config, store, run_id, listener, timer)
+        metrics["seconds"] = time.perf_counter() - started
+        store.finish(run_id, "succeeded", metrics)
+    except CancelledError as err:
+        store.finish(run_id, "cancelled", error=str(err) or "Cancelled.")
+    except KeyboardInterrupt:
+        store.finish(run_id, "cancelled", error="Interrupted (Ctrl-C).")
+        raise
+    except TLCoreError as err:
+        store.finish(run_id, "failed", error=str(err))
+    except Exception as err:  # noqa: BLE001 - a run must end 'failed', never stay 'running'
+        (store.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
+        store.finish(run_id, "failed", error=f"Unexpected error: {err.__class__.__name__}: {err}")
+    return store.get_run(run_id)
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(Path(source).expanduser().resolve())
+    if isinstance(source, (bytes, bytearray)):
+        return f"zip upload ({len(source):,} bytes)"
+    return f"{len(source)} uploaded files"
+
+
+def _execute(source, config, data_config, store, run_id, listener, timer) -> dict[str, Any]:
+    spec = backbones.get_spec(config.backbone)
+    size = config.image_size or spec.input_size
+    keras.utils.set_random_seed(config.seed)
+
+    image_set = data.load_images(source)
+    decoded = data.decode_dataset(image_set, size, data_config, listener, store.cache_dir / "decoded")
+    report = data.build_report(image_set, decoded)
+    store.set_dataset(run_id, report)
+    if listener.should_stop():
+        raise CancelledError("Cancelled while decoding images.")
+    splits = data.split_dataset(decoded, data_config)
+    write_json_atomic(
+        store.run_dir(run_id) / "split.json",
+        {part: [decoded.names[i] for i in idx] for part, idx in splits.items()},
+    )
+    split_data = {part: (decoded.x[idx], decoded.y[idx]) for part, idx in splits.items()}
+    n_classes = len(decoded.class_names)
+
+    weights = backbones.resolve_weights(spec, "none" if config.strategy == "scratch" else config.weights, config.seed)
+    base = backbones.build_base(spec, weights, size, config.seed)
+    feature_model = backbones.build_feature_model(spec, base, size, inference_mode=config.strategy != "scratch")
+    cache_path = store.cache_dir / "features" / (
+        features_key(decoded.hashes, spec.name, weights.identity, size) + ".npy"
+    )
+
+    if config.strategy == "feature_extractor":
+        features = extract_features(feature_model, decoded.x, config.batch_size, listener, cache_path)
+        trained, probabilities = _train_linear_head(feature_model, features, splits, decoded, config, listener)
+    else:
+        if config.strategy == "finetune":
+            # One pass of the frozen ConvNet (cached): it sets the head's feature standardisation
+            # and, without augmentation, is all stage 1 needs.
+            all_features = extract_features(feature_model, decoded.x, config.batch_size, listener, cache_path)
+            features = {part: all_features[idx] for part, idx in splits.items()}
+            trained = train_two_stage(
+                feature_model,
+                lambda n: backbones.set_trainable_blocks(spec, base, n),
+                split_data,
+                n_classes,
+                config,
+                listener,
+                features,
+            )
+        else:
+            trained = train_scratch(feature_model, split_data, n_classes, config, listener)
+        listener.on_stage_start("evaluate", len(splits["test"]))
+        probabilities = trained.model.predict(
+            data.make_batches(split_data["test"][0], None, config.batch_size), verbose=0
+        )
+        listener.on_stage_end("evaluate", None)
+
+    test_idx = splits["test"]
+    metrics = evaluate(decoded.y[test_idx], probabilities, decoded.class_names, [decoded.names[i] for i in test_idx])
+    metrics.update(
+        {
+            "test_accuracy": metrics["accuracy"],
+            "class_names": decoded.class_names,
+            "image_size": size,
+            "weights": weights.description,
+            "hardware": describe_hardware(),
+            "split": {part: int(len(idx)) for part, idx in splits.items()},
+            "history": trained.history,
+            "notes": trained.notes,
+            "timing": _timing(timer, trained.history, len(decoded.y), len(splits["train"]), len(splits["val"])),
+        }
+    )
+    _save_model(trained.model, store.run_dir(run_id) / "model.keras")
+    return metrics
+
+
+def _train_linear_head(feature_model, features, splits, decoded, config, listener):
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    listener.on_stage_start("head", 1)
+    head = LinearHead(config.head, seed=config.seed).fit(
+        features[train], decoded.y[train], features[val], decoded.y[val]
+    )
+    listener.on_step("head", 1, {"C": head.C_})
+    listener.on_stage_end("head", {"C": head.C_})
+    W, b, mode = head.to_dense()
+    logits = keras.layers.Dense(W.shape[1], name="head_logits")
+    x = logits(feature_model.output)
+    logits.set_weights([W, b])
+    if mode == "ovr":
+        x = keras.layers.Activation("log_sigmoid", name="ovr_log_sigmoid")(x)
+    outputs = keras.layers.Activation("softmax", name="probabilities")(x)
+    model = keras.Model(feature_model.input, outputs, name=f"{feature_model.name}_{config.head}")
+    note = f"Linear head '{config.head}' on cached features; C={head.C_:g} chosen on the validation split."
+    return TrainedModel(model, {}, [note]), head.predict_proba(features[test])
+
+
+def _timing(timer: StageTimer, history, n_images: int, n_train: int, n_val: int) -> dict[str, dict[str, float]]:
+    timing = {}
+    for stage, seconds in timer.seconds.items():
+        if stage in ("decode", "extract"):
+            images = n_images
+        elif stage in history:
+            images = (n_train + n_val) * len(history[stage])
+        else:
+            images = 0
+        timing[stage] = {"seconds": seconds, "images_per_second": images / seconds if seconds and images else None}
+    return timing
+
+
+def _save_model(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name("model.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
