@@ -210,11 +210,11 @@ class RunStore:
 
     # ----------------------------------------------------------------- reads
 
-    @staticmethod
-    def _row_to_run(row: sqlite3.Row) -> dict[str, Any]:
+    def _row_to_run(self, row: sqlite3.Row) -> dict[str, Any]:
         run = dict(row)
         for key in ("config", "dataset", "metrics", "progress"):
             run[key] = json.loads(run[key]) if run.get(key) else None
+        run["model_path"] = str(self.run_dir(run["id"]) / "model.keras")
         return run
 
     def get_run(self, run_id: str) -> dict[str, Any]:
@@ -231,7 +231,6 @@ class RunStore:
                 raise RunNotFoundError(f"No run with id '{run_id}'.")
             run = self._row_to_run(row)
             run["epochs"] = self._epochs(conn, run_id)
-        run["model_path"] = str(self.run_dir(run_id) / "model.keras")
         return run
 
     @staticmethod

@@ -1,0 +1,128 @@
+"""Data: load a dataset (zip, files per class, local folder, sample) and see its health."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from tl_core import charts
+from tl_core.data import load_images
+from tl_core.datasets import digits_sample, flowers_sample, list_datasets, save_image_set
+from tl_core.errors import TLCoreError
+from ui.gallery import class_thumbnails
+from ui.state import PAGES, current_dataset, dataset_report, get_store, set_dataset
+
+st.title("📁 Data")
+st.caption("One folder per class. JPEG, PNG, BMP, GIF, WebP and TIFF are read; anything else is listed, not lost.")
+store = get_store()
+
+
+def _load(source, name: str, save: bool) -> None:
+    try:
+        with st.spinner("Reading files..."):
+            image_set = load_images(source)
+            path = save_image_set(store, image_set, name) if save else source
+    except TLCoreError as err:
+        st.error(str(err))
+        return
+    set_dataset(path, name)
+    st.rerun()
+
+
+zip_tab, class_tab, folder_tab, sample_tab, saved_tab = st.tabs(
+    ["Upload a zip", "Upload per class", "Local folder", "Sample sets", "Saved datasets"]
+)
+with zip_tab:
+    upload = st.file_uploader("A .zip with one folder per class", type=["zip"], key="zip_upload")
+    if upload is not None and st.button("Load this zip", type="primary"):
+        _load(upload.getvalue(), upload.name.removesuffix(".zip"), save=True)
+
+with class_tab:
+    n_classes = st.number_input("Number of classes", min_value=2, max_value=50, value=2)
+    files = []
+    columns = st.columns(min(int(n_classes), 4))
+    for index in range(int(n_classes)):
+        with columns[index % len(columns)]:
+            label = st.text_input(f"Class {index + 1} name", value=f"class_{index + 1}", key=f"class_name_{index}")
+            uploads = st.file_uploader(f"Images of {label}", accept_multiple_files=True, key=f"class_files_{index}")
+            files += [(u.name, u.getvalue(), label) for u in uploads or []]
+    if st.button("Load these images", type="primary", disabled=not files):
+        _load(files, "Uploaded images", save=True)
+
+with folder_tab:
+    st.caption("For a copy of the app running on your own machine: the folder is read where it is.")
+    folder = st.text_input("Folder path", placeholder="/home/me/photos/my_dataset")
+    if st.button("Use this folder", disabled=not folder):
+        _load(folder.strip(), folder.strip().rstrip("/").split("/")[-1] or folder, save=False)
+
+with sample_tab:
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Handwritten digits** — 1,797 scans, 10 classes; ships with scikit-learn (works offline).")
+        if st.button("Load digits"):
+            _load(str(digits_sample(store)), "Handwritten digits (sample)", save=False)
+    with right:
+        st.markdown("**TF Flowers** — 3,670 photos, 5 classes: the original article's problem (downloads 220 MB).")
+        if st.button("Download TF Flowers"):
+            try:
+                with st.spinner("Downloading TF Flowers..."):
+                    path = flowers_sample(store)
+                _load(str(path), "TF Flowers (sample)", save=False)
+            except TLCoreError as err:
+                st.error(str(err))
+
+with saved_tab:
+    saved = list_datasets(store)
+    if not saved:
+        st.caption("Uploaded datasets are kept here.")
+    else:
+        labels = {f"{d['name']} ({d['n_files']} files)": d for d in saved}
+        choice = st.selectbox("Saved dataset", list(labels))
+        if st.button("Use it"):
+            set_dataset(labels[choice]["path"], labels[choice]["name"])
+            st.rerun()
+
+dataset = current_dataset()
+if dataset is None:
+    st.info("No dataset yet: upload one above, or try a sample set.")
+    st.stop()
+
+report = dataset_report(dataset["path"])
+if report is None:
+    st.stop()
+
+st.header(f"Health of “{dataset['name']}”")
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Images", report["n_images"])
+c2.metric("Classes", report["n_classes"])
+c3.metric("Skipped", len(report["skipped"]))
+c4.metric("Duplicate groups", len(report["duplicates"]))
+for warning in report["warnings"]:
+    st.warning(warning)
+if report["n_classes"] < 2:
+    st.error("A classifier needs at least 2 classes with images.")
+
+st.plotly_chart(charts.class_counts(report["per_class"]), key="class_counts")
+if report["width"]:
+    st.caption(
+        f"Sizes: {report['width']['min']}-{report['width']['max']} px wide, "
+        f"{report['height']['min']}-{report['height']['max']} px high · "
+        f"colour modes: {', '.join(f'{k} {v}' for k, v in report['modes'].items())}"
+    )
+
+if report["skipped"]:
+    st.subheader("Skipped images")
+    st.dataframe(pd.DataFrame(report["skipped"]), hide_index=True)
+if report["duplicates"]:
+    st.subheader("Identical files")
+    st.dataframe(
+        pd.DataFrame([{"files": ", ".join(d["files"]), "different labels": d["cross_class"]} for d in report["duplicates"]]),
+        hide_index=True,
+    )
+if report["ignored"]:
+    with st.expander(f"{len(report['ignored'])} other files ignored"):
+        st.dataframe(pd.DataFrame(report["ignored"]), hide_index=True)
+
+st.subheader("Thumbnails")
+class_thumbnails(dataset["path"], report["class_names"])
+st.page_link(PAGES["strategy"], label="Next: get a strategy recommendation", icon="🧭")

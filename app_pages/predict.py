@@ -1,0 +1,56 @@
+"""Predict: a finished run's model on new images, with the top classes and their probabilities."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import streamlit as st
+from PIL import Image
+
+from tl_core import charts
+from tl_core.charts import run_label
+from tl_core.data import decode_image
+from tl_core.errors import ImageDecodeError
+from tl_core.export import model_file
+from ui.state import PAGES, get_store
+
+st.title("🔮 Predict")
+store = get_store()
+finished = [r for r in store.list_runs(status="succeeded")]
+if not finished:
+    st.info("Train a model first.")
+    st.page_link(PAGES["train"], label="Go to Train", icon="🏋️")
+    st.stop()
+
+
+@st.cache_resource(max_entries=4)
+def load_model(path: str) -> keras.Model:
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+labels = {run_label(r): r for r in finished}
+choice = st.selectbox("Model", list(labels))
+run = labels[choice]
+metrics = run["metrics"]
+st.caption(f"Test accuracy {metrics['test_accuracy']:.1%} on {metrics['n_test']} images · classes: {', '.join(metrics['class_names'])}")
+uploads = st.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"], accept_multiple_files=True)
+path = model_file(run)
+if not uploads or path is None:
+    st.stop()
+
+model = load_model(str(path))
+size = metrics["image_size"]
+for upload in uploads:
+    try:
+        image, _ = decode_image(upload.getvalue(), max_pixels=40_000_000, draft_size=size)
+    except ImageDecodeError as err:
+        st.warning(f"{upload.name}: skipped ({err}).")
+        continue
+    pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype="float32")[None]
+    probabilities = model.predict(pixels, verbose=0)[0]
+    order = np.argsort(-probabilities)[:5]
+    left, right = st.columns([1, 3])
+    left.image(image, caption=upload.name, width=180)
+    top = {metrics["class_names"][i]: float(probabilities[i]) for i in order}
+    right.markdown(f"**{next(iter(top))}** ({next(iter(top.values())):.0%})")
+    right.plotly_chart(charts.top_classes(top), key=f"pred_{upload.name}")

@@ -1,0 +1,109 @@
+"""Result: one run, read-only, rebuilt from storage alone so its link can be shared."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from tl_core import charts
+from tl_core.charts import run_label
+from tl_core.errors import TLCoreError
+from tl_core.export import html_report, model_file
+from tl_core.store import is_valid_run_id
+from ui.gallery import prediction_tile, thumbnail
+from ui.state import get_store
+
+store = get_store()
+run_id = st.query_params.get("run")
+
+if not run_id:
+    st.title("🔗 Result")
+    finished = [r for r in store.list_runs() if r["status"] in ("succeeded", "failed", "cancelled")]
+    if not finished:
+        st.info("No finished run yet.")
+        st.stop()
+    labels = {run_label(r): r["id"] for r in finished}
+    choice = st.selectbox("Run", list(labels))
+    if st.button("Open", type="primary"):
+        st.query_params["run"] = labels[choice]
+        st.rerun()
+    st.stop()
+
+if not is_valid_run_id(run_id):
+    st.error("This link does not point to a run: check that it was copied whole.")
+    st.stop()
+try:
+    run = store.get_run(run_id)
+except TLCoreError:
+    st.error("No run with this id: it may have been deleted, or the link is incomplete.")
+    st.stop()
+
+metrics = run.get("metrics") or {}
+dataset = run.get("dataset") or {}
+train = (run.get("config") or {}).get("train", {})
+st.title(f"🔗 {run_label(run)}")
+
+if run["status"] != "succeeded":
+    {"failed": st.error, "cancelled": st.warning}.get(run["status"], st.info)(
+        f"Status: {run['status']}. {run.get('error') or ''}"
+    )
+
+if metrics.get("test_accuracy") is not None:
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Test accuracy", f"{metrics['test_accuracy']:.1%}")
+    c2.metric("Macro F1", f"{metrics['macro_f1']:.3f}")
+    c3.metric("Training time", f"{metrics['seconds']:.1f} s")
+    c4.metric("Test images", metrics["n_test"])
+
+base = (st.context.url or "").split("?")[0]
+st.markdown("**Share this result** (read-only):")
+st.code(f"{base}?run={run['id']}", language=None)
+
+d1, d2 = st.columns(2)
+path = model_file(run)
+if path is not None:
+    d1.download_button("Download the model (.keras)", path.read_bytes(), file_name=f"model-{run['id'][:8]}.keras",
+                       mime="application/octet-stream")
+d2.download_button("Download the report (HTML)", html_report(run), file_name=f"report-{run['id'][:8]}.html",
+                   mime="text/html")
+
+overview, confusion_tab, per_class_tab, mistakes_tab, curves_tab = st.tabs(
+    ["Overview", "Confusion matrix", "Per class", "Most confident mistakes", "Curves"]
+)
+with overview:
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Settings**")
+        st.dataframe(pd.DataFrame({"setting": list(train), "value": [str(v) for v in train.values()]}), hide_index=True)
+    with right:
+        st.markdown("**Dataset**")
+        if dataset:
+            st.write(f"{dataset['n_images']} images in {dataset['n_classes']} classes · {len(dataset['skipped'])} skipped")
+            st.plotly_chart(charts.class_counts(dataset["per_class"]), key="result_counts")
+        if metrics:
+            st.write(f"Split: {metrics.get('split')} · trained on {metrics.get('hardware')} · weights: {metrics.get('weights')}")
+            for note in metrics.get("notes", []):
+                st.caption(note)
+with confusion_tab:
+    if metrics.get("confusion_matrix"):
+        st.plotly_chart(charts.confusion(metrics), key="confusion")
+with per_class_tab:
+    if metrics.get("per_class"):
+        st.dataframe(pd.DataFrame(metrics["per_class"]).T.rename_axis("class").reset_index(), hide_index=True)
+with mistakes_tab:
+    mistakes = metrics.get("top_mistakes") or []
+    if not mistakes:
+        st.caption("No mistakes on the test split.")
+    columns = st.columns(4)
+    source = (run.get("config") or {}).get("source", "")
+    for index, mistake in enumerate(mistakes):
+        with columns[index % 4]:
+            prediction_tile(
+                thumbnail(source, mistake["file"]),
+                f"{mistake['file']} — true {mistake['true']}, predicted {mistake['predicted']} ({mistake['probability']:.0%})",
+            )
+with curves_tab:
+    if any(run["epochs"].values()):
+        st.plotly_chart(charts.stage_curves(run["epochs"]), key="result_curves")
+    else:
+        st.caption("This run fitted a linear head on features in one step; there are no epochs to draw.")

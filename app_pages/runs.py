@@ -1,0 +1,65 @@
+"""Runs: every run in a table, accuracy against time, and learning curves side by side."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from tl_core import charts
+from tl_core.charts import STRATEGY_LABELS, run_label
+from ui.state import PAGES, get_store
+
+st.title("📊 Runs")
+store = get_store()
+runs = store.list_runs()
+if not runs:
+    st.info("No runs yet.")
+    st.page_link(PAGES["train"], label="Train one", icon="🏋️")
+    st.stop()
+
+rows = []
+for run in runs:
+    train = (run.get("config") or {}).get("train", {})
+    metrics = run.get("metrics") or {}
+    timing = metrics.get("timing") or {}
+    speeds = [t["images_per_second"] for t in timing.values() if t.get("images_per_second")]
+    rows.append(
+        {
+            "run": run_label(run),
+            "strategy": STRATEGY_LABELS.get(train.get("strategy"), train.get("strategy")),
+            "backbone": train.get("backbone"),
+            "weights": train.get("weights"),
+            "status": run["status"],
+            "test accuracy": metrics.get("test_accuracy"),
+            "macro F1": metrics.get("macro_f1"),
+            "training time (s)": metrics.get("seconds"),
+            "images/s (slowest stage)": min(speeds) if speeds else None,
+            "dataset": run.get("name"),
+            "link": f"result?run={run['id']}",
+        }
+    )
+table = pd.DataFrame(rows)
+st.dataframe(
+    table,
+    hide_index=True,
+    column_config={
+        "test accuracy": st.column_config.ProgressColumn(format="%.3f", min_value=0, max_value=1),
+        "macro F1": st.column_config.NumberColumn(format="%.3f"),
+        "training time (s)": st.column_config.NumberColumn(format="%.1f"),
+        "images/s (slowest stage)": st.column_config.NumberColumn(format="%.1f"),
+        "link": st.column_config.LinkColumn("result page", display_text="open"),
+    },
+)
+
+finished = [r for r in runs if r["status"] == "succeeded"]
+if finished:
+    st.plotly_chart(charts.accuracy_vs_time(finished), key="acc_time")
+    labels = {run_label(r): r for r in finished}
+    chosen = st.multiselect("Compare learning curves of", list(labels), default=list(labels)[:4])
+    selected = [store.get_run(labels[name]["id"]) for name in chosen]
+    with_epochs = [r for r in selected if any(r["epochs"].values())]
+    if with_epochs:
+        metric = st.radio("Curve", ["val_accuracy", "val_loss", "accuracy", "loss"], horizontal=True)
+        st.plotly_chart(charts.learning_curves(with_epochs, metric), key="curves")
+    elif chosen:
+        st.caption("The selected runs trained a linear head on features in one step: they have no epochs to draw.")

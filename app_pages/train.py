@@ -1,0 +1,130 @@
+"""Train: settings from the recommendation, background jobs, live progress, cancel."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import streamlit as st
+
+from tl_core.backbones import BACKBONES
+from tl_core.charts import STRATEGY_LABELS, run_label
+from tl_core.config import HEADS, STRATEGIES, DataConfig, TrainConfig
+from tl_core.errors import TLCoreError
+from tl_core.jobs import ensure_worker, queue_snapshot, submit
+from ui.run_view import live_run
+from ui.state import PAGES, get_store, require_dataset
+
+st.title("🏋️ Train")
+store = get_store()
+
+
+@st.fragment(run_every=1)
+def live_panel() -> None:
+    snapshot = queue_snapshot(store)
+    if snapshot["running"] or snapshot["queued"]:
+        ensure_worker(store)  # restarts a worker that died (its run is then marked failed)
+    for run in snapshot["running"]:
+        live_run(store.get_run(run["id"]), store)
+    if snapshot["queued"]:
+        st.markdown("**Waiting in the queue** (one run trains at a time)")
+        for position, run in enumerate(snapshot["queued"], start=1):
+            left, right = st.columns([5, 1])
+            left.caption(f"{position}. {run_label(run)}")
+            if right.button("Remove", key=f"dequeue_{run['id']}"):
+                store.request_cancel(run["id"])
+                st.rerun(scope="fragment")
+    finished = [r for r in store.list_runs(limit=8) if r["status"] in ("succeeded", "failed", "cancelled")]
+    if finished:
+        st.markdown("**Latest finished runs**")
+        for run in finished[:5]:
+            metrics = run.get("metrics") or {}
+            left, right = st.columns([5, 1])
+            if run["status"] == "succeeded":
+                left.markdown(f"✅ {run_label(run)} — test accuracy **{metrics['test_accuracy']:.1%}** in {metrics['seconds']:.0f} s")
+            else:
+                left.markdown(f"{'⛔' if run['status'] == 'failed' else '⏹'} {run_label(run)} — {run['status']}: {run.get('error') or ''}")
+            with right:
+                st.page_link(PAGES["result"], label="Open", query_params={"run": run["id"]})
+
+
+live_panel()  # first, so a reloaded page shows the running jobs even before a dataset is chosen
+st.divider()
+loaded = require_dataset()
+if loaded is None:
+    st.stop()
+dataset, report = loaded
+
+
+@st.cache_resource
+def hardware() -> str:
+    from tl_core.runner import describe_hardware
+
+    return describe_hardware()
+
+
+rec = st.session_state.get("recommendation")
+defaults = dataclasses.replace(TrainConfig(), **{k: v for k, v in (rec.settings if rec else {}).items()})
+st.caption(
+    f"Dataset: **{dataset['name']}** ({report['n_images']} images, {report['n_classes']} classes) · "
+    f"trains on **{hardware()}** in a background process: reload or close the tab, it goes on."
+    + (f" · recommended: **{STRATEGY_LABELS[rec.strategy]}**" if rec else "")
+)
+
+with st.form("settings"):
+    c1, c2, c3 = st.columns(3)
+    backbone = c1.selectbox("Backbone", list(BACKBONES), index=list(BACKBONES).index(defaults.backbone),
+                            format_func=lambda b: BACKBONES[b].title)
+    strategy = c2.selectbox("Strategy", STRATEGIES, index=STRATEGIES.index(defaults.strategy),
+                            format_func=STRATEGY_LABELS.get)
+    head = c3.selectbox("Head (feature extractor)", HEADS, index=HEADS.index(defaults.head),
+                        format_func={"softmax": "softmax (multinomial)", "ovr": "one-vs-rest logistic", "svm": "linear SVM"}.get)
+    c1, c2, c3, c4 = st.columns(4)
+    weights = c1.selectbox("Weights", ["imagenet", "none"], index=0 if defaults.weights == "imagenet" else 1,
+                           help="'none' = random initialisation: shows what transfer buys.")
+    image_size = c2.number_input("Image size (px)", 32, 512, defaults.image_size or BACKBONES[defaults.backbone].input_size, step=16)
+    batch_size = c3.number_input("Batch size", 1, 512, defaults.batch_size)
+    seed = c4.number_input("Seed", 0, 2**31 - 1, defaults.seed)
+    with st.expander("Fine-tuning and training settings"):
+        c1, c2, c3 = st.columns(3)
+        epochs = c1.number_input("Stage 1 / scratch epochs (early stopping)", 1, 500, defaults.epochs)
+        fine_tune_epochs = c2.number_input("Stage 2 epochs", 0, 500, defaults.fine_tune_epochs)
+        unfreeze_blocks = c3.number_input("Blocks to unfreeze in stage 2 (-1 = all)", -1, 20, defaults.unfreeze_blocks)
+        c1, c2, c3 = st.columns(3)
+        learning_rate = c1.number_input("Learning rate (new layers)", 1e-6, 1.0, defaults.learning_rate, format="%.0e")
+        fine_tune_learning_rate = c2.number_input("Learning rate (stage 2)", 1e-7, 1.0, defaults.fine_tune_learning_rate, format="%.0e")
+        augment = c3.checkbox("Augmentation (flip, rotation, zoom, contrast)", defaults.augment,
+                              help="Without augmentation, stage 1 trains on features computed once; with it, "
+                                   "the frozen ConvNet runs every epoch (slower).")
+    b1, b2 = st.columns(2)
+    train_clicked = b1.form_submit_button("Train", type="primary")
+    compare_clicked = b2.form_submit_button("Compare strategies",
+                                            help="Feature extractor (softmax and one-vs-rest), two-stage fine-tuning "
+                                                 "and training from scratch, on the same split and seed.")
+
+config = TrainConfig(
+    backbone=backbone, strategy=strategy, head=head, weights=weights, image_size=int(image_size),
+    batch_size=int(batch_size), epochs=int(epochs), fine_tune_epochs=int(fine_tune_epochs),
+    unfreeze_blocks=int(unfreeze_blocks), learning_rate=float(learning_rate),
+    fine_tune_learning_rate=float(fine_tune_learning_rate), augment=augment, seed=int(seed),
+)
+data_config = DataConfig(seed=int(seed))
+if train_clicked or compare_clicked:
+    variants = [config]
+    if compare_clicked:
+        variants = [
+            dataclasses.replace(config, strategy="feature_extractor", head="softmax"),
+            dataclasses.replace(config, strategy="feature_extractor", head="ovr"),
+            dataclasses.replace(config, strategy="finetune"),
+            dataclasses.replace(config, strategy="scratch", weights="none"),
+        ]
+    group = uuid.uuid4().hex[:8] if compare_clicked else None
+    try:
+        ids = [submit(store, dataset["path"], v, data_config, name=dataset["name"], group=group) for v in variants]
+    except TLCoreError as err:
+        st.error(str(err))
+    else:
+        ensure_worker(store)
+        st.success(f"Queued {len(ids)} run(s).")
+
+

@@ -1,0 +1,121 @@
+"""Compare strategies through the real app in a real browser, reloading the page mid-run.
+
+    TL_WEIGHTS_DIR=../shared/weights python bench/browser_compare.py --data ../shared/datasets/clipart8
+
+Starts the app on a free loopback port with a fresh data folder, loads the dataset through the
+Data page ("Local folder"), clicks "Compare strategies" on the Train page with its defaults
+(MobileNet, ImageNet weights, 224 px), reloads the page while fine-tuning runs, waits for the four
+runs, saves screenshots and prints each run's test accuracy, macro F1 and training time, with the
+feature extractor (softmax) as the baseline of the time ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tl_core.charts import run_label  # noqa: E402
+from tl_core.store import RunStore  # noqa: E402
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "clipart8"))
+    parser.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="tl-compare-"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "TL_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--server.headless", "true"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(180):
+            try:
+                urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        run_browser(url, args.data, out, RunStore(data_dir), args.timeout)
+    finally:
+        server.terminate()
+        subprocess.run(["pkill", "-f", f"tl_core worker --data-dir {data_dir}"], check=False)
+
+
+def run_browser(url: str, data: str, out: Path, store: RunStore, timeout: float) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url + "/")
+        page.get_by_role("tab", name="Local folder").click()
+        page.get_by_label("Folder path").fill(str(Path(data).resolve()))
+        page.get_by_label("Folder path").press("Enter")
+        page.get_by_role("button", name="Use this folder").click()
+        page.get_by_text("Health of").wait_for(timeout=300_000)
+        page.get_by_test_id("stSidebarNav").get_by_text("Train", exact=True).click()
+        page.get_by_role("button", name="Compare strategies").click()
+        page.get_by_text("Queued 4 run(s).").wait_for(timeout=60_000)
+        started = time.time()
+        page.get_by_text(re.compile("Stage 2: fine-tuning")).first.wait_for(timeout=1_800_000)
+        page.wait_for_timeout(8000)
+        page.screenshot(path=str(out / "train_running.png"), full_page=True)
+        print(f"fine-tuning stage 2 reached after {time.time() - started:.0f} s; reloading the page")
+        page.reload()
+        page.get_by_text(re.compile(r"▶ ")).first.wait_for(timeout=60_000)
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(out / "train_after_reload.png"), full_page=True)
+        print("after the reload the running job is still shown")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if all(r["status"] in ("succeeded", "failed", "cancelled") for r in store.list_runs()):
+                break
+            time.sleep(5)
+        page.get_by_test_id("stSidebarNav").get_by_text("Runs", exact=True).click()
+        page.get_by_text("Test accuracy against training time").wait_for(timeout=60_000)
+        page.wait_for_timeout(4000)
+        page.screenshot(path=str(out / "runs.png"), full_page=True)
+        runs = sorted(store.list_runs(), key=lambda r: r["created_at"])
+        best = max((r for r in runs if r["status"] == "succeeded"), key=lambda r: r["metrics"]["test_accuracy"])
+        result = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+        result.goto(f"{url}/result?run={best['id']}")
+        result.get_by_text("Test accuracy").wait_for(timeout=120_000)
+        result.wait_for_timeout(5000)
+        result.screenshot(path=str(out / "result.png"), full_page=True)
+        browser.close()
+    baseline = next(r for r in runs if r["config"]["train"]["strategy"] == "feature_extractor")["metrics"]["seconds"]
+    print(f"\n{'run':<58} {'status':<10} {'test acc':>8} {'macro F1':>8} {'seconds':>8} {'x baseline':>10}")
+    for run in runs:
+        m = run.get("metrics") or {}
+        if m:
+            print(f"{run_label(run):<58} {run['status']:<10} {m['test_accuracy']:>8.3f} {m['macro_f1']:>8.3f} "
+                  f"{m['seconds']:>8.1f} {m['seconds'] / baseline:>10.1f}")
+        else:
+            print(f"{run_label(run):<58} {run['status']:<10} {run.get('error')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The background queue: real worker processes, cancel, and recovery after a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, make_toy_folder
+from tl_core.config import TrainConfig
+from tl_core.errors import DataError
+from tl_core.jobs import INTERRUPTED, ensure_worker, queue_snapshot, run_worker, submit, worker_alive
+
+FAST = TrainConfig(backbone="vgg16", weights="none", image_size=32, batch_size=8)
+
+
+def _wait(store, run_id, statuses, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run = store.get_run(run_id)
+        if run["status"] in statuses:
+            return run
+        time.sleep(0.5)
+    raise AssertionError(f"run {run_id} still {store.get_run(run_id)['status']} after {timeout} s")
+
+
+def test_worker_runs_the_queue_in_order(tmp_path, store):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=6)
+    first = submit(store, root, FAST)
+    second = submit(store, root, TrainConfig(**{**FAST.to_dict(), "head": "ovr"}))
+    snapshot = queue_snapshot(store)
+    assert [r["id"] for r in snapshot["queued"]] == [first, second] and not snapshot["worker_alive"]
+    assert run_worker(store, once=True) == 2
+    runs = [store.get_run(first), store.get_run(second)]
+    assert [r["status"] for r in runs] == ["succeeded", "succeeded"]
+    assert runs[0]["updated_at"] <= runs[1]["updated_at"]
+    assert runs[1]["metrics"]["test_accuracy"] > 0.5
+
+
+def test_submit_checks_the_source_and_settings(tmp_path, store):
+    with pytest.raises(DataError, match="No folder or zip file"):
+        submit(store, tmp_path / "nowhere", FAST)
+    assert store.list_runs() == []
+
+
+def test_cancelling_a_queued_run_never_starts_it(tmp_path, store):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=6)
+    run_id = submit(store, root, FAST)
+    assert store.request_cancel(run_id) == "cancelled"
+    assert run_worker(store, once=True) == 0
+    assert store.get_run(run_id)["error"] == "Cancelled before it started."
+
+
+def test_a_spawned_worker_trains_and_a_cancel_stops_a_running_job(tmp_path, store):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=8)
+    long_config = TrainConfig(**{**FAST.to_dict(), "strategy": "finetune", "epochs": 200, "patience": 200, "augment": True})
+    long_run = submit(store, root, long_config)
+    quick_run = submit(store, root, FAST)
+    assert ensure_worker(store) is True
+    try:
+        deadline = time.time() + 120
+        while not store.get_run(long_run)["epochs"].get("stage1") and time.time() < deadline:
+            time.sleep(0.5)
+        assert worker_alive(store) and ensure_worker(store) is False  # one worker per data folder
+        assert store.request_cancel(long_run) == "running"
+        cancelled = _wait(store, long_run, {"cancelled", "failed", "succeeded"})
+        assert cancelled["status"] == "cancelled"
+        assert 1 <= len(cancelled["epochs"]["stage1"]) < 200
+        assert _wait(store, quick_run, {"succeeded", "failed"})["status"] == "succeeded"
+    finally:
+        subprocess.run(["pkill", "-f", f"tl_core worker --data-dir {store.data_dir}"], check=False)
+
+
+def test_a_killed_worker_leaves_no_run_stuck_running(tmp_path, store):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=8)
+    run_id = submit(store, root, TrainConfig(**{**FAST.to_dict(), "strategy": "scratch", "epochs": 200, "patience": 200}))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tl_core", "worker", "--data-dir", str(store.data_dir), "--quiet"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while not store.get_run(run_id)["epochs"].get("scratch") and time.time() < deadline:
+            time.sleep(0.5)
+        assert store.get_run(run_id)["status"] == "running"
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        assert not worker_alive(store)  # the OS released the lock with the process
+        assert run_worker(store, once=True) == 0  # the next worker cleans up first
+        run = store.get_run(run_id)
+        assert run["status"] == "failed" and run["error"] == INTERRUPTED
+    finally:
+        if worker.poll() is None:
+            worker.kill()

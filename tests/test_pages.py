@@ -1,0 +1,164 @@
+"""Every page under Streamlit's AppTest, with the real engine and store behind it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import REPO, make_toy_folder
+from tl_core.config import TrainConfig
+from tl_core.runner import run_training
+
+APP = str(REPO / "app.py")
+
+
+@pytest.fixture()
+def app(store):
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception
+    return at
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_toy_folder(tmp_path_factory.mktemp("pages"), n_per_class=8)
+
+
+def _open(at, page, **session):
+    for key, value in session.items():
+        at.session_state[key] = value
+    at.switch_page(f"app_pages/{page}.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _dataset(folder):
+    return {"dataset": {"path": str(folder), "name": "toy"}}
+
+
+def test_data_page_loads_a_local_folder_and_reports_its_health(app, folder):
+    (folder / "red" / "broken.png").write_bytes(b"not an image")
+    try:
+        next(t for t in app.text_input if t.label == "Folder path").set_value(str(folder))
+        app.run()
+        next(b for b in app.button if b.label == "Use this folder").click()
+        app.run()
+        assert not app.exception
+        metrics = {m.label: m.value for m in app.metric}
+        assert metrics["Images"] == "24" and metrics["Classes"] == "3" and metrics["Skipped"] == "1"
+        assert "broken.png" in app.dataframe[0].value.to_string()
+        assert app.session_state["dataset"]["path"] == str(folder)
+    finally:
+        (folder / "red" / "broken.png").unlink()
+
+
+def test_data_page_shows_a_bad_folder_as_a_message(app, tmp_path):
+    next(t for t in app.text_input if t.label == "Folder path").set_value(str(tmp_path / "missing"))
+    app.run()
+    next(b for b in app.button if b.label == "Use this folder").click()
+    app.run()
+    assert not app.exception
+    assert "No folder or zip file" in app.error[0].value
+
+
+def test_offline_sample_builds_from_scikit_learn(app):
+    next(b for b in app.button if b.label == "Load digits").click()
+    app.run()
+    assert not app.exception
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Images"] == "1797" and metrics["Classes"] == "10"
+
+
+def test_strategy_page_places_the_dataset_and_recommends(app, folder):
+    _open(app, "strategy", **_dataset(folder))
+    assert app.subheader[0].value == "Recommended: Feature extractor"
+    assert any("smallest class has 8 images" in m.value for m in app.markdown)
+    app.radio[0].set_value("different")
+    app.run()
+    assert "different domain" in " ".join(m.value for m in app.markdown)
+
+
+def test_pages_without_a_dataset_point_to_the_data_page(app):
+    for page in ("strategy", "train"):
+        _open(app, page)
+        assert app.info[0].value == "Load a dataset first."
+
+
+def test_train_page_queues_a_run_that_a_background_worker_finishes(app, folder, store):
+    _open(app, "train", **_dataset(folder))
+    boxes = {s.label: s for s in app.selectbox}
+    boxes["Backbone"].set_value("vgg16")
+    boxes["Weights"].set_value("none")
+    next(n for n in app.number_input if n.label == "Image size (px)").set_value(32)
+    next(b for b in app.button if b.label == "Train").click()
+    app.run()
+    assert not app.exception
+    assert app.success[0].value == "Queued 1 run(s)."
+    run = store.list_runs()[0]
+    try:
+        deadline = time.time() + 240
+        while store.get_run(run["id"])["status"] in ("queued", "running") and time.time() < deadline:
+            time.sleep(1)
+        finished = store.get_run(run["id"])
+        assert finished["status"] == "succeeded", finished["error"]
+        assert finished["config"]["train"]["backbone"] == "vgg16" and finished["config"]["train"]["image_size"] == 32
+    finally:
+        import subprocess
+
+        subprocess.run(["pkill", "-f", f"tl_core worker --data-dir {store.data_dir}"], check=False)
+    app.run()
+    assert any("test accuracy" in m.value for m in app.markdown)
+
+
+def test_compare_queues_four_strategies_on_one_split(app, folder, store):
+    _open(app, "train", **_dataset(folder))
+    next(b for b in app.button if b.label == "Compare strategies").click()
+    app.run()
+    try:
+        runs = store.list_runs()
+        strategies = sorted((r["config"]["train"]["strategy"], r["config"]["train"]["head"]) for r in runs)
+        assert len(runs) == 4 and len({r["config"]["group"] for r in runs}) == 1
+        assert [s for s, _ in strategies] == ["feature_extractor", "feature_extractor", "finetune", "scratch"]
+        assert {r["config"]["data"]["seed"] for r in runs} == {42}
+    finally:
+        for run in store.list_runs():
+            store.request_cancel(run["id"])
+        import subprocess
+
+        subprocess.run(["pkill", "-f", f"tl_core worker --data-dir {store.data_dir}"], check=False)
+
+
+@pytest.fixture()
+def finished_run(folder, store):
+    config = TrainConfig(backbone="vgg16", weights="none", image_size=32, strategy="finetune", epochs=3, fine_tune_epochs=1, unfreeze_blocks=1)
+    run = run_training(folder, config, store=store)
+    assert run["status"] == "succeeded"
+    return run
+
+
+def test_runs_result_and_predict_pages_render_a_finished_run(app, finished_run):
+    _open(app, "runs")
+    table = app.dataframe[0].value
+    assert table.loc[0, "status"] == "succeeded" and table.loc[0, "link"] == f"result?run={finished_run['id']}"
+
+    app.query_params["run"] = finished_run["id"]
+    _open(app, "result")
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Test accuracy"] == f"{finished_run['metrics']['test_accuracy']:.1%}"
+    assert f"?run={finished_run['id']}" in app.code[0].value
+
+    _open(app, "predict")
+    assert "Test accuracy" in app.caption[0].value
+
+
+def test_result_page_refuses_bad_links(app, store):
+    app.query_params["run"] = "../../etc/passwd"
+    _open(app, "result")
+    assert "does not point to a run" in app.error[0].value
+    app.query_params["run"] = "A" * 22
+    _open(app, "result")
+    assert "No run with this id" in app.error[0].value

@@ -1,0 +1,142 @@
+"""Plotly figures shared by the app's pages and the self-contained HTML report.
+
+Plain Plotly, no Streamlit: the engine's exported report draws the same charts the app shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+
+STRATEGY_LABELS = {
+    "feature_extractor": "Feature extractor",
+    "finetune": "Two-stage fine-tuning",
+    "scratch": "From scratch",
+}
+
+
+def run_label(run: dict[str, Any]) -> str:
+    """``Feature extractor (ovr) · mobilenet · Ab3x`` for legends and pickers."""
+    train = (run.get("config") or {}).get("train", {})
+    label = STRATEGY_LABELS.get(train.get("strategy"), train.get("strategy", "?"))
+    if train.get("strategy") == "feature_extractor":
+        label += f" ({train.get('head')})"
+    if train.get("weights") == "none" and train.get("strategy") != "scratch":
+        label += " [random weights]"
+    return f"{label} · {train.get('backbone')} · {run['id'][:4]}"
+
+
+def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
+    fig.update_layout(title=title, height=height, margin=dict(l=40, r=20, t=50, b=40), template="plotly_white")
+    return fig
+
+
+def class_counts(per_class: dict[str, int]) -> go.Figure:
+    fig = go.Figure(go.Bar(x=list(per_class), y=list(per_class.values()), marker_color="#4F46E5"))
+    fig.update_yaxes(title="images")
+    return _layout(fig, "Images per class", 320)
+
+
+def decision_matrix(size: str, domain: str, point: tuple[float, float] | None = None) -> go.Figure:
+    """The 2 x 2 matrix, the recommended cell highlighted and the dataset drawn as a point."""
+    cells = [
+        ("small", "similar", "Retrain only the new layers<br>(frozen ConvNet features)"),
+        ("small", "different", "Retrain only the new layers<br>(earlier-layer features)"),
+        ("large", "similar", "Fine-tune all layers<br>after a warm-up"),
+        ("large", "different", "Train from scratch"),
+    ]
+    fig = go.Figure()
+    for cell_size, cell_domain, text in cells:
+        x0 = 0 if cell_size == "small" else 1
+        y0 = 1 if cell_domain == "similar" else 0
+        chosen = (cell_size, cell_domain) == (size, domain)
+        fig.add_shape(
+            type="rect", x0=x0, x1=x0 + 1, y0=y0, y1=y0 + 1, layer="below",
+            fillcolor="#C7D2FE" if chosen else "#F3F4F6", line=dict(color="#4F46E5" if chosen else "#D1D5DB", width=3 if chosen else 1),
+        )
+        fig.add_annotation(x=x0 + 0.5, y=y0 + 0.62, text=f"<b>{text}</b>", showarrow=False, font=dict(size=13))
+    if point is not None:
+        fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers+text", text=["your data"],
+                                 textposition="bottom center", marker=dict(size=16, color="#DC2626", symbol="star")))
+    fig.update_xaxes(range=[0, 2], tickvals=[0.5, 1.5], ticktext=["small data", "large data"], showgrid=False, zeroline=False)
+    fig.update_yaxes(range=[0, 2], tickvals=[0.5, 1.5], ticktext=["different domain", "similar domain"], showgrid=False, zeroline=False)
+    fig.update_layout(showlegend=False)
+    return _layout(fig, "Decision matrix: data size x domain similarity", 420)
+
+
+def learning_curves(runs: list[dict[str, Any]], metric: str = "val_accuracy") -> go.Figure:
+    """One line per run and stage over a shared epoch axis (stage 2 continues after stage 1)."""
+    fig = go.Figure()
+    for run in runs:
+        offset = 0
+        for stage in ("stage1", "stage2", "scratch"):
+            epochs = (run.get("epochs") or {}).get(stage) or []
+            if not epochs:
+                continue
+            xs = [offset + e["epoch"] for e in epochs]
+            fig.add_trace(go.Scatter(x=xs, y=[e.get(metric) for e in epochs], mode="lines+markers",
+                                     name=f"{run_label(run)} {stage}"))
+            offset = xs[-1]
+    fig.update_xaxes(title="epoch")
+    fig.update_yaxes(title=metric.replace("_", " "))
+    return _layout(fig, f"Learning curves ({metric.replace('_', ' ')})")
+
+
+def stage_curves(epochs: dict[str, list[dict[str, float]]]) -> go.Figure:
+    """Loss (left) and accuracy (right) per epoch, train solid and validation dotted, stages end to end."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"), horizontal_spacing=0.08)
+    colors = {"stage1": "#4F46E5", "stage2": "#DC2626", "scratch": "#059669"}
+    offset = 0
+    for stage in ("stage1", "stage2", "scratch"):
+        rows = epochs.get(stage) or []
+        if not rows:
+            continue
+        xs = [offset + r["epoch"] for r in rows]
+        for column, metric in ((1, "loss"), (2, "accuracy")):
+            for prefix, dash in (("", "solid"), ("val_", "dot")):
+                key = prefix + metric
+                if key in rows[0]:
+                    fig.add_trace(
+                        go.Scatter(x=xs, y=[r.get(key) for r in rows], mode="lines+markers", line=dict(dash=dash, color=colors[stage]),
+                                   name=f"{stage} {'validation' if prefix else 'train'}", legendgroup=f"{stage}{prefix}",
+                                   showlegend=column == 1),
+                        row=1, col=column,
+                    )
+        offset = xs[-1]
+    fig.update_xaxes(title="epoch")
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    return _layout(fig, "Loss and accuracy per epoch")
+
+
+def accuracy_vs_time(runs: list[dict[str, Any]]) -> go.Figure:
+    fig = go.Figure()
+    for run in runs:
+        metrics = run.get("metrics") or {}
+        if metrics.get("test_accuracy") is None:
+            continue
+        fig.add_trace(go.Scatter(x=[metrics.get("seconds")], y=[metrics["test_accuracy"]], mode="markers+text",
+                                 text=[run_label(run).split(" · ")[0]], textposition="bottom center",
+                                 marker=dict(size=14), name=run_label(run)))
+    fig.update_xaxes(title="training time (s)", type="log")
+    fig.update_yaxes(title="test accuracy", range=[0, 1.12])
+    return _layout(fig, "Test accuracy against training time")
+
+
+def confusion(metrics: dict[str, Any]) -> go.Figure:
+    names = metrics["class_names"]
+    matrix = metrics["confusion_matrix"]
+    fig = go.Figure(go.Heatmap(z=matrix, x=names, y=names, colorscale="Blues", text=matrix, texttemplate="%{text}",
+                               hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>"))
+    fig.update_xaxes(title="predicted")
+    fig.update_yaxes(title="true", autorange="reversed")
+    return _layout(fig, "Confusion matrix (test split)", 420)
+
+
+def top_classes(probabilities: dict[str, float]) -> go.Figure:
+    names = list(probabilities)[::-1]
+    fig = go.Figure(go.Bar(x=[probabilities[n] for n in names], y=names, orientation="h", marker_color="#4F46E5"))
+    fig.update_xaxes(range=[0, 1], title="probability")
+    return _layout(fig, "", 60 + 28 * len(names))

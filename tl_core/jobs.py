@@ -1,0 +1,159 @@
+"""Background training: queued runs in the store, executed one at a time by a worker process.
+
+The app (or anyone) :func:`submit`\\ s a run; :func:`ensure_worker` starts ``python -m tl_core
+worker`` in its own process session if none is alive, so training survives page reloads, closed
+tabs and a restarted app server. One worker per data folder is guaranteed by an exclusive
+``flock`` on ``worker.lock``, which the operating system releases if the worker dies; a new worker
+then marks the run the dead one left ``running`` as failed, with an explanation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tl_core.config import DataConfig, TrainConfig
+from tl_core.errors import DataError
+from tl_core.progress import NullProgress
+from tl_core.store import RunStore
+
+LOCK_NAME = "worker.lock"
+INTERRUPTED = (
+    "The training worker stopped while this run was in progress (it crashed, was killed or the "
+    "machine restarted). Start the run again."
+)
+
+
+def submit(
+    store: RunStore,
+    source: str | os.PathLike,
+    config: TrainConfig,
+    data_config: DataConfig = DataConfig(),
+    name: str | None = None,
+    group: str | None = None,
+) -> str:
+    """Queue a training run on a dataset folder or zip; returns its run id.
+
+    Args:
+        source: a folder or zip path the worker process can read (save uploads first).
+        group: a label shared by runs queued together (a strategy comparison).
+
+    Raises:
+        ConfigError: invalid settings. DataError: the source does not exist.
+    """
+    config.validate()
+    data_config.validate()
+    path = Path(source).expanduser().resolve()
+    if not path.exists():
+        raise DataError(f"No folder or zip file at '{path}'.")
+    payload = {
+        "train": config.to_dict(),
+        "data": dataclasses.asdict(data_config),
+        "source": str(path),
+        "group": group,
+    }
+    return store.create_run(payload, status="queued", name=name)
+
+
+class WorkerProgress(NullProgress):
+    """Stops a run when its cancel flag is set in the store (polled at most twice a second)."""
+
+    def __init__(self, store: RunStore, run_id: str) -> None:
+        self.store, self.run_id = store, run_id
+        self._checked, self._stop = 0.0, False
+
+    def should_stop(self) -> bool:
+        now = time.monotonic()
+        if not self._stop and now - self._checked >= 0.5:
+            self._checked = now
+            self._stop = self.store.is_cancel_requested(self.run_id)
+        return self._stop
+
+
+def _lock_path(store: RunStore) -> Path:
+    return store.data_dir / LOCK_NAME
+
+
+def worker_alive(store: RunStore) -> bool:
+    """Whether a worker holds this data folder's lock right now."""
+    with open(_lock_path(store), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def ensure_worker(store: RunStore) -> bool:
+    """Start a worker process for this data folder unless one is alive; True if one was started."""
+    if worker_alive(store):
+        return False
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
+    log = open(store.data_dir / "worker.log", "ab")
+    subprocess.Popen(
+        [sys.executable, "-m", "tl_core", "worker", "--data-dir", str(store.data_dir), "--quiet"],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=repo_root,
+        start_new_session=True,  # not killed with the app server's process group
+    )
+    log.close()
+    return True
+
+
+def queue_snapshot(store: RunStore) -> dict[str, Any]:
+    """What the sidebar shows: the running run and the queued ones, oldest first."""
+    running = store.list_runs(status="running", limit=10)
+    queued = sorted(store.list_runs(status="queued", limit=200), key=lambda r: r["created_at"])
+    return {"running": running, "queued": queued, "worker_alive": worker_alive(store)}
+
+
+def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: float = 0.5, once: bool = False) -> int:
+    """Execute queued runs one at a time until idle for ``idle_exit_seconds``.
+
+    Returns:
+        The number of runs executed; 0 at once if another worker holds the lock.
+    """
+    from tl_core.runner import run_training  # heavy (TensorFlow): only the worker needs it
+
+    handle = open(_lock_path(store), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return 0
+    try:
+        store.fail_interrupted(INTERRUPTED)
+        executed, idle_since = 0, time.monotonic()
+        while True:
+            run_id = store.claim_next_queued()
+            if run_id is None:
+                if once or time.monotonic() - idle_since > idle_exit_seconds:
+                    return executed
+                time.sleep(poll_seconds)
+                continue
+            run = store.get_run(run_id)
+            payload = run["config"]
+            run_training(
+                payload["source"],
+                TrainConfig.from_dict(payload["train"]),
+                DataConfig(**payload.get("data", {})),
+                store=store,
+                progress=WorkerProgress(store, run_id),
+                run_id=run_id,
+            )
+            executed += 1
+            idle_since = time.monotonic()
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

@@ -1,0 +1,62 @@
+"""Image grids: class thumbnails and galleries of predictions."""
+
+from __future__ import annotations
+
+import io
+
+import streamlit as st
+from PIL import Image
+
+from tl_core.data import decode_image, load_images
+from tl_core.datasets import read_image_bytes
+from tl_core.errors import ImageDecodeError, TLCoreError
+
+THUMB = 112
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def thumbnail(source: str, name: str) -> bytes | None:
+    """A small PNG of one dataset image, or ``None`` if it cannot be read."""
+    data = read_image_bytes(source, name)
+    if data is None:
+        return None
+    try:
+        image, _ = decode_image(data, max_pixels=40_000_000, draft_size=THUMB)
+    except ImageDecodeError:
+        return None
+    image.thumbnail((THUMB, THUMB))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@st.cache_data(show_spinner=False)
+def _names_by_class(source: str, per_class: int) -> dict[str, list[str]]:
+    names: dict[str, list[str]] = {}
+    for item in load_images(source).items:
+        bucket = names.setdefault(item.label, [])
+        if len(bucket) < per_class:
+            bucket.append(item.name)
+    return names
+
+
+def class_thumbnails(source: str, class_names: list[str], per_class: int = 8) -> None:
+    try:
+        names = _names_by_class(source, per_class)
+    except TLCoreError as err:
+        st.error(str(err))
+        return
+    for label in class_names:
+        st.markdown(f"**{label}**")
+        columns = st.columns(per_class)
+        for column, name in zip(columns, names.get(label, [])):
+            image = thumbnail(source, name)
+            if image is not None:
+                column.image(image, width=THUMB)
+
+
+def prediction_tile(image: Image.Image | bytes | None, caption: str) -> None:
+    if image is None:
+        st.caption(f"(image unavailable) {caption}")
+    else:
+        st.image(image, caption=caption, width=160)

@@ -1,0 +1,56 @@
+"""The live view of a training run: stage and epoch progress, curves, time left, cancel."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from tl_core import charts
+from tl_core.charts import run_label
+
+STAGE_TITLES = {
+    "decode": "Decoding images",
+    "extract": "Extracting features (frozen ConvNet, once)",
+    "head": "Fitting the linear head",
+    "stage1": "Stage 1: new layers on the frozen ConvNet",
+    "stage2": "Stage 2: fine-tuning the top blocks",
+    "scratch": "Training from scratch",
+    "evaluate": "Evaluating on the test split",
+}
+
+
+def _eta(info: dict) -> str:
+    step, total, started = info.get("step") or 0, info.get("total") or 0, info.get("started_at")
+    if not started or not step or not total or step >= total:
+        return ""
+    left = (time.time() - started) / step * (total - step)
+    return f" · about {left:.0f} s left in this stage (at most; early stopping may end it sooner)"
+
+
+def live_run(run: dict, store) -> None:
+    """Progress of one running run, from its stored snapshot and epoch metrics."""
+    progress = run.get("progress") or {}
+    elapsed = time.time() - run["created_at"] if run["status"] == "queued" else time.time() - min(
+        [s.get("started_at", time.time()) for s in (progress.get("stages") or {}).values()] or [time.time()]
+    )
+    st.markdown(f"**▶ {run_label(run)}** · running for {elapsed:.0f} s")
+    for stage, info in (progress.get("stages") or {}).items():
+        total = info.get("total") or 1
+        step = info.get("step") or 0
+        done = "finished_at" in info
+        unit = "epoch" if stage in ("stage1", "stage2", "scratch") else "image" if stage in ("decode", "extract") else "step"
+        text = f"{STAGE_TITLES.get(stage, stage)} — {step}/{total} {unit}s" + ("" if done else _eta(info))
+        if done and unit == "epoch" and step < total:
+            text += " (stopped early: validation loss stopped improving)"
+        st.progress(1.0 if done else min(step / total, 1.0), text=text)
+        logs = info.get("logs") or {}
+        if unit == "epoch" and logs:
+            st.caption(
+                " · ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+            )
+    if any(run.get("epochs", {}).values()):
+        st.plotly_chart(charts.stage_curves(run["epochs"]), key=f"live_curves_{run['id']}")
+    if st.button("Cancel this run", key=f"cancel_{run['id']}"):
+        store.request_cancel(run["id"])
+        st.toast("Cancel requested: it stops within an epoch.")

@@ -1,0 +1,43 @@
+"""The sidebar every page shares: the current dataset and the job queue, refreshed live."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from tl_core.charts import run_label
+from tl_core.jobs import queue_snapshot
+from ui.state import PAGES, current_dataset, get_store
+
+
+def stage_fraction(run: dict) -> tuple[str, float]:
+    """The current stage's label and how far it is, from the run's progress snapshot."""
+    progress = run.get("progress") or {}
+    stage = progress.get("current")
+    info = (progress.get("stages") or {}).get(stage) or {}
+    total = info.get("total") or 1
+    return stage or "starting", min((info.get("step") or 0) / total, 1.0)
+
+
+@st.fragment(run_every=2)
+def _queue() -> None:
+    snapshot = queue_snapshot(get_store())
+    st.markdown("**Job queue**")
+    if not snapshot["running"] and not snapshot["queued"]:
+        st.caption("Nothing training.")
+    for run in snapshot["running"]:
+        stage, fraction = stage_fraction(run)
+        st.progress(fraction, text=f"▶ {run_label(run)} — {stage}")
+    for position, run in enumerate(snapshot["queued"], start=1):
+        st.caption(f"{position}. {run_label(run)} (waiting)")
+
+
+def render_sidebar() -> None:
+    with st.sidebar:
+        dataset = current_dataset()
+        st.markdown("**Dataset**")
+        if dataset:
+            st.caption(f"📁 {dataset['name']}")
+        else:
+            st.caption("None loaded yet.")
+            st.page_link(PAGES["data"], label="Load one", icon="📁")
+        _queue()
