@@ -36,7 +36,7 @@ st.session_state["recommendation"] = rec
 # and 1,000 to 1,000,000 the "large" half; y by domain.
 smallest = max(rec.measurements["min_per_class"], 1)
 x = min(max(math.log10(smallest) / math.log10(LARGE_MIN_PER_CLASS), 0.05), 1.95)
-y = 1.5 if domain == "similar" else 0.5
+y = 1.4 if domain == "similar" else 0.4
 left, right = st.columns([3, 2])
 with left:
     st.plotly_chart(charts.decision_matrix(rec.size, rec.domain, (x, y)), key="matrix")

@@ -64,6 +64,16 @@ def main() -> None:
         subprocess.run(["pkill", "-f", f"tl_core worker --data-dir {data_dir}"], check=False)
 
 
+def settle(page) -> None:
+    """Wait for the script run to end and every Plotly chart to draw (for the screenshots)."""
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=60_000)
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('[data-testid=stPlotlyChart]')).every(c => c.querySelector('.main-svg'))",
+        timeout=60_000,
+    )
+    page.wait_for_timeout(1000)
+
+
 def run_browser(url: str, data: str, out: Path, store: RunStore, timeout: float) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -81,12 +91,13 @@ def run_browser(url: str, data: str, out: Path, store: RunStore, timeout: float)
         page.get_by_text("Queued 4 run(s).").wait_for(timeout=60_000)
         started = time.time()
         page.get_by_text(re.compile("Stage 2: fine-tuning")).first.wait_for(timeout=1_800_000)
-        page.wait_for_timeout(8000)
+        page.get_by_text(re.compile(r"epoch \d+: batch [1-9]")).first.wait_for(timeout=300_000)
+        page.wait_for_timeout(4000)
         page.screenshot(path=str(out / "train_running.png"), full_page=True)
         print(f"fine-tuning stage 2 reached after {time.time() - started:.0f} s; reloading the page")
         page.reload()
         page.get_by_text(re.compile(r"▶ ")).first.wait_for(timeout=60_000)
-        page.wait_for_timeout(3000)
+        page.wait_for_timeout(4000)
         page.screenshot(path=str(out / "train_after_reload.png"), full_page=True)
         print("after the reload the running job is still shown")
         deadline = time.time() + timeout
@@ -96,15 +107,18 @@ def run_browser(url: str, data: str, out: Path, store: RunStore, timeout: float)
             time.sleep(5)
         page.get_by_test_id("stSidebarNav").get_by_text("Runs", exact=True).click()
         page.get_by_text("Test accuracy against training time").wait_for(timeout=60_000)
-        page.wait_for_timeout(4000)
+        settle(page)
         page.screenshot(path=str(out / "runs.png"), full_page=True)
         runs = sorted(store.list_runs(), key=lambda r: r["created_at"])
         best = max((r for r in runs if r["status"] == "succeeded"), key=lambda r: r["metrics"]["test_accuracy"])
         result = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
         result.goto(f"{url}/result?run={best['id']}")
         result.get_by_text("Test accuracy").wait_for(timeout=120_000)
-        result.wait_for_timeout(5000)
+        settle(result)
         result.screenshot(path=str(out / "result.png"), full_page=True)
+        result.get_by_role("tab", name="Most confident mistakes").click()
+        settle(result)
+        result.screenshot(path=str(out / "result_mistakes.png"), full_page=True)
         browser.close()
     baseline = next(r for r in runs if r["config"]["train"]["strategy"] == "feature_extractor")["metrics"]["seconds"]
     print(f"\n{'run':<58} {'status':<10} {'test acc':>8} {'macro F1':>8} {'seconds':>8} {'x baseline':>10}")

@@ -35,7 +35,7 @@ class TerminalProgress:
         self.bars: dict[str, tqdm] = {}
 
     def on_stage_start(self, stage: str, total: int) -> None:
-        if self.enabled:
+        if self.enabled and not stage.endswith(".epoch"):  # one bar per stage, not per epoch
             unit = "epoch" if stage in ("stage1", "stage2", "scratch") else "img"
             self.bars[stage] = tqdm(total=total, desc=STAGE_LABELS.get(stage, stage), unit=unit, file=sys.stderr)
 

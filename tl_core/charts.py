@@ -55,7 +55,7 @@ def decision_matrix(size: str, domain: str, point: tuple[float, float] | None = 
             type="rect", x0=x0, x1=x0 + 1, y0=y0, y1=y0 + 1, layer="below",
             fillcolor="#C7D2FE" if chosen else "#F3F4F6", line=dict(color="#4F46E5" if chosen else "#D1D5DB", width=3 if chosen else 1),
         )
-        fig.add_annotation(x=x0 + 0.5, y=y0 + 0.62, text=f"<b>{text}</b>", showarrow=False, font=dict(size=13))
+        fig.add_annotation(x=x0 + 0.5, y=y0 + 0.8, text=f"<b>{text}</b>", showarrow=False, font=dict(size=13))
     if point is not None:
         fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers+text", text=["your data"],
                                  textposition="bottom center", marker=dict(size=16, color="#DC2626", symbol="star")))
@@ -117,8 +117,7 @@ def accuracy_vs_time(runs: list[dict[str, Any]]) -> go.Figure:
         metrics = run.get("metrics") or {}
         if metrics.get("test_accuracy") is None:
             continue
-        fig.add_trace(go.Scatter(x=[metrics.get("seconds")], y=[metrics["test_accuracy"]], mode="markers+text",
-                                 text=[run_label(run).split(" · ")[0]], textposition="bottom center",
+        fig.add_trace(go.Scatter(x=[metrics.get("seconds")], y=[metrics["test_accuracy"]], mode="markers",
                                  marker=dict(size=14), name=run_label(run)))
     fig.update_xaxes(title="training time (s)", type="log")
     fig.update_yaxes(title="test accuracy", range=[0, 1.12])

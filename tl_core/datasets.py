@@ -22,7 +22,8 @@ from tl_core.errors import DataError
 from tl_core.store import RunStore, write_json_atomic
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
-_UNSAFE = re.compile(r"[^\w.\- ()+,&@]+", re.UNICODE)
+# Path separators, characters Windows refuses in names, and control characters.
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')
 
 
 def _safe_part(text: str, fallback: str) -> str:
@@ -45,7 +46,8 @@ def save_image_set(store: RunStore, image_set: ImageSet, name: str) -> Path:
     used: set[str] = set()
     for index, item in enumerate(image_set.items):
         label = _safe_part(item.label, "class")
-        filename = _safe_part("_".join(PurePosixPath(item.name).parts[1:]), f"image_{index}")
+        inside = item.name[len(item.label) + 1 :] if item.name.startswith(item.label + "/") else item.name
+        filename = _safe_part(inside.replace("/", "_"), f"image_{index}")
         target = f"{label}/{filename}"
         if target.lower() in used:
             stem, dot, suffix = filename.rpartition(".")

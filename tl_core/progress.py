@@ -97,7 +97,9 @@ class StageTimer(NullProgress):
 class KerasProgressBridge(keras.callbacks.Callback):
     """Turns Keras ``fit`` events into protocol events, and a stop request into ``stop_training``.
 
-    One ``on_step`` per epoch carries the epoch's logs (loss, accuracy, val_loss, val_accuracy).
+    One ``on_step`` per epoch carries the epoch's logs (loss, accuracy, val_loss, val_accuracy);
+    within an epoch, a sub-stage ``<stage>.epoch`` counts its batches (``total`` = steps per epoch,
+    0 when Keras does not know it yet, as in the first epoch over a ``tf.data`` pipeline).
     The stop request is also checked after each batch so cancelling takes effect within an epoch;
     overriding a batch hook makes Keras call it synchronously, which is what we want here.
     """
@@ -112,11 +114,16 @@ class KerasProgressBridge(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.listener.on_stage_start(self.stage, self.total_epochs)
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.listener.on_stage_start(f"{self.stage}.epoch", int(self.params.get("steps") or 0))
+
     def on_train_batch_end(self, batch, logs=None):
+        self.listener.on_step(f"{self.stage}.epoch", batch + 1, None)
         if self.listener.should_stop():
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
+        self.listener.on_stage_end(f"{self.stage}.epoch", None)
         clean = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
         clean["epoch"] = epoch + 1
         self.history.append(clean)

@@ -45,9 +45,10 @@ class StoreProgress(NullProgress):
             self.store.set_progress(self.run_id, self.snapshot)
 
     def on_stage_start(self, stage: str, total: int) -> None:
-        self.snapshot["current"] = stage
+        if not stage.endswith(".epoch"):  # batches within an epoch are a sub-stage
+            self.snapshot["current"] = stage
         self.snapshot["stages"][stage] = {"step": 0, "total": total, "started_at": time.time()}
-        self._write(force=True)
+        self._write(force=not stage.endswith(".epoch"))
 
     def on_step(self, stage: str, step: int, logs: dict[str, Any] | None = None) -> None:
         entry = self.snapshot["stages"].setdefault(stage, {"total": step, "started_at": time.time()})

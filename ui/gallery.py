@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import streamlit as st
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tl_core.data import decode_image, load_images
 from tl_core.datasets import read_image_bytes
@@ -24,7 +24,7 @@ def thumbnail(source: str, name: str) -> bytes | None:
         image, _ = decode_image(data, max_pixels=40_000_000, draft_size=THUMB)
     except ImageDecodeError:
         return None
-    image.thumbnail((THUMB, THUMB))
+    image = ImageOps.pad(image, (THUMB, THUMB), color=(255, 255, 255))  # a tidy square grid
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()

@@ -20,12 +20,20 @@ STAGE_TITLES = {
 }
 
 
-def _eta(info: dict) -> str:
+def _fraction(info: dict | None) -> float:
+    if not info or not info.get("total"):
+        return 0.0
+    return min((info.get("step") or 0) / info["total"], 1.0)
+
+
+def _eta(info: dict, epoch: dict | None) -> str:
+    """Time left in a stage from its pace so far (the running epoch's batches included)."""
     step, total, started = info.get("step") or 0, info.get("total") or 0, info.get("started_at")
-    if not started or not step or not total or step >= total:
+    done = step + (_fraction(epoch) if epoch and "finished_at" not in epoch else 0.0)
+    if not started or done <= 0 or not total or step >= total:
         return ""
-    left = (time.time() - started) / step * (total - step)
-    return f" · about {left:.0f} s left in this stage (at most; early stopping may end it sooner)"
+    left = (time.time() - started) / done * (total - done)
+    return f" · about {left:.0f} s left (at most: early stopping may end it sooner)"
 
 
 def live_run(run: dict, store) -> None:
@@ -35,15 +43,21 @@ def live_run(run: dict, store) -> None:
         [s.get("started_at", time.time()) for s in (progress.get("stages") or {}).values()] or [time.time()]
     )
     st.markdown(f"**▶ {run_label(run)}** · running for {elapsed:.0f} s")
-    for stage, info in (progress.get("stages") or {}).items():
+    stages = progress.get("stages") or {}
+    for stage, info in stages.items():
+        if stage.endswith(".epoch"):
+            continue
         total = info.get("total") or 1
         step = info.get("step") or 0
         done = "finished_at" in info
+        epoch = stages.get(f"{stage}.epoch")
         unit = "epoch" if stage in ("stage1", "stage2", "scratch") else "image" if stage in ("decode", "extract") else "step"
-        text = f"{STAGE_TITLES.get(stage, stage)} — {step}/{total} {unit}s" + ("" if done else _eta(info))
+        text = f"{STAGE_TITLES.get(stage, stage)} — {step}/{total} {unit}s" + ("" if done else _eta(info, epoch))
         if done and unit == "epoch" and step < total:
             text += " (stopped early: validation loss stopped improving)"
         st.progress(1.0 if done else min(step / total, 1.0), text=text)
+        if unit == "epoch" and not done and epoch and epoch.get("total"):
+            st.progress(_fraction(epoch), text=f"epoch {step + 1}: batch {epoch.get('step') or 0}/{epoch['total']}")
         logs = info.get("logs") or {}
         if unit == "epoch" and logs:
             st.caption(

@@ -1,0 +1,67 @@
+"""The progress / cancel protocol and its Keras bridge, on a real (tiny) Keras model."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from tl_core.progress import CancelToken, KerasProgressBridge, MultiProgress, NullProgress, ProgressListener, StageTimer
+
+
+class Recorder(NullProgress):
+    def __init__(self, stop_after_batches: int | None = None):
+        self.events = []
+        self.batches = 0
+        self.stop_after_batches = stop_after_batches
+
+    def on_stage_start(self, stage, total):
+        self.events.append(("start", stage, total))
+
+    def on_step(self, stage, step, logs=None):
+        if stage.endswith(".epoch"):
+            self.batches += 1
+        self.events.append(("step", stage, step, sorted(logs) if logs else None))
+
+    def on_stage_end(self, stage, logs=None):
+        self.events.append(("end", stage))
+
+    def should_stop(self):
+        return self.stop_after_batches is not None and self.batches >= self.stop_after_batches
+
+
+def _model():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(0).normal(size=(40, 4)).astype("float32")
+    return model, x, (x[:, 0] > 0).astype("int64")
+
+
+def test_bridge_reports_stages_epochs_and_batches_in_order():
+    model, x, y = _model()
+    recorder = Recorder()
+    bridge = KerasProgressBridge(recorder, "stage1", 2)
+    model.fit(x, y, batch_size=10, epochs=2, validation_split=0.25, callbacks=[bridge], verbose=0)
+    epochs = [e for e in recorder.events if e[:2] == ("step", "stage1")]
+    assert recorder.events[0] == ("start", "stage1", 2) and recorder.events[-1] == ("end", "stage1")
+    assert [e[2] for e in epochs] == [1, 2]
+    assert epochs[0][3] == ["accuracy", "epoch", "loss", "val_accuracy", "val_loss"]
+    assert ("start", "stage1.epoch", 3) in recorder.events  # 30 training rows / batch 10
+    assert len(bridge.history) == 2
+
+
+def test_a_stop_request_ends_fit_within_the_epoch():
+    model, x, y = _model()
+    recorder = Recorder(stop_after_batches=2)
+    model.fit(x, y, batch_size=4, epochs=50, callbacks=[KerasProgressBridge(recorder, "scratch", 50)], verbose=0)
+    assert recorder.batches == 2  # of the 10 batches of the first epoch
+
+
+def test_listeners_compose():
+    token, timer = CancelToken(), StageTimer()
+    both = MultiProgress(NullProgress(), token, timer, None)
+    assert isinstance(both, ProgressListener) and isinstance(token, ProgressListener)
+    both.on_stage_start("extract", 10)
+    both.on_stage_end("extract")
+    assert not both.should_stop() and timer.seconds["extract"] >= 0
+    token.cancel()
+    assert both.should_stop()
