@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import streamlit as st
 
@@ -29,9 +31,12 @@ def _load(source, name: str, save: bool) -> None:
     st.rerun()
 
 
-zip_tab, class_tab, folder_tab, sample_tab, saved_tab = st.tabs(
-    ["Upload a zip", "Upload per class", "Local folder", "Sample sets", "Saved datasets"]
-)
+# A deployed app sets TL_HOSTED=1: visitors must not browse the server's disk.
+hosted = os.environ.get("TL_HOSTED", "").lower() in ("1", "true", "yes")
+tab_names = ["Upload a zip", "Upload per class"] + ([] if hosted else ["Local folder"]) + ["Sample sets", "Saved datasets"]
+tabs = dict(zip(tab_names, st.tabs(tab_names)))
+zip_tab, class_tab, sample_tab, saved_tab = (tabs[n] for n in ("Upload a zip", "Upload per class", "Sample sets", "Saved datasets"))
+folder_tab = tabs.get("Local folder")
 with zip_tab:
     upload = st.file_uploader("A .zip with one folder per class", type=["zip"], key="zip_upload")
     if upload is not None and st.button("Load this zip", type="primary"):
@@ -49,11 +54,12 @@ with class_tab:
     if st.button("Load these images", type="primary", disabled=not files):
         _load(files, "Uploaded images", save=True)
 
-with folder_tab:
-    st.caption("For a copy of the app running on your own machine: the folder is read where it is.")
-    folder = st.text_input("Folder path", placeholder="/home/me/photos/my_dataset")
-    if st.button("Use this folder", disabled=not folder):
-        _load(folder.strip(), folder.strip().rstrip("/").split("/")[-1] or folder, save=False)
+if folder_tab is not None:
+    with folder_tab:
+        st.caption("For a copy of the app running on your own machine: the folder is read where it is.")
+        folder = st.text_input("Folder path", placeholder="/home/me/photos/my_dataset")
+        if st.button("Use this folder", disabled=not folder):
+            _load(folder.strip(), folder.strip().rstrip("/").split("/")[-1] or folder, save=False)
 
 with sample_tab:
     left, right = st.columns(2)

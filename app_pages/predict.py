@@ -5,11 +5,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import streamlit as st
-from PIL import Image
 
 from tl_core import charts
 from tl_core.charts import run_label
-from tl_core.data import decode_image
+from tl_core.data import prepare_image
 from tl_core.errors import ImageDecodeError
 from tl_core.export import model_file
 from ui.state import PAGES, get_store
@@ -40,17 +39,16 @@ if not uploads or path is None:
 
 model = load_model(str(path))
 size = metrics["image_size"]
-for upload in uploads:
+for index, upload in enumerate(uploads):
     try:
-        image, _ = decode_image(upload.getvalue(), max_pixels=40_000_000, draft_size=size)
+        pixels, image = prepare_image(upload.getvalue(), size)  # exactly as the training images were
     except ImageDecodeError as err:
         st.warning(f"{upload.name}: skipped ({err}).")
         continue
-    pixels = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype="float32")[None]
-    probabilities = model.predict(pixels, verbose=0)[0]
+    probabilities = model.predict(pixels[None].astype("float32"), verbose=0)[0]
     order = np.argsort(-probabilities)[:5]
     left, right = st.columns([1, 3])
     left.image(image, caption=upload.name, width=180)
     top = {metrics["class_names"][i]: float(probabilities[i]) for i in order}
     right.markdown(f"**{next(iter(top))}** ({next(iter(top.values())):.0%})")
-    right.plotly_chart(charts.top_classes(top), key=f"pred_{upload.name}")
+    right.plotly_chart(charts.top_classes(top), key=f"pred_{index}_{upload.name}")

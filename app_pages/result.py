@@ -62,9 +62,10 @@ st.code(f"{base}?run={run['id']}", language=None)
 d1, d2 = st.columns(2)
 path = model_file(run)
 if path is not None:
-    d1.download_button("Download the model (.keras)", path.read_bytes(), file_name=f"model-{run['id'][:8]}.keras",
+    # Callables: the file is read (and the report built) only when the button is clicked.
+    d1.download_button("Download the model (.keras)", path.read_bytes, file_name=f"model-{run['id'][:8]}.keras",
                        mime="application/octet-stream")
-d2.download_button("Download the report (HTML)", html_report(run), file_name=f"report-{run['id'][:8]}.html",
+d2.download_button("Download the report (HTML)", lambda: html_report(run), file_name=f"report-{run['id'][:8]}.html",
                    mime="text/html")
 
 overview, confusion_tab, per_class_tab, mistakes_tab, curves_tab = st.tabs(

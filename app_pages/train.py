@@ -89,7 +89,7 @@ with st.form("settings"):
         c1, c2, c3 = st.columns(3)
         epochs = c1.number_input("Stage 1 / scratch epochs (early stopping)", 1, 500, defaults.epochs)
         fine_tune_epochs = c2.number_input("Stage 2 epochs", 0, 500, defaults.fine_tune_epochs)
-        unfreeze_blocks = c3.number_input("Blocks to unfreeze in stage 2 (-1 = all)", -1, 20, defaults.unfreeze_blocks)
+        unfreeze_blocks = c3.number_input("Blocks to unfreeze in stage 2 (-1 = all, 0 = skip stage 2)", -1, 17, defaults.unfreeze_blocks)
         c1, c2, c3 = st.columns(3)
         learning_rate = c1.number_input("Learning rate (new layers)", 1e-6, 1.0, defaults.learning_rate, format="%.0e")
         fine_tune_learning_rate = c2.number_input("Learning rate (stage 2)", 1e-7, 1.0, defaults.fine_tune_learning_rate, format="%.0e")
@@ -110,14 +110,7 @@ config = TrainConfig(
 )
 data_config = DataConfig(seed=int(seed))
 if train_clicked or compare_clicked:
-    variants = [config]
-    if compare_clicked:
-        variants = [
-            dataclasses.replace(config, strategy="feature_extractor", head="softmax"),
-            dataclasses.replace(config, strategy="feature_extractor", head="ovr"),
-            dataclasses.replace(config, strategy="finetune"),
-            dataclasses.replace(config, strategy="scratch", weights="none"),
-        ]
+    variants = config.comparison() if compare_clicked else [config]
     group = uuid.uuid4().hex[:8] if compare_clicked else None
     try:
         ids = [submit(store, dataset["path"], v, data_config, name=dataset["name"], group=group) for v in variants]

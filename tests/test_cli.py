@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from conftest import REPO, make_toy_folder
+from conftest import MOBILENET_NOTOP, REPO, SHARED_WEIGHTS, make_toy_folder
 
 
-def cli(*args, data_dir, check=True):
-    env = {**os.environ, "TL_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+def cli(*args, data_dir, check=True, extra_env=None):
+    env = {**os.environ, "TL_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), **(extra_env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "tl_core", *args], capture_output=True, text=True, env=env, timeout=600
     )
@@ -45,7 +45,7 @@ def test_inspect_train_runs_show(tmp_path):
     result = last_json(proc)
     assert result["status"] == "succeeded" and len(result["run_id"]) == 22
     assert 0.0 <= result["test_accuracy"] <= 1.0 and result["seconds"] > 0
-    assert "extract features" in proc.stderr  # the progress bar went to standard error
+    assert "Extracting features" in proc.stderr  # the progress bar went to standard error
 
     runs = last_json(cli("runs", "--json", data_dir=data_dir))["runs"]
     assert [r["run_id"] for r in runs] == [result["run_id"]] and runs[0]["head"] == "ovr"
@@ -72,3 +72,22 @@ def test_errors_are_messages_with_a_nonzero_exit(tmp_path):
 def test_help_lists_the_options(argv, tmp_path):
     out = cli(*argv, data_dir=tmp_path).stdout
     assert "--json" in out or "inspect" in out
+
+
+@pytest.mark.skipif(not MOBILENET_NOTOP.is_file(), reason="../shared/weights (real MobileNet ImageNet weights) is absent")
+def test_compare_runs_four_strategies_on_one_split(tmp_path):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=8)
+    env_weights = {"TL_WEIGHTS_DIR": str(SHARED_WEIGHTS)}
+    proc = cli(
+        "compare", "--data", str(root), "--image-size", "32", "--epochs", "2", "--fine-tune-epochs", "1",
+        "--unfreeze-blocks", "0", "--json", data_dir=tmp_path / "store", extra_env=env_weights,
+    )
+    runs = last_json(proc)["runs"]
+    assert [(r["strategy"], r["head"]) for r in runs] == [
+        ("feature_extractor", "softmax"), ("feature_extractor", "ovr"), ("finetune", "softmax"), ("scratch", "softmax"),
+    ]
+    assert all(r["status"] == "succeeded" for r in runs)
+    shown = last_json(cli("show", runs[2]["run_id"], "--json", data_dir=tmp_path / "store"))
+    assert shown["config"]["train"]["unfreeze_blocks"] == 2  # "0 = skip stage 2" is not a two-stage run
+    assert len(shown["epochs"]["stage2"]) == 1
+    assert last_json(cli("show", runs[3]["run_id"], "--json", data_dir=tmp_path / "store"))["config"]["train"]["weights"] == "none"

@@ -275,7 +275,7 @@ def test_class_too_small_names_the_class(tmp_path):
     root = make_toy_folder(tmp_path / "set", n_per_class=5)
     for path in sorted((root / "green").iterdir())[2:]:
         path.unlink()
-    with pytest.raises(DataError, match=r"Class 'green' has 2 distinct image\(s\).*at least 3.*Add images or merge"):
+    with pytest.raises(DataError, match=r"Class 'green' has 2 distinct usable image\(s\).*at least 3.*Add images or merge"):
         split_dataset(_decoded(root))
 
 
@@ -284,5 +284,41 @@ def test_single_class_is_refused(tmp_path):
     for name in ("green", "blue"):
         for path in (root / name).iterdir():
             path.unlink()
-    with pytest.raises(DataError, match="at least 2"):
+        (root / name).rmdir()
+    with pytest.raises(DataError, match="Found 1 class \\(red\\); a classifier needs at least 2"):
         split_dataset(_decoded(root))
+
+
+def test_identical_files_in_two_classes_share_one_split(tmp_path):
+    root = make_toy_folder(tmp_path / "set", n_per_class=6)
+    for i in range(3):
+        (root / "blue" / f"copy_{i}.png").write_bytes((root / "red" / f"red_00{i}.png").read_bytes())
+    decoded = decode_dataset(load_images(root), 32)
+    for seed in range(5):
+        splits = split_dataset(decoded, DataConfig(seed=seed))
+        home = {i: part for part, idx in splits.items() for i in idx.tolist()}
+        for i in range(3):
+            assert home[decoded.names.index(f"blue/copy_{i}.png")] == home[decoded.names.index(f"red/red_00{i}.png")]
+        assert all(set(decoded.y[idx].tolist()) == {0, 1, 2} for idx in splits.values())
+
+
+def test_a_class_whose_images_all_fail_is_refused_by_name(tmp_path):
+    root = make_toy_folder(tmp_path / "set", n_per_class=5)
+    for path in (root / "green").iterdir():
+        path.write_bytes(b"broken")
+    decoded = decode_dataset(load_images(root), 32)
+    assert decoded.class_names == ["blue", "green", "red"] and 1 not in decoded.y.tolist()
+    with pytest.raises(DataError, match="Class 'green' has 0 distinct usable image"):
+        split_dataset(decoded)
+
+
+def test_a_corrupt_zip_member_is_skipped_with_its_reason(toy_folder):
+    archive = bytearray(zip_folder(toy_folder))
+    with zipfile.ZipFile(io.BytesIO(bytes(archive))) as zf:
+        info = zf.getinfo("red/red_000.png")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    archive[start : start + 40] = b"\x00" * 40  # damage the compressed bytes of one member
+    image_set = load_images(bytes(archive))
+    assert len(image_set.items) == 41
+    reason = {e["file"]: e["reason"] for e in image_set.ignored}["red/red_000.png"]
+    assert reason.startswith("could not be extracted from the zip")

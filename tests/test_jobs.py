@@ -97,3 +97,15 @@ def test_a_killed_worker_leaves_no_run_stuck_running(tmp_path, store):
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def test_a_worker_leaves_runs_of_live_processes_alone(store):
+    # A command-line `train` in this (live) process, and a run whose process is gone.
+    alive = store.create_run({}, status="running")
+    orphan = store.create_run({}, status="queued")
+    store.claim_next_queued()
+    with store._connect() as conn:
+        conn.execute("UPDATE runs SET owner_pid = ? WHERE id = ?", (2**22 + 12345, orphan))  # no such pid
+    assert run_worker(store, once=True) == 0
+    assert store.get_run(alive)["status"] == "running"
+    assert store.get_run(orphan)["status"] == "failed"

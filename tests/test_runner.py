@@ -63,7 +63,7 @@ def test_a_class_too_small_marks_the_run_failed_with_the_reason(tmp_path, store)
         path.unlink()
     run = run_training(root, TrainConfig(**FAST), store=store)
     assert run["status"] == "failed"
-    assert "Class 'green' has 1 distinct image(s)" in run["error"]
+    assert "Class 'green' has 1 distinct usable image(s)" in run["error"]
     assert store.get_run(run["id"])["status"] == "failed"
 
 

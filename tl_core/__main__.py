@@ -1,4 +1,4 @@
-"""Command line: ``python -m tl_core {inspect,train,runs,show,worker,cancel} ... [--json]``.
+"""Command line: ``python -m tl_core {inspect,train,compare,runs,show,worker,cancel} ... [--json]``.
 
 With ``--json`` the last line of standard output is one JSON object (the contract scripts and
 checks rely on); progress bars go to standard error.
@@ -15,16 +15,8 @@ from tqdm import tqdm
 
 from tl_core.config import HEADS, STRATEGIES, DataConfig, TrainConfig
 from tl_core.errors import TLCoreError
+from tl_core.progress import EPOCH_STAGES, STAGE_TITLES
 
-STAGE_LABELS = {
-    "decode": "decode images",
-    "extract": "extract features",
-    "head": "fit linear head",
-    "stage1": "stage 1: new layers",
-    "stage2": "stage 2: fine-tune",
-    "scratch": "train from scratch",
-    "evaluate": "evaluate",
-}
 
 
 class TerminalProgress:
@@ -36,8 +28,8 @@ class TerminalProgress:
 
     def on_stage_start(self, stage: str, total: int) -> None:
         if self.enabled and not stage.endswith(".epoch"):  # one bar per stage, not per epoch
-            unit = "epoch" if stage in ("stage1", "stage2", "scratch") else "img"
-            self.bars[stage] = tqdm(total=total, desc=STAGE_LABELS.get(stage, stage), unit=unit, file=sys.stderr)
+            unit = "epoch" if stage in EPOCH_STAGES else "img"
+            self.bars[stage] = tqdm(total=total, desc=STAGE_TITLES.get(stage, stage), unit=unit, file=sys.stderr)
 
     def on_step(self, stage: str, step: int, logs: dict[str, Any] | None = None) -> None:
         bar = self.bars.get(stage)
@@ -80,10 +72,8 @@ def cmd_inspect(args) -> dict[str, Any]:
     return report
 
 
-def cmd_train(args) -> dict[str, Any]:
-    from tl_core.runner import run_training
-
-    config = TrainConfig(
+def _train_config(args) -> TrainConfig:
+    return TrainConfig(
         backbone=args.backbone,
         strategy=args.strategy,
         head=args.head,
@@ -98,10 +88,11 @@ def cmd_train(args) -> dict[str, Any]:
         augment=args.augment,
         seed=args.seed,
     )
-    data_config = DataConfig(max_pixels=args.max_pixels, seed=args.seed)
-    run = run_training(args.data, config, data_config, _store(args), TerminalProgress(not args.quiet), name=args.name)
+
+
+def _summary(run: dict[str, Any]) -> dict[str, Any]:
     metrics = run.get("metrics") or {}
-    result = {
+    return {
         "run_id": run["id"],
         "status": run["status"],
         "error": run.get("error"),
@@ -110,6 +101,14 @@ def cmd_train(args) -> dict[str, Any]:
         "seconds": metrics.get("seconds"),
         "model_path": run["model_path"] if run["status"] == "succeeded" else None,
     }
+
+
+def cmd_train(args) -> dict[str, Any]:
+    from tl_core.runner import run_training
+
+    data_config = DataConfig(max_pixels=args.max_pixels, seed=args.seed)
+    run = run_training(args.data, _train_config(args), data_config, _store(args), TerminalProgress(not args.quiet), name=args.name)
+    result = _summary(run)
     if not args.json:
         if run["status"] == "succeeded":
             print(
@@ -121,6 +120,27 @@ def cmd_train(args) -> dict[str, Any]:
     if run["status"] != "succeeded":
         args.exit_code = 1
     return result
+
+
+def cmd_compare(args) -> dict[str, Any]:
+    from tl_core.charts import run_label
+    from tl_core.runner import run_training
+
+    data_config = DataConfig(max_pixels=args.max_pixels, seed=args.seed)
+    store = _store(args)
+    runs = [
+        run_training(args.data, config, data_config, store, TerminalProgress(not args.quiet), name=args.name)
+        for config in _train_config(args).validate().comparison()
+    ]
+    if not args.json:
+        print(f"{'run':<52} {'status':<10} {'test acc':>8} {'macro F1':>8} {'seconds':>8}")
+        for run in runs:
+            m = run.get("metrics") or {}
+            cells = f"{m['test_accuracy']:>8.3f} {m['macro_f1']:>8.3f} {m['seconds']:>8.1f}" if m else run.get("error") or ""
+            print(f"{run_label(run):<52} {run['status']:<10} {cells}")
+    if any(run["status"] != "succeeded" for run in runs):
+        args.exit_code = 1
+    return {"runs": [_summary(run) | {"strategy": run["config"]["train"]["strategy"], "head": run["config"]["train"]["head"]} for run in runs]}
 
 
 def cmd_runs(args) -> dict[str, Any]:
@@ -187,24 +207,32 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
     inspect.set_defaults(func=cmd_inspect)
 
-    train = sub.add_parser("train", parents=[common], help="train and store one run")
-    train.add_argument("--data", required=True, help="folder of class folders, or a .zip")
-    train.add_argument("--backbone", default="mobilenet", choices=list(BACKBONES))
+    training = argparse.ArgumentParser(add_help=False)
+    training.add_argument("--data", required=True, help="folder of class folders, or a .zip")
+    training.add_argument("--backbone", default="mobilenet", choices=list(BACKBONES))
+    training.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file path")
+    training.add_argument("--image-size", type=int, default=None, help="default: the backbone's own (224)")
+    training.add_argument("--batch-size", type=int, default=32)
+    training.add_argument("--epochs", type=int, default=30, help="stage 1 / from-scratch epochs (early stopping)")
+    training.add_argument("--fine-tune-epochs", type=int, default=10, help="stage 2 epochs")
+    training.add_argument("--unfreeze-blocks", type=int, default=2, help="top blocks unfrozen in stage 2 (-1: all)")
+    training.add_argument("--learning-rate", type=float, default=1e-3)
+    training.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
+    training.add_argument("--augment", action="store_true")
+    training.add_argument("--seed", type=int, default=42)
+    training.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
+    training.add_argument("--name", default=None)
+
+    train = sub.add_parser("train", parents=[common, training], help="train and store one run")
     train.add_argument("--strategy", default="feature_extractor", choices=STRATEGIES)
     train.add_argument("--head", default="softmax", choices=HEADS)
-    train.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file path")
-    train.add_argument("--image-size", type=int, default=None, help="default: the backbone's own (224)")
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--epochs", type=int, default=30, help="stage 1 / from-scratch epochs (early stopping)")
-    train.add_argument("--fine-tune-epochs", type=int, default=10, help="stage 2 epochs")
-    train.add_argument("--unfreeze-blocks", type=int, default=2, help="top blocks unfrozen in stage 2 (-1: all)")
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
-    train.add_argument("--augment", action="store_true")
-    train.add_argument("--seed", type=int, default=42)
-    train.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
-    train.add_argument("--name", default=None)
     train.set_defaults(func=cmd_train)
+
+    compare = sub.add_parser(
+        "compare", parents=[common, training],
+        help="feature extractor (softmax, ovr), two-stage fine-tuning and from scratch, on one split",
+    )
+    compare.set_defaults(func=cmd_compare, strategy="feature_extractor", head="softmax")
 
     runs = sub.add_parser("runs", parents=[common], help="list stored runs")
     runs.set_defaults(func=cmd_runs)

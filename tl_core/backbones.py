@@ -38,6 +38,8 @@ class BackboneSpec:
         block_pattern: regex whose group 1 names the block a layer belongs to.
         weights_files: file names looked for in ``TL_WEIGHTS_DIR``, documented name first, then
             the name Keras gives its own download.
+        n_blocks: how many blocks ``block_pattern`` finds (checked by the tests), so a setting
+            can be validated before any model is built.
     """
 
     name: str
@@ -48,6 +50,7 @@ class BackboneSpec:
     feature_dim: int
     block_pattern: str
     weights_files: tuple[str, ...]
+    n_blocks: int
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -55,12 +58,12 @@ BACKBONES: dict[str, BackboneSpec] = {
     for spec in (
         BackboneSpec(
             "vgg16", "VGG16", keras.applications.VGG16, 224, "caffe", 512, r"^(block\d)_",
-            ("vgg16_imagenet_notop.weights.h5", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+            ("vgg16_imagenet_notop.weights.h5", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"), 5,
         ),
         BackboneSpec(
             "mobilenet", "MobileNet v1", keras.applications.MobileNet, 224, "tf", 1024,
             r"^conv_(?:dw|pw)_(\d+)",
-            ("mobilenet_v1_1.0_224_imagenet_notop.weights.h5", "mobilenet_1_0_224_tf_no_top.h5"),
+            ("mobilenet_v1_1.0_224_imagenet_notop.weights.h5", "mobilenet_1_0_224_tf_no_top.h5"), 13,
         ),
         BackboneSpec(
             "mobilenetv2", "MobileNetV2", keras.applications.MobileNetV2, 224, "tf", 1280,
@@ -69,16 +72,17 @@ BACKBONES: dict[str, BackboneSpec] = {
                 "mobilenet_v2_1.0_224_imagenet_notop.weights.h5",
                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
             ),
+            17,
         ),
         BackboneSpec(
             "efficientnetb0", "EfficientNetB0", keras.applications.EfficientNetB0, 224, "none", 1280,
             r"^(block\d)[a-z]_",
-            ("efficientnetb0_imagenet_notop.weights.h5", "efficientnetb0_notop.h5"),
+            ("efficientnetb0_imagenet_notop.weights.h5", "efficientnetb0_notop.h5"), 7,
         ),
         BackboneSpec(
             "resnet50", "ResNet50", keras.applications.ResNet50, 224, "caffe", 2048,
             r"^(conv\d_block\d+)_",
-            ("resnet50_imagenet_notop.weights.h5", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+            ("resnet50_imagenet_notop.weights.h5", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"), 16,
         ),
     )
 }

@@ -9,6 +9,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from tl_core.progress import EPOCH_STAGES
+
 STRATEGY_LABELS = {
     "feature_extractor": "Feature extractor",
     "finetune": "Two-stage fine-tuning",
@@ -70,7 +72,7 @@ def learning_curves(runs: list[dict[str, Any]], metric: str = "val_accuracy") ->
     fig = go.Figure()
     for run in runs:
         offset = 0
-        for stage in ("stage1", "stage2", "scratch"):
+        for stage in EPOCH_STAGES:
             epochs = (run.get("epochs") or {}).get(stage) or []
             if not epochs:
                 continue
@@ -90,7 +92,7 @@ def stage_curves(epochs: dict[str, list[dict[str, float]]]) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"), horizontal_spacing=0.08)
     colors = {"stage1": "#4F46E5", "stage2": "#DC2626", "scratch": "#059669"}
     offset = 0
-    for stage in ("stage1", "stage2", "scratch"):
+    for stage in EPOCH_STAGES:
         rows = epochs.get(stage) or []
         if not rows:
             continue

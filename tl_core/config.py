@@ -119,10 +119,34 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{name} is {getattr(self, name)!r}, which is out of range.")
+        spec = BACKBONES[self.backbone]
+        if self.strategy == "finetune" and self.unfreeze_blocks > spec.n_blocks:
+            raise ConfigError(
+                f"{spec.title} has {spec.n_blocks} blocks; cannot unfreeze {self.unfreeze_blocks}. "
+                f"Use 1-{spec.n_blocks}, or -1 for all layers."
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def comparison(self) -> list[TrainConfig]:
+        """The runs of "Compare strategies", on this config's backbone, size, split and seed.
+
+        The feature extractor with a softmax and a one-vs-rest head, two-stage fine-tuning (at least
+        the top 2 blocks unfrozen in stage 2) and training from scratch. The transfer runs use
+        ImageNet weights unless this config names a weights file.
+        """
+        weights = self.weights if self.weights not in ("none", "None", "") else "imagenet"
+        transfer = dataclasses.replace(self, weights=weights)
+        blocks = self.unfreeze_blocks if self.unfreeze_blocks != 0 else 2
+        return [
+            dataclasses.replace(transfer, strategy="feature_extractor", head="softmax"),
+            dataclasses.replace(transfer, strategy="feature_extractor", head="ovr"),
+            dataclasses.replace(transfer, strategy="finetune", unfreeze_blocks=blocks,
+                                fine_tune_epochs=self.fine_tune_epochs or 10),
+            dataclasses.replace(self, strategy="scratch", weights="none"),
+        ]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

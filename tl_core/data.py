@@ -15,6 +15,7 @@ import os
 import stat
 import warnings
 import zipfile
+import zlib
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence  # noqa: F401  (ImageSequence keeps GIF support loaded)
 
-from tl_core.config import DataConfig
+from tl_core.config import DEFAULT_MAX_PIXELS, DataConfig
 from tl_core.errors import DataError, ImageDecodeError
 from tl_core.progress import NullProgress, ProgressListener
 
@@ -168,10 +169,13 @@ def _items_from_paths(
         if root is not None and relative.parts[0] == root.name:
             relative = PurePosixPath(*relative.parts[1:])
         reason = _classify_entry(relative)
+        item = None if reason else make_item(str(relative), relative.parts[0], handle)
+        if isinstance(item, str):  # make_item could not read the file: its reason
+            reason = item
         if reason:
             ignored.append({"file": str(relative), "reason": reason})
         else:
-            items.append(make_item(str(relative), relative.parts[0], handle))
+            items.append(item)
     return items, ignored
 
 
@@ -221,9 +225,13 @@ def load_zip(source: Path | bytes) -> ImageSet:
             else:
                 entries.append((relative, info))
 
-        def read(name: str, label_: str, info: zipfile.ZipInfo) -> ImageItem:
-            with archive.open(info) as handle:
-                data = handle.read(info.file_size + 1)
+        def read(name: str, label_: str, info: zipfile.ZipInfo) -> ImageItem | str:
+            try:
+                with archive.open(info) as handle:
+                    data = handle.read(info.file_size + 1)
+            except (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, OSError, EOFError) as err:
+                # Corrupt, encrypted or compressed with an unsupported method: skip this entry only.
+                return f"could not be extracted from the zip ({err.__class__.__name__}: {err})"
             return ImageItem(name=name, label=label_, data=data[: info.file_size])
 
         items, ignored = _items_from_paths(entries, read)
@@ -317,16 +325,27 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
     return image, info
 
 
+def resize_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """The model's input: a ``size`` x ``size`` uint8 RGB array (stretched, as Keras' loaders do)."""
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0), dtype=np.uint8)
+
+
+def prepare_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Image.Image]:
+    """Decode image bytes exactly as training does; returns the model's input pixels and the picture.
+
+    Raises:
+        ImageDecodeError: the image cannot be used (see :func:`decode_image`).
+    """
+    image, _ = decode_image(data, max_pixels, draft_size=size)
+    return resize_pixels(image, size), image
+
+
 def _decode_one(item: ImageItem, max_pixels: int, size: int | None):
     """Returns ``(pixels or None, info, sha256)`` or raises ImageDecodeError."""
     data = item.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     image, info = decode_image(data, max_pixels, draft_size=size or 256)
-    pixels = None
-    if size is not None:
-        resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        pixels = np.asarray(resized, dtype=np.uint8)
-    return pixels, info, digest
+    return (resize_pixels(image, size) if size is not None else None), info, digest
 
 
 def _cache_key(image_set: ImageSet, size: int | None, max_pixels: int) -> str:
@@ -433,10 +452,10 @@ def _write_decoded_cache(path: Path, decoded: DecodedDataset) -> None:
         "image_size": decoded.image_size,
         "y": decoded.y.tolist(),
     }
-    tmp = path.with_suffix(".tmp.npy")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # unique per process: CLI and worker may race
     np.save(tmp, decoded.x)
     os.replace(tmp, path.with_suffix(".npy"))
-    tmp_meta = path.with_suffix(".tmp.json")
+    tmp_meta = path.with_suffix(f".{os.getpid()}.tmp.json")
     tmp_meta.write_text(json.dumps(meta))
     os.replace(tmp_meta, path.with_suffix(".json"))
 
@@ -549,40 +568,45 @@ def inspect_dataset(
 def split_dataset(decoded: DecodedDataset, config: DataConfig = DataConfig()) -> dict[str, np.ndarray]:
     """A stratified train / validation / test split of image indices, repeatable by seed.
 
-    Every class appears in every split. Byte-identical files of one class stay in the same split,
-    so a duplicate can never leak from training into the test set.
+    Every class appears in every split. Byte-identical files stay in the same split, within a
+    class and across classes, so a duplicate can never leak from training into the test set.
 
     Raises:
-        DataError: fewer than two classes, or a class with fewer than 3 distinct images.
+        DataError: fewer than two classes, or a class with fewer than 3 distinct usable images.
     """
     config.validate()
-    present = sorted(set(decoded.y.tolist()))
-    if len(present) < 2:
-        only = decoded.class_names[present[0]] if present else "none"
+    if len(decoded.class_names) < 2:
+        only = decoded.class_names[0] if decoded.class_names else "none"
         raise DataError(
-            f"Found {len(present)} class with usable images ({only}); a classifier needs at least 2. "
+            f"Found {len(decoded.class_names)} class ({only}); a classifier needs at least 2. "
             "Add a folder of images for another class."
         )
     rng = np.random.default_rng(config.seed)
     splits: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-    for label in present:
-        members = np.flatnonzero(decoded.y == label)
+    placed: dict[str, str] = {}  # file hash -> split, shared by all classes
+    for label, name in enumerate(decoded.class_names):
         groups: dict[str, list[int]] = defaultdict(list)
-        for index in members:
+        for index in np.flatnonzero(decoded.y == label):
             groups[decoded.hashes[index]].append(int(index))
-        units = list(groups.values())
-        n = len(units)
+        n = len(groups)
         if n < 3:
             raise DataError(
-                f"Class '{decoded.class_names[label]}' has {n} distinct image(s); a stratified "
-                "train/validation/test split needs at least 3 per class. Add images or merge the class."
+                f"Class '{name}' has {n} distinct usable image(s); a stratified train/validation/test "
+                "split needs at least 3 per class. Add images or merge the class."
             )
-        order = rng.permutation(n)
-        n_test = max(1, round(n * config.test_fraction))
-        n_val = max(1, round(n * config.val_fraction))
-        for position, unit in enumerate(order):
+        wanted = {"test": max(1, round(n * config.test_fraction)), "val": max(1, round(n * config.val_fraction))}
+        free = []
+        for digest in groups:
+            if digest in placed:  # the same file in an earlier class: same split
+                wanted[placed[digest]] = wanted.get(placed[digest], 0) - 1
+                splits[placed[digest]].extend(groups[digest])
+            else:
+                free.append(digest)
+        for position, unit in enumerate(rng.permutation(len(free))):
+            n_test, n_val = max(wanted["test"], 0), max(wanted["val"], 0)
             part = "test" if position < n_test else "val" if position < n_test + n_val else "train"
-            splits[part].extend(units[unit])
+            placed[free[unit]] = part
+            splits[part].extend(groups[free[unit]])
     return {name: np.asarray(sorted(indices), dtype=np.int64) for name, indices in splits.items()}
 
 

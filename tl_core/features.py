@@ -69,7 +69,7 @@ def extract_features(
     if cache_path is not None:
         cache_path = Path(cache_path)
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(".tmp.npy")
+        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, features)
         os.replace(tmp, cache_path)
     return features

@@ -4,7 +4,8 @@ The app (or anyone) :func:`submit`\\ s a run; :func:`ensure_worker` starts ``pyt
 worker`` in its own process session if none is alive, so training survives page reloads, closed
 tabs and a restarted app server. One worker per data folder is guaranteed by an exclusive
 ``flock`` on ``worker.lock``, which the operating system releases if the worker dies; a new worker
-then marks the run the dead one left ``running`` as failed, with an explanation.
+then marks failed, with an explanation, each ``running`` run whose process is gone. POSIX only
+(``fcntl``): Linux, macOS, WSL.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from tl_core.progress import NullProgress
 from tl_core.store import RunStore
 
 LOCK_NAME = "worker.lock"
+SPAWN_STAMP = "worker.spawned"
+SPAWN_GRACE_SECONDS = 15.0
 INTERRUPTED = (
     "The training worker stopped while this run was in progress (it crashed, was killed or the "
     "machine restarted). Start the run again."
@@ -92,9 +95,16 @@ def worker_alive(store: RunStore) -> bool:
 
 
 def ensure_worker(store: RunStore) -> bool:
-    """Start a worker process for this data folder unless one is alive; True if one was started."""
+    """Start a worker process for this data folder unless one is alive or starting; True if started."""
+    stamp = store.data_dir / SPAWN_STAMP
     if worker_alive(store):
         return False
+    try:
+        if time.time() - stamp.stat().st_mtime < SPAWN_GRACE_SECONDS:
+            return False  # started a moment ago: still on its way to the lock
+    except FileNotFoundError:
+        pass
+    stamp.touch()
     repo_root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
     log = open(store.data_dir / "worker.log", "ab")
@@ -124,15 +134,22 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
     Returns:
         The number of runs executed; 0 at once if another worker holds the lock.
     """
-    from tl_core.runner import run_training  # heavy (TensorFlow): only the worker needs it
-
     handle = open(_lock_path(store), "a+")
+    deadline = time.monotonic() + 3.0  # an app's liveness probe holds the lock for microseconds
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                return 0
+            time.sleep(0.05)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return 0
-    try:
+        # TensorFlow is imported only once the lock is held, so a second worker started by mistake
+        # exits in a fraction of a second instead of loading it.
+        from tl_core.runner import run_training
+
         store.fail_interrupted(INTERRUPTED)
         executed, idle_since = 0, time.monotonic()
         while True:

@@ -11,7 +11,16 @@ import threading
 import time
 from typing import Any, Protocol, runtime_checkable
 
-import keras
+EPOCH_STAGES = ("stage1", "stage2", "scratch")
+STAGE_TITLES = {
+    "decode": "Decoding images",
+    "extract": "Extracting features (frozen ConvNet, once)",
+    "head": "Fitting the linear head",
+    "stage1": "Stage 1: new layers on the frozen ConvNet",
+    "stage2": "Stage 2: fine-tuning the top blocks",
+    "scratch": "Training from scratch",
+    "evaluate": "Evaluating on the test split",
+}
 
 
 @runtime_checkable
@@ -94,42 +103,56 @@ class StageTimer(NullProgress):
             self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
 
 
-class KerasProgressBridge(keras.callbacks.Callback):
-    """Turns Keras ``fit`` events into protocol events, and a stop request into ``stop_training``.
+def __getattr__(name: str):
+    # The Keras bridge is built on first use, so the protocol can be imported (by the app, the
+    # queue, a starting worker) without paying TensorFlow's import time.
+    if name == "KerasProgressBridge":
+        globals()[name] = _make_keras_bridge()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    One ``on_step`` per epoch carries the epoch's logs (loss, accuracy, val_loss, val_accuracy);
-    within an epoch, a sub-stage ``<stage>.epoch`` counts its batches (``total`` = steps per epoch,
-    0 when Keras does not know it yet, as in the first epoch over a ``tf.data`` pipeline).
-    The stop request is also checked after each batch so cancelling takes effect within an epoch;
-    overriding a batch hook makes Keras call it synchronously, which is what we want here.
-    """
 
-    def __init__(self, listener: ProgressListener, stage: str, total_epochs: int) -> None:
-        super().__init__()
-        self.listener = listener
-        self.stage = stage
-        self.total_epochs = total_epochs
-        self.history: list[dict[str, float]] = []
+def _make_keras_bridge():
+    import keras
 
-    def on_train_begin(self, logs=None):
-        self.listener.on_stage_start(self.stage, self.total_epochs)
+    class KerasProgressBridge(keras.callbacks.Callback):
+        """Turns Keras ``fit`` events into protocol events, and a stop request into ``stop_training``.
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.listener.on_stage_start(f"{self.stage}.epoch", int(self.params.get("steps") or 0))
+        One ``on_step`` per epoch carries the epoch's logs (loss, accuracy, val_loss, val_accuracy);
+        within an epoch, a sub-stage ``<stage>.epoch`` counts its batches (``total`` = steps per epoch,
+        0 when Keras does not know it yet, as in the first epoch over a ``tf.data`` pipeline).
+        The stop request is also checked after each batch so cancelling takes effect within an epoch;
+        overriding a batch hook makes Keras call it synchronously, which is what we want here.
+        """
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.listener.on_step(f"{self.stage}.epoch", batch + 1, None)
-        if self.listener.should_stop():
-            self.model.stop_training = True
+        def __init__(self, listener: ProgressListener, stage: str, total_epochs: int) -> None:
+            super().__init__()
+            self.listener = listener
+            self.stage = stage
+            self.total_epochs = total_epochs
+            self.history: list[dict[str, float]] = []
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.listener.on_stage_end(f"{self.stage}.epoch", None)
-        clean = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
-        clean["epoch"] = epoch + 1
-        self.history.append(clean)
-        self.listener.on_step(self.stage, epoch + 1, clean)
-        if self.listener.should_stop():
-            self.model.stop_training = True
+        def on_train_begin(self, logs=None):
+            self.listener.on_stage_start(self.stage, self.total_epochs)
 
-    def on_train_end(self, logs=None):
-        self.listener.on_stage_end(self.stage, self.history[-1] if self.history else {})
+        def on_epoch_begin(self, epoch, logs=None):
+            self.listener.on_stage_start(f"{self.stage}.epoch", int(self.params.get("steps") or 0))
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.listener.on_step(f"{self.stage}.epoch", batch + 1, None)
+            if self.listener.should_stop():
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.listener.on_stage_end(f"{self.stage}.epoch", None)
+            clean = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+            clean["epoch"] = epoch + 1
+            self.history.append(clean)
+            self.listener.on_step(self.stage, epoch + 1, clean)
+            if self.listener.should_stop():
+                self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            self.listener.on_stage_end(self.stage, self.history[-1] if self.history else {})
+
+    return KerasProgressBridge

@@ -23,11 +23,8 @@ from tl_core.features import extract_features, features_key
 from tl_core.finetune import TrainedModel, train_scratch, train_two_stage
 from tl_core.heads import LinearHead
 from tl_core.metrics import evaluate
-from tl_core.progress import MultiProgress, NullProgress, ProgressListener, StageTimer
+from tl_core.progress import EPOCH_STAGES, MultiProgress, NullProgress, ProgressListener, StageTimer
 from tl_core.store import RunStore, write_json_atomic
-
-EPOCH_STAGES = ("stage1", "stage2", "scratch")
-
 
 class StoreProgress(NullProgress):
     """Writes epoch metrics to the store as they arrive, and a progress snapshot at most twice a second."""

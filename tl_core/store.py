@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS runs (
     dataset TEXT,
     metrics TEXT,
     progress TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    owner_pid INTEGER
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -47,6 +48,19 @@ CREATE TABLE IF NOT EXISTS epochs (
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
 """
+_ADDED_COLUMNS = {"cancel_requested": "INTEGER NOT NULL DEFAULT 0", "owner_pid": "INTEGER"}
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def default_data_dir() -> Path:
@@ -65,7 +79,7 @@ def is_valid_run_id(run_id: str) -> bool:
 
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write JSON to a temporary name and rename it, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(value, indent=2, default=str))
     os.replace(tmp, path)
 
@@ -83,6 +97,10 @@ class RunStore:
         self.db_path = self.data_dir / "runs.db"
         with self._connect() as conn:
             conn.executescript(_SCHEMA)
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(runs)")}
+            for column, kind in _ADDED_COLUMNS.items():  # stores made by an older version
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
 
     @property
     def cache_dir(self) -> Path:
@@ -115,10 +133,11 @@ class RunStore:
         folder.mkdir(parents=True, exist_ok=False)
         write_json_atomic(folder / "config.json", config)
         now = time.time()
+        owner = os.getpid() if status == "running" else None
         with self._connect() as conn:
             conn.execute(
-                "INSERT INTO runs (id, created_at, updated_at, status, name, config) VALUES (?,?,?,?,?,?)",
-                (run_id, now, now, status, name, json.dumps(config)),
+                "INSERT INTO runs (id, created_at, updated_at, status, name, config, owner_pid) VALUES (?,?,?,?,?,?,?)",
+                (run_id, now, now, status, name, json.dumps(config), owner),
             )
         return run_id
 
@@ -135,7 +154,10 @@ class RunStore:
     def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        self._update(run_id, status=status, error=error)
+        if status == "running":  # the process that trains owns the run (see fail_interrupted)
+            self._update(run_id, status=status, error=error, owner_pid=os.getpid())
+        else:
+            self._update(run_id, status=status, error=error)
 
     def set_dataset(self, run_id: str, dataset: dict[str, Any]) -> None:
         self._update(run_id, dataset=json.dumps(dataset))
@@ -165,10 +187,10 @@ class RunStore:
         """Atomically move the oldest ``queued`` run to ``running``; its id, or ``None``."""
         with self._connect() as conn:
             row = conn.execute(
-                "UPDATE runs SET status = 'running', updated_at = ? WHERE id = ("
+                "UPDATE runs SET status = 'running', owner_pid = ?, updated_at = ? WHERE id = ("
                 "SELECT id FROM runs WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1"
                 ") RETURNING id",
-                (time.time(),),
+                (os.getpid(), time.time()),
             ).fetchone()
         return row["id"] if row else None
 
@@ -192,13 +214,18 @@ class RunStore:
         return bool(row and row["cancel_requested"])
 
     def fail_interrupted(self, reason: str) -> list[str]:
-        """Mark every ``running`` run failed (called by a worker that starts with no other alive)."""
+        """Mark failed every ``running`` run whose training process is gone (crashed or killed).
+
+        Runs of live processes (a command-line ``train`` on this machine) are left alone.
+        """
         with self._connect() as conn:
-            rows = conn.execute(
-                "UPDATE runs SET status = 'failed', error = ?, updated_at = ? WHERE status = 'running' RETURNING id",
-                (reason, time.time()),
-            ).fetchall()
-        return [row["id"] for row in rows]
+            rows = conn.execute("SELECT id, owner_pid FROM runs WHERE status = 'running'").fetchall()
+            dead = [row["id"] for row in rows if not _pid_alive(row["owner_pid"])]
+            conn.executemany(
+                "UPDATE runs SET status = 'failed', error = ?, updated_at = ? WHERE id = ? AND status = 'running'",
+                [(reason, time.time(), run_id) for run_id in dead],
+            )
+        return dead
 
     def delete_run(self, run_id: str) -> None:
         import shutil

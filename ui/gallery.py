@@ -7,6 +7,7 @@ import io
 import streamlit as st
 from PIL import Image, ImageOps
 
+from tl_core.config import DEFAULT_MAX_PIXELS
 from tl_core.data import decode_image, load_images
 from tl_core.datasets import read_image_bytes
 from tl_core.errors import ImageDecodeError, TLCoreError
@@ -21,7 +22,7 @@ def thumbnail(source: str, name: str) -> bytes | None:
     if data is None:
         return None
     try:
-        image, _ = decode_image(data, max_pixels=40_000_000, draft_size=THUMB)
+        image, _ = decode_image(data, max_pixels=DEFAULT_MAX_PIXELS, draft_size=THUMB)
     except ImageDecodeError:
         return None
     image = ImageOps.pad(image, (THUMB, THUMB), color=(255, 255, 255))  # a tidy square grid

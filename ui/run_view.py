@@ -8,16 +8,8 @@ import streamlit as st
 
 from tl_core import charts
 from tl_core.charts import run_label
+from tl_core.progress import EPOCH_STAGES, STAGE_TITLES
 
-STAGE_TITLES = {
-    "decode": "Decoding images",
-    "extract": "Extracting features (frozen ConvNet, once)",
-    "head": "Fitting the linear head",
-    "stage1": "Stage 1: new layers on the frozen ConvNet",
-    "stage2": "Stage 2: fine-tuning the top blocks",
-    "scratch": "Training from scratch",
-    "evaluate": "Evaluating on the test split",
-}
 
 
 def _fraction(info: dict | None) -> float:
@@ -51,7 +43,7 @@ def live_run(run: dict, store) -> None:
         step = info.get("step") or 0
         done = "finished_at" in info
         epoch = stages.get(f"{stage}.epoch")
-        unit = "epoch" if stage in ("stage1", "stage2", "scratch") else "image" if stage in ("decode", "extract") else "step"
+        unit = "epoch" if stage in EPOCH_STAGES else "image" if stage in ("decode", "extract") else "step"
         text = f"{STAGE_TITLES.get(stage, stage)} — {step}/{total} {unit}s" + ("" if done else _eta(info, epoch))
         if done and unit == "epoch" and step < total:
             text += " (stopped early: validation loss stopped improving)"

@@ -93,6 +93,14 @@ def test_upload_train_share(app_server, browser, screenshot_dir, tmp_path):
     assert re.fullmatch(r"\d{1,3}\.\d%", accuracy), accuracy
     _settle(shared)
     shared.screenshot(path=str(screenshot_dir / "result.png"), full_page=True)
+    with shared.expect_download() as download:
+        shared.get_by_role("button", name="Download the report (HTML)").click()
+    report = open(download.value.path(), encoding="utf-8").read()
+    assert f"Test accuracy <b>{accuracy}</b>" in report and "Confusion matrix" in report
+    with shared.expect_download() as download:
+        shared.get_by_role("button", name="Download the model (.keras)").click()
+    assert download.value.suggested_filename.endswith(".keras")
+    assert open(download.value.path(), "rb").read(2) == b"PK"  # a .keras file is a zip
     fresh.close()
 
     _goto_page(page, "Runs")
