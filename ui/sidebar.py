@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from tl_core.charts import run_label
-from tl_core.jobs import queue_snapshot
+from tl_core.jobs import ensure_worker, queue_snapshot
 from ui.state import PAGES, current_dataset, get_store
 
 
@@ -20,7 +20,10 @@ def stage_fraction(run: dict) -> tuple[str, float]:
 
 @st.fragment(run_every=2)
 def _queue() -> None:
-    snapshot = queue_snapshot(get_store())
+    store = get_store()
+    snapshot = queue_snapshot(store)
+    if snapshot["queued"] and not snapshot["worker_alive"]:
+        ensure_worker(store)  # whichever page is open, queued work never waits for a dead worker
     st.markdown("**Job queue**")
     if not snapshot["running"] and not snapshot["queued"]:
         st.caption("Nothing training.")
