@@ -172,7 +172,7 @@ def build_base(spec: BackboneSpec, weights: ResolvedWeights, image_size: int, se
     kwargs = {"include_top": False, "weights": weights.keras_arg, "input_shape": (image_size, image_size, 3)}
     try:
         return spec.builder(**kwargs)
-    except (ValueError, OSError, Exception) as err:  # noqa: BLE001 - classified below
+    except Exception as err:  # noqa: BLE001 - classified below, the rest re-raised
         text = str(err)
         if weights.keras_arg == "imagenet" and (
             isinstance(err, OSError) or "URL fetch failure" in text or "urlopen" in text

@@ -152,3 +152,8 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def run_payload(config: TrainConfig, data_config: DataConfig, source: str, group: str | None = None) -> dict[str, Any]:
+    """What a stored run records of its settings; the job worker rebuilds the run from it."""
+    return {"train": config.to_dict(), "data": dataclasses.asdict(data_config), "source": source, "group": group}

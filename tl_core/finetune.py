@@ -128,8 +128,8 @@ def train_two_stage(
     result = TrainedModel(model)
 
     if augment is None:
-        train = _feature_batches(features["train"], data["train"][1], config, shuffle=True)
-        val = _feature_batches(features["val"], data["val"][1], config)
+        train = make_batches(features["train"], data["train"][1], config.batch_size, shuffle=True, seed=config.seed)
+        val = make_batches(features["val"], data["val"][1], config.batch_size)
         _compile(head, config.learning_rate)
         result.history["stage1"] = _fit(head, train, val, config.epochs, config, progress, "stage1")
         result.notes.append("Stage 1 trained the new layers on cached ConvNet features (no augmentation).")
@@ -189,12 +189,3 @@ def _pixel_batches(data, config: TrainConfig):
         make_batches(x_train, y_train, config.batch_size, shuffle=True, seed=config.seed),
         make_batches(x_val, y_val, config.batch_size),
     )
-
-
-def _feature_batches(features: np.ndarray, y: np.ndarray, config: TrainConfig, shuffle: bool = False):
-    import tensorflow as tf
-
-    dataset = tf.data.Dataset.from_tensor_slices((features.astype(np.float32), y))
-    if shuffle:
-        dataset = dataset.shuffle(len(features), seed=config.seed, reshuffle_each_iteration=True)
-    return dataset.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)

@@ -10,7 +10,6 @@ then marks failed, with an explanation, each ``running`` run whose process is go
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import os
 import subprocess
@@ -19,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tl_core.config import DataConfig, TrainConfig
+from tl_core.config import DataConfig, TrainConfig, run_payload
 from tl_core.errors import DataError
 from tl_core.progress import NullProgress
 from tl_core.store import RunStore
@@ -55,12 +54,7 @@ def submit(
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DataError(f"No folder or zip file at '{path}'.")
-    payload = {
-        "train": config.to_dict(),
-        "data": dataclasses.asdict(data_config),
-        "source": str(path),
-        "group": group,
-    }
+    payload = run_payload(config, data_config, str(path), group)
     return store.create_run(payload, status="queued", name=name)
 
 

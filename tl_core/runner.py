@@ -6,7 +6,6 @@ run that fails: the run is stored as ``failed`` with its error (or ``cancelled``
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 import traceback
@@ -17,7 +16,7 @@ import keras
 import numpy as np
 
 from tl_core import backbones, data
-from tl_core.config import DataConfig, TrainConfig
+from tl_core.config import DataConfig, TrainConfig, run_payload
 from tl_core.errors import CancelledError, TLCoreError
 from tl_core.features import extract_features, features_key
 from tl_core.finetune import TrainedModel, train_scratch, train_two_stage
@@ -109,7 +108,7 @@ def run_training(
     config.validate()
     data_config.validate()
     store = store or RunStore()
-    payload = {"train": config.to_dict(), "data": dataclasses.asdict(data_config), "source": _describe(source)}
+    payload = run_payload(config, data_config, _describe(source))
     if run_id is None:
         run_id = store.create_run(payload, status="running", name=name)
     else:

@@ -12,7 +12,8 @@ from tl_core.progress import EPOCH_STAGES, STAGE_TITLES
 
 
 
-def _fraction(info: dict | None) -> float:
+def stage_fraction(info: dict | None) -> float:
+    """How far one stage of a progress snapshot is, 0 to 1."""
     if not info or not info.get("total"):
         return 0.0
     return min((info.get("step") or 0) / info["total"], 1.0)
@@ -21,7 +22,7 @@ def _fraction(info: dict | None) -> float:
 def _eta(info: dict, epoch: dict | None) -> str:
     """Time left in a stage from its pace so far (the running epoch's batches included)."""
     step, total, started = info.get("step") or 0, info.get("total") or 0, info.get("started_at")
-    done = step + (_fraction(epoch) if epoch and "finished_at" not in epoch else 0.0)
+    done = step + (stage_fraction(epoch) if epoch and "finished_at" not in epoch else 0.0)
     if not started or done <= 0 or not total or step >= total:
         return ""
     left = (time.time() - started) / done * (total - done)
@@ -31,9 +32,8 @@ def _eta(info: dict, epoch: dict | None) -> str:
 def live_run(run: dict, store) -> None:
     """Progress of one running run, from its stored snapshot and epoch metrics."""
     progress = run.get("progress") or {}
-    elapsed = time.time() - run["created_at"] if run["status"] == "queued" else time.time() - min(
-        [s.get("started_at", time.time()) for s in (progress.get("stages") or {}).values()] or [time.time()]
-    )
+    starts = [s["started_at"] for s in (progress.get("stages") or {}).values() if "started_at" in s]
+    elapsed = time.time() - min(starts, default=time.time())
     st.markdown(f"**▶ {run_label(run)}** · running for {elapsed:.0f} s")
     stages = progress.get("stages") or {}
     for stage, info in stages.items():
@@ -49,7 +49,7 @@ def live_run(run: dict, store) -> None:
             text += " (stopped early: validation loss stopped improving)"
         st.progress(1.0 if done else min(step / total, 1.0), text=text)
         if unit == "epoch" and not done and epoch and epoch.get("total"):
-            st.progress(_fraction(epoch), text=f"epoch {step + 1}: batch {epoch.get('step') or 0}/{epoch['total']}")
+            st.progress(stage_fraction(epoch), text=f"epoch {step + 1}: batch {epoch.get('step') or 0}/{epoch['total']}")
         logs = info.get("logs") or {}
         if unit == "epoch" and logs:
             st.caption(

@@ -6,16 +6,8 @@ import streamlit as st
 
 from tl_core.charts import run_label
 from tl_core.jobs import ensure_worker, queue_snapshot
+from ui.run_view import stage_fraction
 from ui.state import PAGES, current_dataset, get_store
-
-
-def stage_fraction(run: dict) -> tuple[str, float]:
-    """The current stage's label and how far it is, from the run's progress snapshot."""
-    progress = run.get("progress") or {}
-    stage = progress.get("current")
-    info = (progress.get("stages") or {}).get(stage) or {}
-    total = info.get("total") or 1
-    return stage or "starting", min((info.get("step") or 0) / total, 1.0)
 
 
 @st.fragment(run_every=2)
@@ -28,8 +20,10 @@ def _queue() -> None:
     if not snapshot["running"] and not snapshot["queued"]:
         st.caption("Nothing training.")
     for run in snapshot["running"]:
-        stage, fraction = stage_fraction(run)
-        st.progress(fraction, text=f"▶ {run_label(run)} — {stage}")
+        progress = run.get("progress") or {}
+        stage = progress.get("current")
+        fraction = stage_fraction((progress.get("stages") or {}).get(stage))
+        st.progress(fraction, text=f"▶ {run_label(run)} — {stage or 'starting'}")
     for position, run in enumerate(snapshot["queued"], start=1):
         st.caption(f"{position}. {run_label(run)} (waiting)")
 
