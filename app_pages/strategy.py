@@ -1,42 +1,69 @@
-"""Strategy: the decision matrix, where this dataset sits in it, and the recommendation."""
+"""Strategy: measure data size and domain similarity, place the dataset in the matrix, recommend."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from tl_core import charts
-from tl_core.advisor import LARGE_MIN_PER_CLASS, recommend
+from tl_core.advisor import LARGE_MIN_PER_CLASS, PART_WEIGHTS, SIMILAR_MIN, recommend
+from tl_core.backbones import BACKBONES
 from tl_core.charts import STRATEGY_LABELS
 from tl_core.errors import TLCoreError
-from ui.state import PAGES, require_dataset
+from ui.advice import as_recommendation, cached_advice, measure, weights_on_disk
+from ui.state import PAGES, dataset_stamp, get_store, require_dataset
 
 st.title("🧭 Strategy")
 loaded = require_dataset()
 if loaded is None:
     st.stop()
 dataset, report = loaded
+store = get_store()
+stamp = dataset_stamp(Path(dataset["path"]))
 
-domain = st.radio(
-    "Do your images look like everyday photos (animals, objects, scenes)?",
-    ["similar", "different"],
-    format_func=lambda d: "Yes, similar to everyday photos" if d == "similar" else "No: a different domain (scans, drawings, satellite, microscopy...)",
-    horizontal=True,
-    key="domain",
-)
-try:
-    rec = recommend(report["per_class"], domain)
-except TLCoreError as err:
-    st.error(str(err))
-    st.stop()
+backbone = st.selectbox("Measure with backbone", list(BACKBONES), index=list(BACKBONES).index("mobilenet"),
+                        format_func=lambda b: BACKBONES[b].title, key="advice_backbone")
+advice = cached_advice(store, dataset["path"], stamp, backbone)
+if advice is None:
+    automatic = weights_on_disk(backbone)
+    clicked = st.button("Measure domain similarity", type="primary",
+                        help="About 20 s on two CPU cores: a few hundred of your images through the pretrained network.")
+    if automatic or clicked:
+        with st.spinner(f"Measuring a sample of your images with {BACKBONES[backbone].title}..."):
+            advice = measure(store, dataset["path"], stamp, backbone)
+        if "error" in advice:
+            st.warning(f"Could not measure domain similarity: {advice['error']}")
+            advice = None
+
+if advice is not None:
+    rec = as_recommendation(advice)
+    similarity = advice["similarity"]
+else:
+    st.caption("Not measured yet: answer instead.")
+    domain = st.radio(
+        "Do your images look like everyday photos (animals, objects, scenes)?",
+        ["similar", "different"],
+        format_func=lambda d: "Yes, similar to everyday photos" if d == "similar" else "No: a different domain (scans, drawings, satellite, microscopy...)",
+        horizontal=True,
+        key="domain",
+    )
+    try:
+        rec = recommend(report["per_class"], domain)
+    except TLCoreError as err:
+        st.error(str(err))
+        st.stop()
+    similarity = 0.85 if domain == "similar" else 0.35
 st.session_state["recommendation"] = rec
 
-# The point: x on a log scale of the smallest class, 1 to 1,000 images filling the "small" half
-# and 1,000 to 1,000,000 the "large" half; y by domain.
+# The point: x on a log scale of the smallest class (1 to 1,000 images fill the "small" half,
+# 1,000 to 1,000,000 the "large" half); y the similarity, SIMILAR_MIN on the row boundary.
 smallest = max(rec.measurements["min_per_class"], 1)
 x = min(max(math.log10(smallest) / math.log10(LARGE_MIN_PER_CLASS), 0.05), 1.95)
-y = 1.4 if domain == "similar" else 0.4
+y = similarity / SIMILAR_MIN if similarity < SIMILAR_MIN else 1 + (similarity - SIMILAR_MIN) / (1 - SIMILAR_MIN)
+y = min(max(y, 0.05), 1.95)
 left, right = st.columns([3, 2])
 with left:
     st.plotly_chart(charts.decision_matrix(rec.size, rec.domain, (x, y)), key="matrix")
@@ -45,9 +72,42 @@ with right:
     st.markdown(f"**{rec.cell}** — {rec.size} data, {rec.domain} domain.")
     for reason in rec.reasons:
         st.markdown(f"- {reason}")
-    st.caption(
-        f"Data is 'large' from {LARGE_MIN_PER_CLASS} images in the smallest class. "
-        "The choice stays yours: the Train page starts from this recommendation, and "
-        "“Compare strategies” trains all of them on the same split."
-    )
-    st.page_link(PAGES["train"], label="Next: train", icon="🏋️")
+    shown = {k: v for k, v in rec.settings.items() if k != "strategy"}
+    st.markdown("Settings: " + ", ".join(f"`{k}={v}`" for k, v in shown.items()))
+    st.page_link(PAGES["train"], label="Next: train with these settings", icon="🏋️")
+
+if advice is not None:
+    st.subheader("Measurements")
+    cols = st.columns(5)
+    cols[0].metric("Smallest class", advice["min_per_class"], help=f"'Large' from {LARGE_MIN_PER_CLASS} images per class.")
+    cols[1].metric("Similarity to ImageNet", f"{similarity:.2f}", help=f"'Similar' from {SIMILAR_MIN}.")
+    titles = {"statistics": "Activation statistics", "recognition": "ImageNet recognition", "transferability": "Transferability"}
+    helps = {
+        "statistics": "exp(-KL) between your images' activation statistics and the ImageNet statistics each BatchNorm layer stores.",
+        "recognition": "Mean of the ImageNet classifier's top-1 probability and of 1 - its normalised prediction entropy.",
+        "transferability": "Share of your labels' variance a linear model on the features explains (from LogME's evidence maximisation).",
+    }
+    for col, (part, value) in zip(cols[2:], advice["similarity_parts"].items()):
+        col.metric(f"{titles[part]} (weight {PART_WEIGHTS[part]})", "n/a" if value is None else f"{value:.2f}", help=helps[part])
+    m = advice["measurements"]
+    raw = [f"sample of {m['sample']} images", f"LogME {m['logme']:.3f}"]
+    if "imagenet_top1" in m:
+        raw += [f"ImageNet top-1 probability {m['imagenet_top1']:.2f}", f"prediction entropy {m['imagenet_entropy']:.2f}"]
+    if "bn_divergence" in m:
+        raw.append(f"activation-statistics divergence {m['bn_divergence']:.2f} nats")
+    st.caption(" · ".join(raw) + f" · measured in {advice['seconds']:.0f} s")
+    c1, c2 = st.columns(2)
+    with c1:
+        layers = pd.DataFrame([{"features from": "last layer" if k == "0" else f"{k} blocks below the top", "LogME": v}
+                               for k, v in advice["layers"].items()])
+        st.markdown("**Which layer's features fit your labels** (LogME, higher is better)")
+        st.dataframe(layers, hide_index=True, width="stretch")
+    with c2:
+        ranking = pd.DataFrame([{"backbone": r["title"], "LogME": r["logme"]} for r in advice["ranking"]])
+        st.markdown("**Backbones ranked by transferability** (weights on disk)")
+        st.dataframe(ranking, hide_index=True, width="stretch")
+        if len(advice["ranking"]) == 1:
+            st.caption("Only this backbone's weights are on disk; put others in TL_WEIGHTS_DIR to rank them.")
+    if st.button("Measure again"):
+        measure(store, dataset["path"], stamp, backbone)
+        st.rerun()

@@ -90,12 +90,15 @@ with st.form("settings"):
         epochs = c1.number_input("Stage 1 / scratch epochs (early stopping)", 1, 500, defaults.epochs)
         fine_tune_epochs = c2.number_input("Stage 2 epochs", 0, 500, defaults.fine_tune_epochs)
         unfreeze_blocks = c3.number_input("Blocks to unfreeze in stage 2 (-1 = all, 0 = skip stage 2)", -1, 17, defaults.unfreeze_blocks)
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3, c4 = st.columns(4)
         learning_rate = c1.number_input("Learning rate (new layers)", 1e-6, 1.0, defaults.learning_rate, format="%.0e")
         fine_tune_learning_rate = c2.number_input("Learning rate (stage 2)", 1e-7, 1.0, defaults.fine_tune_learning_rate, format="%.0e")
         augment = c3.checkbox("Augmentation (flip, rotation, zoom, contrast)", defaults.augment,
                               help="Without augmentation, stage 1 trains on features computed once; with it, "
                                    "the frozen ConvNet runs every epoch (slower).")
+        feature_cut = c4.number_input("Feature extractor: features from N blocks below the top (0 = last layer)", 0, 16,
+                                      defaults.feature_cut,
+                                      help="Earlier layers are more generic; the Strategy page measures which fits your labels best.")
     b1, b2 = st.columns(2)
     train_clicked = b1.form_submit_button("Train", type="primary")
     compare_clicked = b2.form_submit_button("Compare strategies",
@@ -104,6 +107,7 @@ with st.form("settings"):
 
 config = TrainConfig(
     backbone=backbone, strategy=strategy, head=head, weights=weights, image_size=int(image_size),
+    feature_cut=int(feature_cut) if strategy == "feature_extractor" else 0,
     batch_size=int(batch_size), epochs=int(epochs), fine_tune_epochs=int(fine_tune_epochs),
     unfreeze_blocks=int(unfreeze_blocks), learning_rate=float(learning_rate),
     fine_tune_learning_rate=float(fine_tune_learning_rate), augment=augment, seed=int(seed),

@@ -7,7 +7,7 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, make_toy_folder
+from conftest import REPO, SHARED_WEIGHTS, make_toy_folder, needs_shared_weights
 from tl_core.config import TrainConfig
 from tl_core.runner import run_training
 
@@ -73,13 +73,37 @@ def test_offline_sample_builds_from_scikit_learn(app):
     assert metrics["Images"] == "1797" and metrics["Classes"] == "10"
 
 
-def test_strategy_page_places_the_dataset_and_recommends(app, folder):
+def test_strategy_page_places_the_dataset_and_recommends(app, folder, monkeypatch, tmp_path):
+    # No weights on disk: the page does not measure by itself (that could mean a download); it asks.
+    monkeypatch.delenv("TL_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     _open(app, "strategy", **_dataset(folder))
+    assert any(b.label == "Measure domain similarity" for b in app.button)
     assert app.subheader[0].value == "Recommended: Feature extractor"
     assert any("smallest class has 8 images" in m.value for m in app.markdown)
     app.radio[0].set_value("different")
     app.run()
     assert "different domain" in " ".join(m.value for m in app.markdown)
+
+
+@needs_shared_weights
+def test_strategy_page_measures_the_domain_and_shows_why(app, folder, monkeypatch):
+    monkeypatch.setenv("TL_WEIGHTS_DIR", str(SHARED_WEIGHTS))  # weights on disk: it measures at once
+    _open(app, "strategy", **_dataset(folder))
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Smallest class"] == "8"
+    similarity = float(metrics["Similarity to ImageNet"])
+    assert 0.0 <= similarity <= 1.0
+    assert {"Activation statistics (weight 0.5)", "ImageNet recognition (weight 0.25)", "Transferability (weight 0.25)"} <= set(metrics)
+    text = " ".join(m.value for m in app.markdown)
+    assert f"Measured similarity to ImageNet: {similarity:.2f}" in text and "smallest class has 8 images" in text
+    assert "LogME" in app.dataframe[0].value.columns and len(app.dataframe[0].value) == 4  # last layer + 3 earlier
+    assert app.session_state["recommendation"].strategy == "feature_extractor"
+    # Cached per dataset: the next visit shows the same numbers without measuring again.
+    started = time.perf_counter()
+    _open(app, "strategy")
+    assert time.perf_counter() - started < 10
+    assert {m.label: m.value for m in app.metric}["Similarity to ImageNet"] == f"{similarity:.2f}"
 
 
 def test_pages_without_a_dataset_point_to_the_data_page(app):

@@ -107,3 +107,16 @@ def test_real_transfer_beats_random_features_on_clipart8(monkeypatch, store):
     assert run["metrics"]["test_accuracy"] >= 0.65  # 8 classes; the largest is 21% of the images
     assert len(run["dataset"]["skipped"]) == 4  # the four 168-megapixel drawings
     assert str(SHARED_WEIGHTS) in run["metrics"]["weights"]
+
+
+def test_feature_extractor_from_an_earlier_block(toy_folder, store):
+    run = run_training(toy_folder, TrainConfig(strategy="feature_extractor", feature_cut=2, **FAST), store=store)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["metrics"]["test_accuracy"] >= 0.8  # chance is 1/3
+    model = keras.saving.load_model(run["model_path"], safe_mode=True)
+    assert model.get_layer("vgg16_cut2").layers[-1].name == "block3_pool"  # 2 of VGG16's 5 blocks cut off
+    assert model.get_layer("head_logits").get_weights()[0].shape == (256, 3)  # block 3 has 256 channels
+    with pytest.raises(ConfigError, match="feature extractor only"):
+        TrainConfig(strategy="finetune", feature_cut=2, **FAST).validate()
+    with pytest.raises(ConfigError, match="feature_cut must be 0-4"):
+        TrainConfig(feature_cut=5, **FAST).validate()

@@ -8,7 +8,7 @@ from scipy.optimize import minimize
 from scipy.stats import multivariate_normal
 
 from tl_core.errors import ConfigError
-from tl_core.transferability import fitted_hyperparameters, log_evidence, logme
+from tl_core.transferability import fitted_hyperparameters, log_evidence, logme, logme_explained
 
 
 def _direct_evidence(F, y, alpha, beta):
@@ -65,3 +65,29 @@ def test_more_features_than_examples_is_handled():
     assert np.isfinite(alpha) and np.isfinite(beta) and beta > 0
     assert log_evidence(F, y, alpha, beta) == pytest.approx(_direct_evidence(F, y, alpha, beta), rel=1e-9)
     assert np.isfinite(logme(F, (y > 0).astype(int)))
+
+
+def test_separable_features_wider_than_the_data_stay_finite():
+    """Regression: expanding |y - Fm|^2 cancelled catastrophically and LogME overflowed to 1e300."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 8, 300)
+    F = np.abs(rng.normal(size=(300, 1024))) * 0.1
+    F[np.arange(300), y] += 3.0  # each class lights up its own feature: linearly separable
+    score = logme(F, y)
+    assert np.isfinite(score) and 0 < score < 10
+    assert score > logme(rng.normal(size=(300, 1024)), y)
+
+
+def test_explained_variance_is_zero_for_noise_and_one_for_separable_features():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 600)
+    _, noise = logme_explained(rng.normal(size=(600, 20)), y)
+    F = rng.normal(size=(600, 20)) * 0.01
+    F[np.arange(600), y] += 1.0
+    _, separable = logme_explained(F, y)
+    assert noise < 0.1 and separable > 0.95
+    # One feature = label + unit noise: a linear fit explains about var(y) / (var(y) + 1) of each column.
+    F = rng.normal(size=(6000, 1))
+    labels = rng.integers(0, 2, 6000)
+    F[:, 0] += labels
+    assert logme_explained(F, labels)[1] == pytest.approx(0.25 / 1.25, abs=0.03)

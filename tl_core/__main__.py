@@ -1,4 +1,4 @@
-"""Command line: ``python -m tl_core {inspect,train,compare,runs,show,worker,cancel} ... [--json]``.
+"""Command line: ``python -m tl_core {inspect,advise,train,compare,runs,show,worker,cancel,...} [--json]``.
 
 With ``--json`` the last line of standard output is one JSON object (the contract scripts and
 checks rely on); progress bars go to standard error.
@@ -72,11 +72,31 @@ def cmd_inspect(args) -> dict[str, Any]:
     return report
 
 
+def cmd_advise(args) -> dict[str, Any]:
+    from tl_core.advisor import advise
+
+    result = advise(args.data, args.backbone, args.weights, args.sample, not args.no_rank,
+                    DataConfig(max_pixels=args.max_pixels), image_size=args.image_size)
+    if not args.json:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in result["similarity_parts"].items() if v is not None)
+        print(f"{result['n_images']} images, {result['n_classes']} classes, smallest class {result['min_per_class']} "
+              f"(median {result['median_per_class']:g}) -> {result['size']} data")
+        print(f"similarity to ImageNet {result['similarity']:.2f} ({parts}) -> {result['domain']} domain")
+        print(f"recommended: {result['cell']}  settings: {json.dumps(result['settings'])}")
+        for reason in result["reasons"]:
+            print(f"  - {reason}")
+        if len(result["ranking"]) > 1:
+            print("backbones by LogME: " + ", ".join(f"{r['title']} {r['logme']:.3f}" for r in result["ranking"]))
+        print(f"({result['seconds']:.1f} s)")
+    return result
+
+
 def _train_config(args) -> TrainConfig:
     return TrainConfig(
         backbone=args.backbone,
         strategy=args.strategy,
         head=args.head,
+        feature_cut=getattr(args, "feature_cut", 0),
         weights=args.weights,
         image_size=args.image_size,
         batch_size=args.batch_size,
@@ -207,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
     inspect.set_defaults(func=cmd_inspect)
 
+    advise = sub.add_parser("advise", parents=[common], help="measure size and domain similarity, recommend a strategy")
+    advise.add_argument("--data", required=True, help="folder of class folders, or a .zip")
+    advise.add_argument("--backbone", default="mobilenet", choices=list(BACKBONES))
+    advise.add_argument("--weights", default="imagenet", help="imagenet or a weights file path")
+    advise.add_argument("--sample", type=int, default=300, help="images measured (stratified sample)")
+    advise.add_argument("--image-size", type=int, default=None, help="size training will use, when not the backbone's own")
+    advise.add_argument("--no-rank", action="store_true", help="do not rank the other backbones with weights on disk")
+    advise.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
+    advise.set_defaults(func=cmd_advise)
+
     training = argparse.ArgumentParser(add_help=False)
     training.add_argument("--data", required=True, help="folder of class folders, or a .zip")
     training.add_argument("--backbone", default="mobilenet", choices=list(BACKBONES))
@@ -226,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", parents=[common, training], help="train and store one run")
     train.add_argument("--strategy", default="feature_extractor", choices=STRATEGIES)
     train.add_argument("--head", default="softmax", choices=HEADS)
+    train.add_argument("--feature-cut", type=int, default=0,
+                       help="feature extractor: take features this many blocks below the top (0: last layer)")
     train.set_defaults(func=cmd_train)
 
     compare = sub.add_parser(

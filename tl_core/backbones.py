@@ -40,6 +40,8 @@ class BackboneSpec:
             the name Keras gives its own download.
         n_blocks: how many blocks ``block_pattern`` finds (checked by the tests), so a setting
             can be validated before any model is built.
+        top_weights_files: like ``weights_files``, for the weights with the 1000-class ImageNet
+            classifier (the advisor asks it how well it recognises the user's images).
     """
 
     name: str
@@ -51,6 +53,7 @@ class BackboneSpec:
     block_pattern: str
     weights_files: tuple[str, ...]
     n_blocks: int
+    top_weights_files: tuple[str, ...] = ()
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -59,11 +62,13 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec(
             "vgg16", "VGG16", keras.applications.VGG16, 224, "caffe", 512, r"^(block\d)_",
             ("vgg16_imagenet_notop.weights.h5", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"), 5,
+            ("vgg16_imagenet.weights.h5", "vgg16_weights_tf_dim_ordering_tf_kernels.h5"),
         ),
         BackboneSpec(
             "mobilenet", "MobileNet v1", keras.applications.MobileNet, 224, "tf", 1024,
             r"^conv_(?:dw|pw)_(\d+)",
             ("mobilenet_v1_1.0_224_imagenet_notop.weights.h5", "mobilenet_1_0_224_tf_no_top.h5"), 13,
+            ("mobilenet_v1_1.0_224_imagenet.weights.h5", "mobilenet_1_0_224_tf.h5"),
         ),
         BackboneSpec(
             "mobilenetv2", "MobileNetV2", keras.applications.MobileNetV2, 224, "tf", 1280,
@@ -73,16 +78,19 @@ BACKBONES: dict[str, BackboneSpec] = {
                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
             ),
             17,
+            ("mobilenet_v2_1.0_224_imagenet.weights.h5", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"),
         ),
         BackboneSpec(
             "efficientnetb0", "EfficientNetB0", keras.applications.EfficientNetB0, 224, "none", 1280,
             r"^(block\d)[a-z]_",
             ("efficientnetb0_imagenet_notop.weights.h5", "efficientnetb0_notop.h5"), 7,
+            ("efficientnetb0_imagenet.weights.h5", "efficientnetb0.h5"),
         ),
         BackboneSpec(
             "resnet50", "ResNet50", keras.applications.ResNet50, 224, "caffe", 2048,
             r"^(conv\d_block\d+)_",
             ("resnet50_imagenet_notop.weights.h5", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"), 16,
+            ("resnet50_imagenet.weights.h5", "resnet50_weights_tf_dim_ordering_tf_kernels.h5"),
         ),
     )
 }
@@ -152,6 +160,16 @@ def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> Resolved
     return ResolvedWeights(str(path), f"file-{_digest(path)}", f"file {path}")
 
 
+def local_weights_file(filenames: tuple[str, ...]) -> Path | None:
+    """The first of ``filenames`` found in ``$TL_WEIGHTS_DIR`` or Keras' download cache, else None."""
+    folders = [os.environ.get(WEIGHTS_DIR_ENV), os.path.join(os.environ.get("KERAS_HOME", "~/.keras"), "models")]
+    for folder in folders:
+        for filename in filenames:
+            if folder and (candidate := Path(folder).expanduser() / filename).is_file():
+                return candidate
+    return None
+
+
 def _offline_message(spec: BackboneSpec, err: Exception) -> str:
     return (
         f"Could not download the ImageNet weights of {spec.title} ({err.__class__.__name__}: "
@@ -201,8 +219,36 @@ def preprocessing_layer(spec: BackboneSpec) -> keras.layers.Layer | None:
     return None
 
 
+def block_output_layer(spec: BackboneSpec, base: keras.Model, cut: int) -> str:
+    """Name of the last layer of the block ``cut`` blocks below the top (0: the backbone's output).
+
+    Padding layers between blocks are skipped, so the features are the block's own activations.
+
+    Raises:
+        ConfigError: ``cut`` out of range.
+    """
+    blocks = list_blocks(spec, base)
+    if not 0 <= cut < len(blocks):
+        raise ConfigError(f"{spec.title} has {len(blocks)} blocks; features can come from 0 to "
+                          f"{len(blocks) - 1} blocks below the top, not {cut}.")
+    if cut == 0:
+        return base.layers[-1].name
+    index = blocks[len(blocks) - cut][1] - 1
+    while isinstance(base.layers[index], keras.layers.ZeroPadding2D):
+        index -= 1
+    return base.layers[index].name
+
+
+def truncate_base(spec: BackboneSpec, base: keras.Model, cut: int) -> keras.Model:
+    """The backbone up to the end of the block ``cut`` blocks below the top (the same weights)."""
+    if cut == 0:
+        return base
+    layer = base.get_layer(block_output_layer(spec, base, cut))
+    return keras.Model(base.input, layer.output, name=f"{base.name}_cut{cut}")
+
+
 def build_feature_model(
-    spec: BackboneSpec, base: keras.Model, image_size: int, inference_mode: bool = True
+    spec: BackboneSpec, base: keras.Model, image_size: int, inference_mode: bool = True, cut: int = 0
 ) -> keras.Model:
     """Raw pixels -> preprocessing -> backbone -> global average pooling -> feature vector.
 
@@ -210,12 +256,15 @@ def build_feature_model(
         inference_mode: call the backbone with ``training=False`` so BatchNormalization keeps its
             ImageNet statistics even when layers are unfrozen (transfer); ``False`` lets them
             learn (training from scratch).
+        cut: take the features ``cut`` blocks below the top instead of from the last layer
+            (earlier, more generic features: the advice for small data from a different domain).
     """
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = inputs
     pre = preprocessing_layer(spec)
     if pre is not None:
         x = pre(x)
+    base = truncate_base(spec, base, cut)
     x = base(x, training=False) if inference_mode else base(x)
     outputs = keras.layers.GlobalAveragePooling2D(name="features")(x)
     return keras.Model(inputs, outputs, name=f"{spec.name}_features")

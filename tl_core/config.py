@@ -56,6 +56,9 @@ class TrainConfig:
         backbone: a name from :data:`tl_core.backbones.BACKBONES`.
         strategy: ``feature_extractor``, ``finetune`` (two stages) or ``scratch``.
         head: linear head of the feature extractor: ``softmax``, ``ovr`` or ``svm``.
+        feature_cut: the feature extractor takes its features this many blocks below the top of
+            the backbone (0: the last layer). Earlier features are more generic, which can help
+            small datasets unlike ImageNet (Yosinski et al. 2014).
         weights: ``imagenet``, ``none`` (random initialisation) or a path to a weights file.
         image_size: side in pixels images are resized to; ``None`` takes the backbone's own.
         batch_size: images per training / extraction batch.
@@ -76,6 +79,7 @@ class TrainConfig:
     backbone: str = "mobilenet"
     strategy: str = "feature_extractor"
     head: str = "softmax"
+    feature_cut: int = 0
     weights: str = "imagenet"
     image_size: int | None = None
     batch_size: int = 32
@@ -115,11 +119,17 @@ class TrainConfig:
             "dense_units": self.dense_units >= 0,
             "dropout": 0.0 <= self.dropout < 1.0,
             "patience": self.patience >= 1,
+            "feature_cut": self.feature_cut >= 0,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{name} is {getattr(self, name)!r}, which is out of range.")
         spec = BACKBONES[self.backbone]
+        if self.feature_cut and self.strategy != "feature_extractor":
+            raise ConfigError("feature_cut (features from an earlier block) applies to the feature "
+                              "extractor only; set it to 0 for fine-tuning or training from scratch.")
+        if self.feature_cut >= spec.n_blocks:
+            raise ConfigError(f"{spec.title} has {spec.n_blocks} blocks; feature_cut must be 0-{spec.n_blocks - 1}.")
         if self.strategy == "finetune" and self.unfreeze_blocks > spec.n_blocks:
             raise ConfigError(
                 f"{spec.title} has {spec.n_blocks} blocks; cannot unfreeze {self.unfreeze_blocks}. "
@@ -143,9 +153,9 @@ class TrainConfig:
         return [
             dataclasses.replace(transfer, strategy="feature_extractor", head="softmax"),
             dataclasses.replace(transfer, strategy="feature_extractor", head="ovr"),
-            dataclasses.replace(transfer, strategy="finetune", unfreeze_blocks=blocks,
+            dataclasses.replace(transfer, strategy="finetune", unfreeze_blocks=blocks, feature_cut=0,
                                 fine_tune_epochs=self.fine_tune_epochs or 10),
-            dataclasses.replace(self, strategy="scratch", weights="none"),
+            dataclasses.replace(self, strategy="scratch", weights="none", feature_cut=0),
         ]
 
     @classmethod

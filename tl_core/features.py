@@ -14,9 +14,11 @@ from tl_core.errors import CancelledError
 from tl_core.progress import NullProgress, ProgressListener
 
 
-def features_key(hashes: list[str], backbone: str, weights_identity: str, image_size: int) -> str:
-    """Cache key: the images (in order), the backbone, its exact weights and the input size."""
-    digest = hashlib.sha256(f"{backbone}|{weights_identity}|{image_size}\n".encode())
+def features_key(hashes: list[str], backbone: str, weights_identity: str, image_size: int, cut: int = 0) -> str:
+    """Cache key: the images (in order), the backbone, its exact weights, the input size and the
+    block the features come from."""
+    layer = f"|cut{cut}" if cut else ""
+    digest = hashlib.sha256(f"{backbone}|{weights_identity}|{image_size}{layer}\n".encode())
     for h in hashes:
         digest.update(h.encode())
     return digest.hexdigest()[:32]

@@ -162,9 +162,11 @@ def _execute(source, config, data_config, store, run_id, listener, timer) -> dic
 
     weights = backbones.resolve_weights(spec, "none" if config.strategy == "scratch" else config.weights, config.seed)
     base = backbones.build_base(spec, weights, size, config.seed)
-    feature_model = backbones.build_feature_model(spec, base, size, inference_mode=config.strategy != "scratch")
+    feature_model = backbones.build_feature_model(
+        spec, base, size, inference_mode=config.strategy != "scratch", cut=config.feature_cut
+    )
     cache_path = store.cache_dir / "features" / (
-        features_key(decoded.hashes, spec.name, weights.identity, size) + ".npy"
+        features_key(decoded.hashes, spec.name, weights.identity, size, config.feature_cut) + ".npy"
     )
 
     if config.strategy == "feature_extractor":

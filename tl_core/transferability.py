@@ -29,8 +29,11 @@ def _evidence(n: int, d: int, s: np.ndarray, uy: np.ndarray, y: np.ndarray, alph
     """
     s2 = s**2
     m_coords = beta * s * uy / (alpha + beta * s2)  # posterior mean of the weights, in the V basis
-    fitted = s * m_coords  # F m, in the U basis
-    residual = float(y @ y - 2 * fitted @ uy + fitted @ fitted)  # |y - F m|^2
+    # |y - F m|^2 as a sum of non-negative parts (the part of y outside F's column space, plus the
+    # shrinkage left in each direction): expanding the square instead cancels catastrophically
+    # when the features fit the labels almost exactly (more features than examples).
+    outside = max(float(y @ y - uy @ uy), 0.0)
+    residual = outside + float(np.sum((uy * alpha / (alpha + beta * s2)) ** 2))
     m2 = float(m_coords @ m_coords)
     gamma = float(np.sum(beta * s2 / (alpha + beta * s2)))  # effective number of parameters
     log_det = float(np.sum(np.log(alpha + beta * s2))) + (d - len(s)) * np.log(alpha)
@@ -60,12 +63,40 @@ def _maximise(n: int, d: int, s: np.ndarray, uy: np.ndarray, y: np.ndarray, max_
         _, gamma, m2, residual = _evidence(n, d, s, uy, y, alpha, beta)
         # Clamped: with degenerate features (all rows nearly equal) gamma can reach n in floating point.
         new_alpha = max(gamma, 1e-12) / max(m2, 1e-300)
-        new_beta = max(n - gamma, 1e-12) / max(residual, 1e-300)
+        new_beta = max(n - gamma, 1e-12) / max(residual, 1e-12 * n)
         done = abs(new_alpha / new_beta - alpha / beta) <= tol * (alpha / beta)
         alpha, beta = new_alpha, new_beta
         if done:
             break
     return alpha, beta
+
+
+def _per_class(features: np.ndarray, labels: np.ndarray, center: bool = False) -> list[tuple[float, float, float, float]]:
+    """``(log evidence per example, alpha, beta, variance of the one-hot column)`` per class.
+
+    ``center``: subtract the means of the features and of each one-hot column first (a model
+    with an intercept); LogME as published does not.
+    """
+    F = np.asarray(features, np.float64)
+    labels = np.asarray(labels)
+    if F.ndim != 2 or len(F) != len(labels):
+        raise ConfigError(f"features {F.shape} and labels ({len(labels)},) do not match.")
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise ConfigError("LogME needs labels of at least 2 classes.")
+    if center:
+        F = F - F.mean(axis=0)
+    n, d = F.shape
+    u, s, _ = _spectrum(F)
+    out = []
+    for label in classes:
+        y = (labels == label).astype(np.float64)
+        if center:
+            y = y - y.mean()
+        uy = u.T @ y
+        alpha, beta = _maximise(n, d, s, uy, y)
+        out.append((_evidence(n, d, s, uy, y, alpha, beta)[0], alpha, beta, float(y.var())))
+    return out
 
 
 def logme(features: np.ndarray, labels: np.ndarray) -> float:
@@ -78,22 +109,23 @@ def logme(features: np.ndarray, labels: np.ndarray) -> float:
     Raises:
         ConfigError: fewer than 2 classes, or features and labels of different lengths.
     """
-    F = np.asarray(features, np.float64)
-    labels = np.asarray(labels)
-    if F.ndim != 2 or len(F) != len(labels):
-        raise ConfigError(f"features {F.shape} and labels ({len(labels)},) do not match.")
-    classes = np.unique(labels)
-    if len(classes) < 2:
-        raise ConfigError("LogME needs labels of at least 2 classes.")
-    n, d = F.shape
-    u, s, _ = _spectrum(F)
-    scores = []
-    for label in classes:
-        y = (labels == label).astype(np.float64)
-        uy = u.T @ y
-        alpha, beta = _maximise(n, d, s, uy, y)
-        scores.append(_evidence(n, d, s, uy, y, alpha, beta)[0])
-    return float(np.mean(scores))
+    return float(np.mean([row[0] for row in _per_class(features, labels)]))
+
+
+def logme_explained(features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """LogME, and the share of the labels' variance the evidence-maximising model explains.
+
+    The second number, ``1 - (1 / beta) / Var(y)`` averaged over the one-hot columns and clipped to
+    [0, 1], reads like an adjusted R^2: ``1 / beta`` is the noise variance that the evidence
+    maximisation settles on (it discounts the parameters the fit used), here for the same model
+    with an intercept (centred features and labels), so features that carry no label information
+    score 0 and features that separate the classes linearly score near 1. Unlike LogME itself
+    it is on the same scale for every dataset.
+    """
+    score = logme(features, labels)
+    rows = _per_class(features, labels, center=True)
+    explained = [min(max(1.0 - 1.0 / (beta * var), 0.0), 1.0) for _, _, beta, var in rows]
+    return score, float(np.mean(explained))
 
 
 def fitted_hyperparameters(features: np.ndarray, target: np.ndarray) -> tuple[float, float]:

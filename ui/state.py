@@ -54,7 +54,7 @@ def last_dataset() -> dict[str, Any] | None:
     return dataset if Path(dataset.get("path", "")).exists() else None
 
 
-def _stamp(path: Path) -> float:
+def dataset_stamp(path: Path) -> float:
     """Changes when files are added to or removed from the folder's class folders."""
     if path.is_file():
         return path.stat().st_mtime
@@ -66,7 +66,7 @@ def dataset_report(path: str) -> dict[str, Any] | None:
 
     Errors become an ``st.error`` and ``None``.
     """
-    key = (path, _stamp(Path(path)))
+    key = (path, dataset_stamp(Path(path)))
     cache = st.session_state.setdefault("reports", {})
     if key not in cache:
         try:
