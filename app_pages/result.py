@@ -63,10 +63,12 @@ d1, d2 = st.columns(2)
 path = model_file(run)
 if path is not None:
     # Callables: the file is read (and the report built) only when the button is clicked.
+    # on_click="ignore": a click does not rerun the page, so a second download never races a rerun
+    # that re-registers the deferred files (seen as a generic ".bin" name in the browser test).
     d1.download_button("Download the model (.keras)", path.read_bytes, file_name=f"model-{run['id'][:8]}.keras",
-                       mime="application/octet-stream")
+                       mime="application/octet-stream", on_click="ignore")
 d2.download_button("Download the report (HTML)", lambda: html_report(run), file_name=f"report-{run['id'][:8]}.html",
-                   mime="text/html")
+                   mime="text/html", on_click="ignore")
 
 overview, confusion_tab, per_class_tab, mistakes_tab, curves_tab = st.tabs(
     ["Overview", "Confusion matrix", "Per class", "Most confident mistakes", "Curves"]

@@ -105,6 +105,13 @@ with st.form("settings"):
                                             help="Feature extractor (softmax and one-vs-rest), two-stage fine-tuning "
                                                  "and training from scratch, on the same split and seed.")
 
+# The recommended feature block was measured on the recommended backbone; another backbone's
+# blocks differ, so its features come from its last layer unless the user set a block.
+recommended_cut = rec.settings.get("feature_cut", 0) if rec else 0
+if rec and recommended_cut and backbone != rec.settings.get("backbone") and int(feature_cut) == recommended_cut:
+    feature_cut = 0
+    st.caption(f"Features from the last layer of {BACKBONES[backbone].title}: the earlier-layer recommendation "
+               f"was measured on {BACKBONES[rec.settings.get('backbone', 'mobilenet')].title}.")
 config = TrainConfig(
     backbone=backbone, strategy=strategy, head=head, weights=weights, image_size=int(image_size),
     feature_cut=int(feature_cut) if strategy == "feature_extractor" else 0,

@@ -7,6 +7,10 @@ Data page ("Local folder"), clicks "Compare strategies" on the Train page with i
 (MobileNet, ImageNet weights, 224 px), reloads the page while fine-tuning runs, waits for the four
 runs, saves screenshots and prints each run's test accuracy, macro F1 and training time, with the
 feature extractor (softmax) as the baseline of the time ratios.
+
+With ``--strategy-only`` it stops after the Strategy page: the advisor measures the dataset in the
+browser session (the page runs ``python -m tl_core advise``), the page is saved as strategy.png
+and the time from opening the page to the measurements shown is printed.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "clipart8"))
     parser.add_argument("--out", default=str(REPO / "docs" / "screenshots"))
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--strategy-only", action="store_true", help="only measure and screenshot the Strategy page")
     args = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="tl-compare-"))
     out = Path(args.out)
@@ -58,7 +63,7 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.5)
-        run_browser(url, args.data, out, RunStore(data_dir), args.timeout)
+        run_browser(url, args.data, out, RunStore(data_dir), args.timeout, args.strategy_only)
     finally:
         server.terminate()
         subprocess.run(["pkill", "-f", f"tl_core worker --data-dir {data_dir}"], check=False)
@@ -74,7 +79,7 @@ def settle(page) -> None:
     page.wait_for_timeout(1000)
 
 
-def run_browser(url: str, data: str, out: Path, store: RunStore, timeout: float) -> None:
+def run_browser(url: str, data: str, out: Path, store: RunStore, timeout: float, strategy_only: bool = False) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -86,6 +91,16 @@ def run_browser(url: str, data: str, out: Path, store: RunStore, timeout: float)
         page.get_by_label("Folder path").press("Enter")
         page.get_by_role("button", name="Use this folder").click()
         page.get_by_text("Health of").wait_for(timeout=300_000)
+        if strategy_only:
+            started = time.time()
+            page.get_by_test_id("stSidebarNav").get_by_text("Strategy", exact=True).click()
+            page.get_by_text("Which layer's features fit your labels").wait_for(timeout=300_000)
+            print(f"Strategy page measured the dataset in {time.time() - started:.1f} s")
+            page.set_viewport_size({"width": 1400, "height": 1700})  # the page scrolls inside: show it all
+            settle(page)
+            page.screenshot(path=str(out / "strategy.png"), full_page=True)
+            browser.close()
+            return
         page.get_by_test_id("stSidebarNav").get_by_text("Train", exact=True).click()
         page.get_by_role("button", name="Compare strategies").click()
         page.get_by_text("Queued 4 run(s).").wait_for(timeout=60_000)

@@ -341,7 +341,9 @@ def recommend(per_class: dict[str, int], domain: str | dict[str, Any] = "similar
             reasons.append(
                 f"The ImageNet classifier's mean top-1 probability on your images is {m['imagenet_top1']:.2f} "
                 f"(prediction entropy {m['imagenet_entropy']:.2f} of its maximum)"
-                + ("; it recognises them fairly well." if parts["recognition"] >= SIMILAR_MIN else "; it mostly does not know what they are.")
+                + ("; it recognises them well." if parts["recognition"] >= 0.6
+                   else "; it recognises some of them." if parts["recognition"] >= 0.5
+                   else "; it mostly does not know what they are.")
             )
         if "bn_divergence" in m:
             reasons.append(

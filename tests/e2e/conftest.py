@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import MOBILENET_NOTOP, REPO, SHARED_WEIGHTS
 
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 CHROMIUM_ARGS = [
@@ -38,6 +38,8 @@ def app_server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("e2e-data")
     port = _free_port()
     env = {**os.environ, "TL_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+    if MOBILENET_NOTOP.is_file():  # real weights on disk: the Strategy page measures the data itself
+        env["TL_WEIGHTS_DIR"] = str(SHARED_WEIGHTS)
     log = open(data_dir / "server.log", "wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import make_toy_folder, zip_folder
+from conftest import MOBILENET_NOTOP, make_toy_folder, zip_folder
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 60_000
@@ -60,6 +60,9 @@ def test_upload_train_share(app_server, browser, screenshot_dir, tmp_path):
 
     _goto_page(page, "Strategy")
     page.get_by_text("Recommended:").wait_for(timeout=TIMEOUT)
+    if MOBILENET_NOTOP.is_file():  # measured with the real MobileNet: the parts and the layer table show
+        page.get_by_text("Similarity to ImageNet").first.wait_for(timeout=TIMEOUT)
+        page.get_by_text("Which layer's features fit your labels").wait_for(timeout=TIMEOUT)
     _settle(page)
     page.screenshot(path=str(screenshot_dir / "strategy.png"), full_page=True)
 
