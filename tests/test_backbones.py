@@ -11,6 +11,7 @@ import pytest
 from conftest import MOBILENET_NOTOP, SHARED_WEIGHTS, needs_shared_weights
 from tl_core.backbones import (
     BACKBONES,
+    block_output_layer,
     build_base,
     build_feature_model,
     get_spec,
@@ -18,6 +19,7 @@ from tl_core.backbones import (
     preprocessing_layer,
     resolve_weights,
     set_trainable_blocks,
+    split_at_block,
 )
 from tl_core.errors import ConfigError, WeightsUnavailableError
 
@@ -32,6 +34,18 @@ def test_every_backbone_builds_and_pools_to_its_feature_size(name):
     out = model(np.full((2, 32, 32, 3), 128.0, np.float32), training=False)
     assert tuple(out.shape) == (2, spec.feature_dim)
     assert len(list_blocks(spec, base)) == EXPECTED_BLOCKS[name] == spec.n_blocks
+
+    # Cut below the top 2 blocks (stage 2's activation cache): bottom then top is the whole backbone.
+    bottom, top = split_at_block(spec, base, 2, 32)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    pre = preprocessing_layer(spec)
+    whole = base(pre(pixels) if pre is not None else pixels, training=False)
+    np.testing.assert_allclose(top(bottom(pixels, training=False), training=False), whole, rtol=1e-4, atol=1e-4)
+    assert split_at_block(spec, base, -1, 32) is None and split_at_block(spec, base, spec.n_blocks, 32) is None
+    # Earlier-layer features: the block 2 below the top, and a clear error past the bottom.
+    assert build_feature_model(spec, base, 32, cut=2).output_shape[-1] <= spec.feature_dim
+    with pytest.raises(ConfigError, match="blocks below the top"):
+        block_output_layer(spec, base, spec.n_blocks)
 
 
 def test_required_backbones_are_registered():

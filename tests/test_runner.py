@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -44,6 +46,27 @@ def test_finetune_run_records_both_stages_epoch_by_epoch(tmp_path, store):
     assert len(run["epochs"]["stage1"]) == len(run["metrics"]["history"]["stage1"]) >= 1
     assert len(run["epochs"]["stage2"]) == 1
     assert run["metrics"]["test_accuracy"] >= 0.6
+
+
+def test_cached_stages_train_what_the_end_to_end_recipe_trains(tmp_path, store):
+    """Stage 1 on cached features and stage 2 on cached cut activations = both stages end to end."""
+    root = make_toy_folder(tmp_path / "toy", n_per_class=24)
+    config = TrainConfig(strategy="finetune", epochs=3, fine_tune_epochs=2, unfreeze_blocks=1, dense_units=16, **FAST)
+    cached = run_training(root, config, store=store)
+    canonical = run_training(root, dataclasses.replace(config, cache_stages=False), store=store)
+    assert cached["status"] == canonical["status"] == "succeeded", (cached["error"], canonical["error"])
+    notes = " ".join(cached["metrics"]["notes"])
+    assert "cached ConvNet features" in notes and "Stage 2 trained on activations cached" in notes
+    assert "stage caching is off" in " ".join(canonical["metrics"]["notes"])
+    # Stage 1: the same computation in another order of operations; stage 2 also rounds the cached
+    # activations to float16.
+    for stage, rel in (("stage1", 1e-3), ("stage2", 0.05)):
+        pairs = list(zip(cached["metrics"]["history"][stage], canonical["metrics"]["history"][stage]))
+        assert len(pairs) >= 1
+        for a, b in pairs:
+            assert a["val_loss"] == pytest.approx(b["val_loss"], rel=rel)
+    assert cached["metrics"]["test_accuracy"] == pytest.approx(canonical["metrics"]["test_accuracy"], abs=0.06)
+    assert set(cached["metrics"]["timing"]) >= {"extract", "cache", "stage1", "stage2"}
 
 
 def test_bad_images_are_skipped_and_the_run_goes_on(tmp_path, store):

@@ -286,6 +286,32 @@ def list_blocks(spec: BackboneSpec, base: keras.Model) -> list[tuple[str, int]]:
     return blocks
 
 
+def split_at_block(spec: BackboneSpec, base: keras.Model, n_blocks: int, image_size: int) -> tuple[keras.Model, keras.Model] | None:
+    """The backbone cut below its top ``n_blocks`` blocks: ``(bottom, top)`` sharing its layers.
+
+    ``bottom`` takes raw pixels (preprocessing inside) and gives the activations entering the
+    first unfrozen block; ``top`` takes those and gives the backbone's output. ``None`` when there
+    is nothing below the cut (all blocks) or the graph does not split into one tensor there.
+    """
+    blocks = list_blocks(spec, base)
+    if n_blocks <= 0 or n_blocks >= len(blocks):
+        return None
+    first = base.layers[blocks[len(blocks) - n_blocks][1]]
+    cut = first.input
+    if isinstance(cut, (list, tuple)):
+        return None
+    try:
+        top = keras.Model(cut, base.output, name=f"{base.name}_top{n_blocks}")
+    except ValueError:
+        return None
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    pre = preprocessing_layer(spec)
+    x = pre(inputs) if pre is not None else inputs
+    bottom_part = keras.Model(base.input, cut, name=f"{base.name}_bottom{n_blocks}")
+    bottom = keras.Model(inputs, bottom_part(x, training=False), name=f"{base.name}_bottom")
+    return bottom, top
+
+
 def set_trainable_blocks(spec: BackboneSpec, base: keras.Model, n_blocks: int) -> int:
     """Unfreeze the top ``n_blocks`` blocks (``-1``: all layers); BatchNormalization stays frozen.
 

@@ -73,6 +73,10 @@ class TrainConfig:
         dropout: dropout before the new layers.
         patience: epochs without validation-loss improvement before early stopping.
         augment: random flip, rotation, zoom and contrast during training.
+        cache_stages: without augmentation, two-stage fine-tuning runs the frozen part of the
+            ConvNet once: stage 1 trains on cached pooled features, stage 2 on cached activations
+            at the cut below the unfrozen blocks (float16). ``False`` runs both stages end to end
+            on pixels (the canonical recipe; same result, slower).
         seed: seed of weight initialisation, shuffling and augmentation.
     """
 
@@ -92,6 +96,7 @@ class TrainConfig:
     dropout: float = 0.3
     patience: int = 5
     augment: bool = False
+    cache_stages: bool = True
     seed: int = 42
 
     def validate(self) -> TrainConfig:

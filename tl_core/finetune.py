@@ -6,12 +6,16 @@ The two-stage recipe (keras-io's transfer-learning guide, fastai's ``fine_tune``
 2. unfreeze the top blocks, keep BatchNormalization in inference mode, recompile with a small
    learning rate (1e-5) and train on, again with early stopping.
 
-Without augmentation the frozen ConvNet gives the same output every epoch, so stage 1 trains the
-new layers on features computed once; the layers are then attached to the ConvNet for stage 2.
+Without augmentation the frozen part of the ConvNet gives the same output every epoch, so it runs
+once: stage 1 trains the new layers on pooled features computed once, and stage 2 trains the
+unfrozen blocks and the new layers on the activations entering the first unfrozen block, computed
+once too (kept as float16). The same computation as the end-to-end recipe (``cache_stages=False``),
+without its redundant forward passes.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import keras
@@ -20,6 +24,9 @@ import numpy as np
 from tl_core.config import TrainConfig
 from tl_core.data import make_batches
 from tl_core.errors import CancelledError
+
+# Stage 2's activation cache is kept in memory; above this size stage 2 runs end to end instead.
+CACHE_LIMIT_BYTES = int(float(os.environ.get("TL_ACTIVATION_CACHE_MB", "2048")) * 1024**2)
 from tl_core.progress import KerasProgressBridge, ProgressListener
 
 
@@ -110,6 +117,7 @@ def train_two_stage(
     config: TrainConfig,
     progress: ProgressListener,
     features: dict[str, np.ndarray],
+    split=None,
 ) -> TrainedModel:
     """Stage 1 (new layers on the frozen ConvNet), then stage 2 (top blocks unfrozen).
 
@@ -119,6 +127,8 @@ def train_two_stage(
         data: ``{"train": (x, y), "val": (x, y)}`` uint8 pixels and class indices.
         features: features of each split from the frozen ConvNet: they set the head's feature
             standardisation and, when augmentation is off, stage 1 trains on them directly.
+        split: ``callable(n_blocks)`` -> ``(bottom, top)`` models cut below the top blocks
+            (``backbones.split_at_block``), or ``None``: stage 2 then runs end to end.
     """
     keras.utils.set_random_seed(config.seed)
     head = build_head(feature_model.output_shape[-1], n_classes, config, features["train"])
@@ -127,7 +137,8 @@ def train_two_stage(
     base_unfreeze(0)
     result = TrainedModel(model)
 
-    if augment is None:
+    cached = augment is None and config.cache_stages
+    if cached:
         train = make_batches(features["train"], data["train"][1], config.batch_size, shuffle=True, seed=config.seed)
         val = make_batches(features["val"], data["val"][1], config.batch_size)
         _compile(head, config.learning_rate)
@@ -137,16 +148,34 @@ def train_two_stage(
         train, val = _pixel_batches(data, config)
         _compile(model, config.learning_rate)
         result.history["stage1"] = _fit(model, train, val, config.epochs, config, progress, "stage1")
-        result.notes.append("Stage 1 ran the frozen ConvNet every epoch (augmentation changes its input).")
+        why = "augmentation changes its input" if augment is not None else "stage caching is off"
+        result.notes.append(f"Stage 1 ran the frozen ConvNet every epoch ({why}).")
 
     if config.unfreeze_blocks != 0 and config.fine_tune_epochs > 0:
-        train, val = _pixel_batches(data, config)
-        _compile(model, config.learning_rate)
-        stage1_val_loss = float(model.evaluate(val, verbose=0)[0])
+        stage_model, train, val = model, None, None
+        parts = split(config.unfreeze_blocks) if cached and split is not None else None
+        if parts is not None:
+            bottom, top = parts
+            size = (len(data["train"][0]) + len(data["val"][0])) * int(np.prod(bottom.output_shape[1:])) * 2
+            if size <= CACHE_LIMIT_BYTES:
+                stage_model, train, val = _cached_stage2(bottom, top, head, data, config, progress)
+                result.notes.append(
+                    f"Stage 2 trained on activations cached below the unfrozen blocks "
+                    f"({size / 1024**2:.0f} MB, float16): the frozen layers ran once."
+                )
+            else:
+                result.notes.append(
+                    f"Stage 2 ran end to end: its activation cache would take {size / 1024**2:.0f} MB "
+                    f"(limit TL_ACTIVATION_CACHE_MB={CACHE_LIMIT_BYTES // 1024**2})."
+                )
+        if train is None:
+            train, val = _pixel_batches(data, config)
+        _compile(stage_model, config.learning_rate)
+        stage1_val_loss = float(stage_model.evaluate(val, verbose=0)[0])
         stage1_weights = model.get_weights()
         n_trainable = base_unfreeze(config.unfreeze_blocks)
-        _compile(model, config.fine_tune_learning_rate)  # recompile after changing trainable
-        result.history["stage2"] = _fit(model, train, val, config.fine_tune_epochs, config, progress, "stage2")
+        _compile(stage_model, config.fine_tune_learning_rate)  # recompile after changing trainable
+        result.history["stage2"] = _fit(stage_model, train, val, config.fine_tune_epochs, config, progress, "stage2")
         blocks = "all layers" if config.unfreeze_blocks < 0 else f"the top {config.unfreeze_blocks} block(s)"
         result.notes.append(
             f"Stage 2 fine-tuned {blocks} ({n_trainable} weight tensors) at learning rate "
@@ -161,6 +190,33 @@ def train_two_stage(
                 f"{stage1_val_loss:.3f}); the stage-1 model was kept."
             )
     return result
+
+
+def _cached_stage2(bottom, top, head, data, config: TrainConfig, progress: ProgressListener):
+    """Stage 2's model on cut activations (sharing the classifier's layers) and its batches."""
+    import tensorflow as tf
+
+    forward = tf.function(lambda batch: bottom(tf.cast(batch, tf.float32), training=False))
+    total = len(data["train"][0]) + len(data["val"][0])
+    progress.on_stage_start("cache", total)
+    done, cached = 0, {}
+    for part in ("train", "val"):
+        x = data[part][0]
+        out = np.empty((len(x), *bottom.output_shape[1:]), np.float16)
+        for start in range(0, len(x), config.batch_size):
+            if progress.should_stop():
+                raise CancelledError("Cancelled while caching activations for stage 2.")
+            out[start : start + config.batch_size] = np.asarray(forward(x[start : start + config.batch_size]))
+            done += len(x[start : start + config.batch_size])
+            progress.on_step("cache", done, None)
+        cached[part] = out
+    progress.on_stage_end("cache", {"images": float(total)})
+    inputs = keras.Input(bottom.output_shape[1:], name="activations")
+    x = keras.layers.GlobalAveragePooling2D()(top(inputs, training=False))
+    stage_model = keras.Model(inputs, head(x), name="stage2_on_cache")
+    train = make_batches(cached["train"], data["train"][1], config.batch_size, shuffle=True, seed=config.seed)
+    val = make_batches(cached["val"], data["val"][1], config.batch_size)
+    return stage_model, train, val
 
 
 def train_scratch(

@@ -17,6 +17,7 @@ STAGE_TITLES = {
     "extract": "Extracting features (frozen ConvNet, once)",
     "head": "Fitting the linear head",
     "stage1": "Stage 1: new layers on the frozen ConvNet",
+    "cache": "Caching activations below the unfrozen blocks (once)",
     "stage2": "Stage 2: fine-tuning the top blocks",
     "scratch": "Training from scratch",
     "evaluate": "Evaluating on the test split",

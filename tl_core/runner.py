@@ -186,6 +186,7 @@ def _execute(source, config, data_config, store, run_id, listener, timer) -> dic
                 config,
                 listener,
                 features,
+                lambda n: backbones.split_at_block(spec, base, n, size),
             )
         else:
             trained = train_scratch(feature_model, split_data, n_classes, config, listener)

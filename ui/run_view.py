@@ -43,7 +43,7 @@ def live_run(run: dict, store) -> None:
         step = info.get("step") or 0
         done = "finished_at" in info
         epoch = stages.get(f"{stage}.epoch")
-        unit = "epoch" if stage in EPOCH_STAGES else "image" if stage in ("decode", "extract") else "step"
+        unit = "epoch" if stage in EPOCH_STAGES else "image" if stage in ("decode", "extract", "cache") else "step"
         text = f"{STAGE_TITLES.get(stage, stage)} — {step}/{total} {unit}s" + ("" if done else _eta(info, epoch))
         if done and unit == "epoch" and step < total:
             text += " (stopped early: validation loss stopped improving)"
