@@ -11,7 +11,10 @@ from tl_core.charts import run_label
 from tl_core.data import prepare_image
 from tl_core.errors import ImageDecodeError
 from tl_core.export import model_file
+from tl_core.hardware import keep_off_gpu
 from ui.state import PAGES, get_store
+
+keep_off_gpu()  # the server predicts on the CPU; the GPU and its memory are the training worker's
 
 st.title("🔮 Predict")
 store = get_store()

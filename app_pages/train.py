@@ -11,6 +11,7 @@ from tl_core.backbones import BACKBONES
 from tl_core.charts import STRATEGY_LABELS, run_label
 from tl_core.config import HEADS, STRATEGIES, DataConfig, TrainConfig
 from tl_core.errors import TLCoreError
+from tl_core.hardware import describe_machine
 from tl_core.jobs import ensure_worker, queue_snapshot, submit
 from ui.run_view import live_run
 from ui.state import PAGES, get_store, require_dataset
@@ -58,9 +59,7 @@ dataset, report = loaded
 
 @st.cache_resource
 def hardware() -> str:
-    from tl_core.runner import describe_hardware
-
-    return describe_hardware()
+    return describe_machine()
 
 
 rec = st.session_state.get("recommendation")

@@ -13,6 +13,6 @@ DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "clipart8"
 
 
 def machine() -> str:
-    from tl_core.runner import describe_hardware
+    from tl_core.hardware import describe_hardware
 
     return describe_hardware()

@@ -156,7 +156,7 @@ def _load_model(spec, weights: str):
         # VGG16's classifier is a 528 MB download: only used when already on disk.
         if top_file is not None or (resolved.keras_arg == "imagenet" and spec.name != "vgg16"):
             try:
-                model = spec.builder(include_top=True, weights=str(top_file) if top_file else "imagenet")
+                model = spec.build(include_top=True, weights=str(top_file) if top_file else "imagenet")
                 return model, True, None
             except Exception as err:  # noqa: BLE001 - offline or a bad file: measure without the head
                 note = f"the ImageNet classifier could not be loaded ({err.__class__.__name__})"

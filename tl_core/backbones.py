@@ -2,6 +2,9 @@
 
 A saved model always takes raw RGB pixels in [0, 255]: each backbone's preprocessing is a layer
 inside the model, not a function the caller must remember.
+
+Importing this module does not import Keras (nor TensorFlow): the app's pages read the registry
+without loading a deep-learning runtime into the web server.
 """
 
 from __future__ import annotations
@@ -12,13 +15,24 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from types import SimpleNamespace
 
-import keras
 import numpy as np
 
 from tl_core.errors import ConfigError, WeightsUnavailableError
 
+
+
+class _LazyKeras(SimpleNamespace):
+    """``keras``, imported on first use."""
+
+    def __getattr__(self, name: str):
+        import keras as module
+
+        return getattr(module, name)
+
+
+keras = _LazyKeras()
 WEIGHTS_DIR_ENV = "TL_WEIGHTS_DIR"
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
@@ -30,7 +44,7 @@ class BackboneSpec:
     Attributes:
         name: registry key (``mobilenet``).
         title: human name (``MobileNet v1``).
-        builder: the ``keras.applications`` constructor.
+        builder: name of the ``keras.applications`` constructor (see :meth:`build`).
         input_size: the side the ImageNet weights were trained at.
         preprocessing: ``tf`` (scale to [-1, 1]), ``caffe`` (RGB->BGR, ImageNet mean subtracted)
             or ``none`` (the model normalises its own input, as EfficientNet does).
@@ -46,7 +60,7 @@ class BackboneSpec:
 
     name: str
     title: str
-    builder: Callable[..., keras.Model]
+    builder: str
     input_size: int
     preprocessing: str
     feature_dim: int
@@ -55,23 +69,27 @@ class BackboneSpec:
     n_blocks: int
     top_weights_files: tuple[str, ...] = ()
 
+    def build(self, **kwargs) -> keras.Model:
+        """``keras.applications.<builder>(**kwargs)``."""
+        return getattr(keras.applications, self.builder)(**kwargs)
+
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
         BackboneSpec(
-            "vgg16", "VGG16", keras.applications.VGG16, 224, "caffe", 512, r"^(block\d)_",
+            "vgg16", "VGG16", "VGG16", 224, "caffe", 512, r"^(block\d)_",
             ("vgg16_imagenet_notop.weights.h5", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"), 5,
             ("vgg16_imagenet.weights.h5", "vgg16_weights_tf_dim_ordering_tf_kernels.h5"),
         ),
         BackboneSpec(
-            "mobilenet", "MobileNet v1", keras.applications.MobileNet, 224, "tf", 1024,
+            "mobilenet", "MobileNet v1", "MobileNet", 224, "tf", 1024,
             r"^conv_(?:dw|pw)_(\d+)",
             ("mobilenet_v1_1.0_224_imagenet_notop.weights.h5", "mobilenet_1_0_224_tf_no_top.h5"), 13,
             ("mobilenet_v1_1.0_224_imagenet.weights.h5", "mobilenet_1_0_224_tf.h5"),
         ),
         BackboneSpec(
-            "mobilenetv2", "MobileNetV2", keras.applications.MobileNetV2, 224, "tf", 1280,
+            "mobilenetv2", "MobileNetV2", "MobileNetV2", 224, "tf", 1280,
             r"^(expanded_conv|block_\d+)_",
             (
                 "mobilenet_v2_1.0_224_imagenet_notop.weights.h5",
@@ -81,13 +99,13 @@ BACKBONES: dict[str, BackboneSpec] = {
             ("mobilenet_v2_1.0_224_imagenet.weights.h5", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"),
         ),
         BackboneSpec(
-            "efficientnetb0", "EfficientNetB0", keras.applications.EfficientNetB0, 224, "none", 1280,
+            "efficientnetb0", "EfficientNetB0", "EfficientNetB0", 224, "none", 1280,
             r"^(block\d)[a-z]_",
             ("efficientnetb0_imagenet_notop.weights.h5", "efficientnetb0_notop.h5"), 7,
             ("efficientnetb0_imagenet.weights.h5", "efficientnetb0.h5"),
         ),
         BackboneSpec(
-            "resnet50", "ResNet50", keras.applications.ResNet50, 224, "caffe", 2048,
+            "resnet50", "ResNet50", "ResNet50", 224, "caffe", 2048,
             r"^(conv\d_block\d+)_",
             ("resnet50_imagenet_notop.weights.h5", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"), 16,
             ("resnet50_imagenet.weights.h5", "resnet50_weights_tf_dim_ordering_tf_kernels.h5"),
@@ -189,7 +207,7 @@ def build_base(spec: BackboneSpec, weights: ResolvedWeights, image_size: int, se
     keras.utils.set_random_seed(seed)
     kwargs = {"include_top": False, "weights": weights.keras_arg, "input_shape": (image_size, image_size, 3)}
     try:
-        return spec.builder(**kwargs)
+        return spec.build(**kwargs)
     except Exception as err:  # noqa: BLE001 - classified below, the rest re-raised
         text = str(err)
         if weights.keras_arg == "imagenet" and (

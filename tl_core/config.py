@@ -77,6 +77,8 @@ class TrainConfig:
             ConvNet once: stage 1 trains on cached pooled features, stage 2 on cached activations
             at the cut below the unfrozen blocks (float16). ``False`` runs both stages end to end
             on pixels (the canonical recipe; same result, slower).
+        accelerate: on a GPU, mixed precision (float16 compute) and XLA-compiled training steps;
+            ``False`` keeps float32 and no XLA (a model that misbehaves in float16). No effect on a CPU.
         seed: seed of weight initialisation, shuffling and augmentation.
     """
 
@@ -97,6 +99,7 @@ class TrainConfig:
     patience: int = 5
     augment: bool = False
     cache_stages: bool = True
+    accelerate: bool = True
     seed: int = 42
 
     def validate(self) -> TrainConfig:

@@ -24,6 +24,7 @@ import numpy as np
 from tl_core.config import TrainConfig
 from tl_core.data import make_batches
 from tl_core.errors import CancelledError
+from tl_core.hardware import jit_compile
 
 # Stage 2's activation cache is kept in memory; above this size stage 2 runs end to end instead.
 CACHE_LIMIT_BYTES = int(float(os.environ.get("TL_ACTIVATION_CACHE_MB", "2048")) * 1024**2)
@@ -66,9 +67,14 @@ def build_head(
     """
     layers: list = [keras.Input((feature_dim,))]
     if train_features is not None:
-        norm = keras.layers.Normalization(name="features_norm")
-        norm.adapt(np.asarray(train_features, np.float32))
-        layers.append(norm)
+        features = np.asarray(train_features, np.float64)
+        mean, variance = features.mean(axis=0), features.var(axis=0)
+        # A feature that is (nearly) constant on the training images, say a unit that fired on one
+        # image in 20,000, is not blown up by 1/its tiny standard deviation: variances are
+        # floored at 1% of the average, so no feature is scaled more than 10x the typical one.
+        variance = np.maximum(variance, 0.01 * float(variance.mean()) + 1e-12)
+        layers.append(keras.layers.Normalization(mean=mean.astype(np.float32), variance=variance.astype(np.float32),
+                                                 name="features_norm"))
     if config.dense_units:
         layers += [
             keras.layers.Dropout(config.dropout, seed=config.seed),
@@ -76,7 +82,8 @@ def build_head(
         ]
     layers += [
         keras.layers.Dropout(config.dropout, seed=config.seed),
-        keras.layers.Dense(n_classes, activation="softmax", name="predictions"),
+        # float32 output even under mixed precision: a float16 softmax loses small probabilities.
+        keras.layers.Dense(n_classes, activation="softmax", name="predictions", dtype="float32"),
     ]
     return keras.Sequential(layers, name="head")
 
@@ -94,6 +101,7 @@ def _compile(model: keras.Model, learning_rate: float) -> None:
         optimizer=keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        jit_compile=jit_compile(),  # XLA with mixed precision on a GPU (hardware.use_acceleration)
     )
 
 

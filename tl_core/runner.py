@@ -19,6 +19,7 @@ from tl_core import backbones, data
 from tl_core.config import DataConfig, TrainConfig, run_payload
 from tl_core.errors import CancelledError, TLCoreError
 from tl_core.features import extract_features, features_key
+from tl_core.hardware import describe_hardware, use_acceleration
 from tl_core.finetune import TrainedModel, train_scratch, train_two_stage
 from tl_core.heads import LinearHead
 from tl_core.metrics import evaluate
@@ -61,22 +62,6 @@ class StoreProgress(NullProgress):
         entry = self.snapshot["stages"].setdefault(stage, {"started_at": time.time()})
         entry["finished_at"] = time.time()
         self._write(force=True)
-
-
-def describe_hardware() -> str:
-    """``CPU (n cores)`` or the GPU name(s) TensorFlow will train on."""
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if not gpus:
-        return f"CPU ({os.cpu_count()} cores)"
-    names = []
-    for gpu in gpus:
-        try:
-            names.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
-        except (RuntimeError, ValueError):
-            names.append(gpu.name)
-    return ", ".join(names)
 
 
 def run_training(
@@ -142,6 +127,16 @@ def _describe(source: Any) -> str:
 
 
 def _execute(source, config, data_config, store, run_id, listener, timer) -> dict[str, Any]:
+    acceleration = use_acceleration(config.accelerate)
+    try:
+        metrics = _train_and_evaluate(source, config, data_config, store, run_id, listener, timer)
+    finally:
+        use_acceleration(False)  # the next run in this process starts from float32
+    metrics["acceleration"] = acceleration
+    return metrics
+
+
+def _train_and_evaluate(source, config, data_config, store, run_id, listener, timer) -> dict[str, Any]:
     spec = backbones.get_spec(config.backbone)
     size = config.image_size or spec.input_size
     keras.utils.set_random_seed(config.seed)
@@ -224,12 +219,12 @@ def _train_linear_head(feature_model, features, splits, decoded, config, listene
     listener.on_step("head", 1, {"C": head.C_})
     listener.on_stage_end("head", {"C": head.C_})
     W, b, mode = head.to_dense()
-    logits = keras.layers.Dense(W.shape[1], name="head_logits")
+    logits = keras.layers.Dense(W.shape[1], name="head_logits", dtype="float32")
     x = logits(feature_model.output)
     logits.set_weights([W, b])
     if mode == "ovr":
-        x = keras.layers.Activation("log_sigmoid", name="ovr_log_sigmoid")(x)
-    outputs = keras.layers.Activation("softmax", name="probabilities")(x)
+        x = keras.layers.Activation("log_sigmoid", name="ovr_log_sigmoid", dtype="float32")(x)
+    outputs = keras.layers.Activation("softmax", name="probabilities", dtype="float32")(x)
     model = keras.Model(feature_model.input, outputs, name=f"{feature_model.name}_{config.head}")
     note = f"Linear head '{config.head}' on cached features; C={head.C_:g} chosen on the validation split."
     return TrainedModel(model, {}, [note]), head.predict_proba(features[test])

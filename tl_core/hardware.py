@@ -1,0 +1,83 @@
+"""What a job trains on, and GPU settings: mixed precision and XLA where they help.
+
+``describe_machine`` asks the NVIDIA driver (no TensorFlow: the web server stays light and never
+touches GPU memory); ``describe_hardware`` asks TensorFlow, in the process that trains.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def driver_gpus() -> tuple[str, ...]:
+    """GPU names from ``nvidia-smi``, or none."""
+    if shutil.which("nvidia-smi") is None:
+        return ()
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return tuple(line.strip() for line in out.splitlines() if line.strip())
+
+
+def describe_machine() -> str:
+    """``CPU (n cores)`` or the GPU name(s) the driver reports, without importing TensorFlow."""
+    gpus = driver_gpus()
+    return ", ".join(gpus) if gpus else f"CPU ({os.cpu_count()} cores)"
+
+
+def describe_hardware() -> str:
+    """``CPU (n cores)`` or the GPU name(s) TensorFlow will train on."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return f"CPU ({os.cpu_count()} cores)"
+    names = []
+    for gpu in gpus:
+        try:
+            names.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
+        except (RuntimeError, ValueError):
+            names.append(gpu.name)
+    return ", ".join(names)
+
+
+def keep_off_gpu() -> None:
+    """Hide GPUs from TensorFlow in this process (the web server), before it first uses one.
+
+    The server only runs small predictions; the training worker, another process, takes the GPU
+    and its memory. Too late once TensorFlow has initialised its devices: then nothing changes.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass
+
+
+def use_acceleration(enabled: bool) -> list[str]:
+    """Turn mixed precision on or off for the models built next; what was turned on.
+
+    On when ``enabled`` and TensorFlow sees a GPU (or ``TL_FORCE_ACCELERATION=1``, for tests on a
+    CPU): float16 compute with float32 weights (``mixed_float16``); XLA compilation goes with it
+    (:func:`jit_compile`). On a CPU both cost more than they save, so they stay off.
+    """
+    import keras
+    import tensorflow as tf
+
+    on = enabled and (bool(tf.config.list_physical_devices("GPU")) or os.environ.get("TL_FORCE_ACCELERATION") == "1")
+    keras.mixed_precision.set_global_policy("mixed_float16" if on else "float32")
+    return ["mixed precision (float16 compute, float32 weights)", "XLA compilation"] if on else []
+
+
+def jit_compile() -> bool:
+    """Compile training steps with XLA: together with mixed precision (see :func:`use_acceleration`)."""
+    import keras
+
+    return keras.mixed_precision.global_policy().name == "mixed_float16"
