@@ -107,7 +107,7 @@ def main() -> None:
             fashion_subset(2000, cache / "fashion_mnist_20k")
         folder, size = datasets(cache)[name]
         started = time.perf_counter()
-        advice = advise(folder)
+        advice = advise(folder, image_size=size)
         advice_seconds = time.perf_counter() - started
         print(f"\n== {name}: {advice['n_images']} images, {advice['n_classes']} classes, smallest class "
               f"{advice['min_per_class']} -> {advice['size']}; similarity {advice['similarity']:.2f} "

@@ -11,11 +11,12 @@ import pytest
 
 from conftest import CLIPART8, FASHION, SHARED_WEIGHTS, needs_clipart8, needs_fashion, needs_shared_weights
 from tl_core import advisor
-from tl_core.advisor import LARGE_MIN_PER_CLASS, SIMILAR_MIN, recommend
+from tl_core.advisor import LARGE_MIN_PER_CLASS, SCRATCH_MIN_PER_CLASS, SIMILAR_MIN, recommend
 from tl_core.errors import ConfigError
 
 SMALL = {"a": 60, "b": 200}
 LARGE = {"a": LARGE_MIN_PER_CLASS, "b": 3000}
+HUGE = {"a": SCRATCH_MIN_PER_CLASS, "b": 9000}
 
 
 def measured(similarity: float, layers: dict[int, float] | None = None) -> dict:
@@ -40,19 +41,22 @@ def measured(similarity: float, layers: dict[int, float] | None = None) -> dict:
         # ...and only when it wins.
         (SMALL, 0.40, {0: 0.3, 2: 0.1, 4: 0.2}, "feature_extractor", {"feature_cut": 0}),
         (LARGE, 0.85, None, "finetune", {"unfreeze_blocks": -1, "fine_tune_learning_rate": 1e-5}),
-        (LARGE, 0.40, None, "scratch", {"weights": "none"}),
+        # Large and different: from scratch only from SCRATCH_MIN_PER_CLASS; below, the features
+        # of the layer that transfers best.
+        (LARGE, 0.40, {0: 0.1, 2: 0.4}, "feature_extractor", {"feature_cut": 2}),
+        (HUGE, 0.40, None, "scratch", {"weights": "none"}),
     ],
 )
 def test_each_cell_of_the_matrix_from_measurements(per_class, similarity, layers, strategy, settings):
     rec = recommend(per_class, measured(similarity, layers))
     assert rec.strategy == strategy == rec.settings["strategy"]
-    assert rec.size == ("large" if per_class is LARGE else "small")
+    assert rec.size == ("small" if per_class is SMALL else "large")
     assert rec.domain == ("similar" if similarity >= SIMILAR_MIN else "different")
     for key, value in settings.items():
         assert rec.settings[key] == value
     text = " ".join(rec.reasons)
     assert f"{similarity:.2f}" in text and str(min(per_class.values())) in text  # cites the measurements
-    if rec.domain == "different" and rec.size == "small":
+    if rec.strategy == "feature_extractor" and rec.domain == "different":
         assert "blocks below the top" in text or "last layer fits your labels best" in text
 
 

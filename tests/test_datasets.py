@@ -51,7 +51,8 @@ def test_tf_flowers_offline_gives_a_friendly_message(store):
         ({"a": 50, "b": 80}, "similar", "feature_extractor"),
         ({"a": 50, "b": 5000}, "different", "feature_extractor"),
         ({"a": 1500, "b": 2000}, "similar", "finetune"),
-        ({"a": 1500, "b": 2000}, "different", "scratch"),
+        ({"a": 1500, "b": 2000}, "different", "feature_extractor"),
+        ({"a": 6000, "b": 7000}, "different", "scratch"),
     ],
 )
 def test_each_cell_of_the_decision_matrix(per_class, domain, strategy):

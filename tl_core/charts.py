@@ -46,7 +46,7 @@ def decision_matrix(size: str, domain: str, point: tuple[float, float] | None = 
         ("small", "similar", "Retrain only the new layers<br>(frozen ConvNet features)"),
         ("small", "different", "Retrain only the new layers<br>(earlier-layer features)"),
         ("large", "similar", "Fine-tune all layers<br>after a warm-up"),
-        ("large", "different", "Train from scratch"),
+        ("large", "different", "Train from scratch<br>(from 5,000 per class;<br>below: best-layer features)"),
     ]
     fig = go.Figure()
     for cell_size, cell_domain, text in cells:

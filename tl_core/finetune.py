@@ -24,7 +24,7 @@ import numpy as np
 from tl_core.config import TrainConfig
 from tl_core.data import make_batches
 from tl_core.errors import CancelledError
-from tl_core.hardware import jit_compile
+from tl_core.hardware import inference_batch, jit_compile
 
 # Stage 2's activation cache is kept in memory; above this size stage 2 runs end to end instead.
 CACHE_LIMIT_BYTES = int(float(os.environ.get("TL_ACTIVATION_CACHE_MB", "2048")) * 1024**2)
@@ -211,11 +211,12 @@ def _cached_stage2(bottom, top, head, data, config: TrainConfig, progress: Progr
     for part in ("train", "val"):
         x = data[part][0]
         out = np.empty((len(x), *bottom.output_shape[1:]), np.float16)
-        for start in range(0, len(x), config.batch_size):
+        step = inference_batch(config.batch_size)
+        for start in range(0, len(x), step):
             if progress.should_stop():
                 raise CancelledError("Cancelled while caching activations for stage 2.")
-            out[start : start + config.batch_size] = np.asarray(forward(x[start : start + config.batch_size]))
-            done += len(x[start : start + config.batch_size])
+            out[start : start + step] = np.asarray(forward(x[start : start + step]))
+            done += len(x[start : start + step])
             progress.on_step("cache", done, None)
         cached[part] = out
     progress.on_stage_end("cache", {"images": float(total)})

@@ -47,6 +47,19 @@ def describe_hardware() -> str:
     return ", ".join(names)
 
 
+# On a CPU a forward pass is as fast in batches of 16 as of 32, and its activations take half the
+# memory (fine-tuning MobileNetV2 at 224 px: the worker peaks at 1.56 GB instead of 1.83 GB).
+CPU_INFERENCE_BATCH = 16
+
+
+def inference_batch(batch_size: int) -> int:
+    """Images per forward pass of a frozen or evaluated network: the training batch on a GPU,
+    at most :data:`CPU_INFERENCE_BATCH` on a CPU."""
+    import tensorflow as tf
+
+    return batch_size if tf.config.list_physical_devices("GPU") else min(batch_size, CPU_INFERENCE_BATCH)
+
+
 def keep_off_gpu() -> None:
     """Hide GPUs from TensorFlow in this process (the web server), before it first uses one.
 

@@ -19,7 +19,7 @@ from tl_core import backbones, data
 from tl_core.config import DataConfig, TrainConfig, run_payload
 from tl_core.errors import CancelledError, TLCoreError
 from tl_core.features import extract_features, features_key
-from tl_core.hardware import describe_hardware, use_acceleration
+from tl_core.hardware import describe_hardware, inference_batch, use_acceleration
 from tl_core.finetune import TrainedModel, train_scratch, train_two_stage
 from tl_core.heads import LinearHead
 from tl_core.metrics import evaluate
@@ -165,13 +165,15 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
     )
 
     if config.strategy == "feature_extractor":
-        features = extract_features(feature_model, decoded.x, config.batch_size, listener, cache_path)
+        features = extract_features(feature_model, decoded.x, inference_batch(config.batch_size), listener, cache_path)
         trained, probabilities = _train_linear_head(feature_model, features, splits, decoded, config, listener)
     else:
         if config.strategy == "finetune":
             # One pass of the frozen ConvNet (cached): it sets the head's feature standardisation
             # and, without augmentation, is all stage 1 needs.
-            all_features = extract_features(feature_model, decoded.x, config.batch_size, listener, cache_path)
+            all_features = extract_features(
+                feature_model, decoded.x, inference_batch(config.batch_size), listener, cache_path
+            )
             features = {part: all_features[idx] for part, idx in splits.items()}
             trained = train_two_stage(
                 feature_model,
@@ -187,7 +189,7 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
             trained = train_scratch(feature_model, split_data, n_classes, config, listener)
         listener.on_stage_start("evaluate", len(splits["test"]))
         probabilities = trained.model.predict(
-            data.make_batches(split_data["test"][0], None, config.batch_size), verbose=0
+            data.make_batches(split_data["test"][0], None, inference_batch(config.batch_size)), verbose=0
         )
         listener.on_stage_end("evaluate", None)
 
