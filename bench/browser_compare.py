@@ -19,22 +19,16 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from _common import CHROMIUM_ARGS as ARGS
+from _common import REPO, start_app
 
-from tl_core.charts import run_label  # noqa: E402
-from tl_core.store import RunStore  # noqa: E402
-
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
+from tl_core.charts import run_label
+from tl_core.store import RunStore
 
 
 def main() -> None:
@@ -47,22 +41,8 @@ def main() -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="tl-compare-"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "TL_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--server.headless", "true"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_app(data_dir)
     try:
-        for _ in range(180):
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
         run_browser(url, args.data, out, RunStore(data_dir), args.timeout, args.strategy_only)
     finally:
         server.terminate()

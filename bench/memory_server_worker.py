@@ -15,23 +15,18 @@ Community Cloud gives an app about 2.7 GB). The browser's memory is not counted.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-from _common import REPO, machine
+from _common import CHROMIUM_ARGS as ARGS
+from _common import REPO, machine, start_app
 
 from tl_core.backbones import BACKBONES, local_weights_file
 from tl_core.store import RunStore
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
 BUDGET = 2.0e9  # bytes
 
 
@@ -65,24 +60,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tl-memory-"))
     folder = subset(Path(args.data), args.images, work / "images")
     data_dir = work / "data"
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "TL_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--server.headless", "true"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_app(data_dir)
     weights = "imagenet" if local_weights_file(BACKBONES["mobilenetv2"].weights_files) else "none"
     print(f"machine: {machine()}; {sum(1 for _ in folder.rglob('*.png'))} images; MobileNetV2 weights: {weights}")
     try:
-        for _ in range(180):
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
