@@ -93,8 +93,11 @@ with st.form("settings"):
         learning_rate = c1.number_input("Learning rate (new layers)", 1e-6, 1.0, defaults.learning_rate, format="%.0e")
         fine_tune_learning_rate = c2.number_input("Learning rate (stage 2)", 1e-7, 1.0, defaults.fine_tune_learning_rate, format="%.0e")
         augment = c3.checkbox("Augmentation (flip, rotation, zoom, contrast)", defaults.augment,
-                              help="Without augmentation, stage 1 trains on features computed once; with it, "
-                                   "the frozen ConvNet runs every epoch (slower).")
+                              help="Without augmentation the frozen part of the ConvNet runs once: stage 1 trains on "
+                                   "cached features, stage 2 on cached activations below the unfrozen blocks. With it, "
+                                   "every epoch sees new images, so the whole ConvNet runs every epoch (slower).")
+        accelerate = c3.checkbox("On a GPU: mixed precision + XLA", defaults.accelerate,
+                                 help="float16 compute and compiled training steps on a GPU; no effect on a CPU.")
         feature_cut = c4.number_input("Feature extractor: features from N blocks below the top (0 = last layer)", 0, 16,
                                       defaults.feature_cut,
                                       help="Earlier layers are more generic; the Strategy page measures which fits your labels best.")
@@ -116,9 +119,15 @@ config = TrainConfig(
     feature_cut=int(feature_cut) if strategy == "feature_extractor" else 0,
     batch_size=int(batch_size), epochs=int(epochs), fine_tune_epochs=int(fine_tune_epochs),
     unfreeze_blocks=int(unfreeze_blocks), learning_rate=float(learning_rate),
-    fine_tune_learning_rate=float(fine_tune_learning_rate), augment=augment, seed=int(seed),
+    fine_tune_learning_rate=float(fine_tune_learning_rate), augment=augment, accelerate=accelerate, seed=int(seed),
 )
 data_config = DataConfig(seed=int(seed))
+if config.strategy == "finetune":
+    st.caption("Fine-tuning path: " + (
+        "augmentation is on, so both stages run the whole ConvNet every epoch (each epoch sees new images)."
+        if config.augment else
+        "the frozen layers run once; stage 1 trains on cached features and stage 2 on cached activations "
+        "below the unfrozen blocks (the same result as running them every epoch, several times faster)."))
 if train_clicked or compare_clicked:
     variants = config.comparison() if compare_clicked else [config]
     group = uuid.uuid4().hex[:8] if compare_clicked else None

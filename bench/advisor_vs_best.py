@@ -119,7 +119,9 @@ def main() -> None:
                 "image_size": size, "seed": 42}
         pick_title = next((title for title, fields in runs.items() if _same(fields, pick)), None)
         if pick_title is None:
-            pick_title = "advisor's pick"
+            cut = pick.get("feature_cut", 0)
+            pick_title = (f"feature extractor ({cut} blocks below the top)" if pick["strategy"] == "feature_extractor" and cut
+                          else f"advisor's pick ({pick['strategy']})")
             runs[pick_title] = pick
         table = {}
         for title, fields in runs.items():
@@ -140,7 +142,8 @@ def main() -> None:
         best = max(table, key=lambda t: table[t]["accuracy"])
         gap = table[best]["accuracy"] - table[pick_title]["accuracy"]
         verdict = "OK" if gap <= MARGIN + 1e-9 else "ADVISOR WRONG"
-        print(f"   best: {best} ({table[best]['accuracy']:.3f}); pick: {pick_title} "
+        summary_pick = pick_title
+        print(f"   best: {best} ({table[best]['accuracy']:.3f}); pick: {summary_pick} "
               f"({table[pick_title]['accuracy']:.3f}); gap {100 * gap:.1f} points -> {verdict}")
         summary.append((name, advice, pick_title, best, table, gap, verdict, advice_seconds))
 

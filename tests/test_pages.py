@@ -186,3 +186,13 @@ def test_result_page_refuses_bad_links(app, store):
     app.query_params["run"] = "A" * 22
     _open(app, "result")
     assert "No run with this id" in app.error[0].value
+
+
+def test_train_page_says_which_fine_tuning_path_runs_and_why(app, folder):
+    from tl_core.advisor import Recommendation
+
+    for augment, expected in ((False, "the frozen layers run once"),
+                              (True, "augmentation is on, so both stages run the whole ConvNet every epoch")):
+        rec = Recommendation("large", "similar", "finetune", "Fine-tune", settings={"strategy": "finetune", "augment": augment})
+        _open(app, "train", recommendation=rec, **_dataset(folder))
+        assert expected in " ".join(c.value for c in app.caption)

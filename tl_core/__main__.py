@@ -106,6 +106,8 @@ def _train_config(args) -> TrainConfig:
         learning_rate=args.learning_rate,
         fine_tune_learning_rate=args.fine_tune_learning_rate,
         augment=args.augment,
+        cache_stages=not args.no_stage_cache,
+        accelerate=not args.no_accelerate,
         seed=args.seed,
     )
 
@@ -249,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--learning-rate", type=float, default=1e-3)
     training.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
     training.add_argument("--augment", action="store_true")
+    training.add_argument("--no-stage-cache", action="store_true",
+                          help="fine-tuning: run both stages end to end on pixels (the canonical recipe, slower)")
+    training.add_argument("--no-accelerate", action="store_true", help="on a GPU: no mixed precision, no XLA")
     training.add_argument("--seed", type=int, default=42)
     training.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
     training.add_argument("--name", default=None)
