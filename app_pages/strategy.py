@@ -83,14 +83,14 @@ if advice is not None:
     cols = st.columns(5)
     cols[0].metric("Smallest class", advice["min_per_class"], help=f"'Large' from {LARGE_MIN_PER_CLASS} images per class.")
     cols[1].metric("Similarity to ImageNet", f"{similarity:.2f}", help=f"'Similar' from {SIMILAR_MIN}.")
-    titles = {"statistics": "Activation statistics", "recognition": "ImageNet recognition", "transferability": "Transferability"}
+    titles = {"statistics": "Statistics", "recognition": "Recognition", "transferability": "Transferability"}
     helps = {
-        "statistics": "exp(-KL) between your images' activation statistics and the ImageNet statistics each BatchNorm layer stores.",
-        "recognition": "Mean of the ImageNet classifier's top-1 probability and of 1 - its normalised prediction entropy.",
+        "statistics": "Activation statistics: exp(-KL) between your images' activation statistics and the ImageNet statistics each BatchNorm layer stores.",
+        "recognition": "ImageNet recognition: mean of the ImageNet classifier's top-1 probability and of 1 - its normalised prediction entropy.",
         "transferability": "Share of your labels' variance a linear model on the features explains (from LogME's evidence maximisation).",
     }
     for col, (part, value) in zip(cols[2:], advice["similarity_parts"].items()):
-        col.metric(f"{titles[part]} (weight {PART_WEIGHTS[part]})", "n/a" if value is None else f"{value:.2f}", help=helps[part])
+        col.metric(f"{titles[part]} ×{PART_WEIGHTS[part]}", "n/a" if value is None else f"{value:.2f}", help=helps[part])
     m = advice["measurements"]
     raw = [f"sample of {m['sample']} images", f"LogME {m['logme']:.3f}"]
     if "imagenet_top1" in m:

@@ -94,7 +94,7 @@ def test_strategy_page_measures_the_domain_and_shows_why(app, folder, monkeypatc
     assert metrics["Smallest class"] == "8"
     similarity = float(metrics["Similarity to ImageNet"])
     assert 0.0 <= similarity <= 1.0
-    assert {"Activation statistics (weight 0.5)", "ImageNet recognition (weight 0.25)", "Transferability (weight 0.25)"} <= set(metrics)
+    assert {"Statistics ×0.5", "Recognition ×0.25", "Transferability ×0.25"} <= set(metrics)
     text = " ".join(m.value for m in app.markdown)
     assert f"Measured similarity to ImageNet: {similarity:.2f}" in text and "smallest class has 8 images" in text
     assert "LogME" in app.dataframe[0].value.columns and len(app.dataframe[0].value) == 4  # last layer + 3 earlier

@@ -27,6 +27,7 @@ from tl_core.errors import CancelledError
 from tl_core.hardware import inference_batch, jit_compile
 
 # Stage 2's activation cache is kept in memory; above this size stage 2 runs end to end instead.
+ACTIVATION_DTYPE = np.dtype(np.float16)
 CACHE_LIMIT_BYTES = int(float(os.environ.get("TL_ACTIVATION_CACHE_MB", "2048")) * 1024**2)
 from tl_core.progress import KerasProgressBridge, ProgressListener
 
@@ -210,7 +211,7 @@ def _cached_stage2(bottom, top, head, data, config: TrainConfig, progress: Progr
     done, cached = 0, {}
     for part in ("train", "val"):
         x = data[part][0]
-        out = np.empty((len(x), *bottom.output_shape[1:]), np.float16)
+        out = np.empty((len(x), *bottom.output_shape[1:]), ACTIVATION_DTYPE)
         step = inference_batch(config.batch_size)
         for start in range(0, len(x), step):
             if progress.should_stop():
