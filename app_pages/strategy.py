@@ -131,7 +131,8 @@ with st.expander("How the advisor decides"):
   **{SIMILAR_MIN}**: measured anchors are photographs 0.89, clip art 0.78, Fashion-MNIST 0.60,
   8 x 8 digits 0.54, noise 0.12.
 - **Different domain**: features from earlier blocks are compared with the last layer's (LogME, at
-  the size training will use) and the better one is recommended. Training **from scratch** is
+  the backbone's own input size here; `python -m tl_core advise --image-size N` compares them at the
+  size you will train at) and the better one is recommended. Training **from scratch** is
   recommended only from **{SCRATCH_MIN_PER_CLASS}** images per class (He et al. 2019: random
   initialisation needs that much data, and long schedules, to catch up); at 2,000 per class of
   Fashion-MNIST our bench measured from scratch 0.78 against 0.86 for earlier-layer features.

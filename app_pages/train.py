@@ -126,6 +126,8 @@ if config.strategy == "finetune":
     st.caption("Fine-tuning path: " + (
         "augmentation is on, so both stages run the whole ConvNet every epoch (each epoch sees new images)."
         if config.augment else
+        "the frozen ConvNet runs once for stage 1 (cached features); stage 2 unfreezes every block, so it runs "
+        "end to end." if config.unfreeze_blocks < 0 else
         "the frozen layers run once; stage 1 trains on cached features and stage 2 on cached activations "
         "below the unfrozen blocks (the same result as running them every epoch, several times faster)."))
 if train_clicked or compare_clicked:

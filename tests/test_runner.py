@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import keras
 import numpy as np
@@ -71,6 +72,13 @@ def test_cached_stages_train_what_the_end_to_end_recipe_trains(tmp_path, store):
     assert set(cached["metrics"]["timing"]) >= {"extract", "cache", "stage1", "stage2"}
 
 
+def _test_split(root, store, run):
+    decoded = decode_dataset(load_images(root), 32)
+    names = json.loads((store.run_dir(run["id"]) / "split.json").read_text())["test"]
+    idx = [decoded.names.index(name) for name in names]
+    return decoded.x[idx].astype("float32"), decoded.y[idx]
+
+
 def test_gpu_acceleration_path_trains_and_saves_a_float32_output_model(tmp_path, store, monkeypatch):
     """Mixed precision + XLA, forced on this CPU (on a GPU they switch on by themselves)."""
     monkeypatch.setenv("TL_FORCE_ACCELERATION", "1")
@@ -83,6 +91,10 @@ def test_gpu_acceleration_path_trains_and_saves_a_float32_output_model(tmp_path,
         assert run["metrics"]["test_accuracy"] >= 0.6  # chance is 1/3
         model = keras.saving.load_model(run["model_path"], safe_mode=True)
         assert model(np.zeros((1, 32, 32, 3), np.float32)).dtype == "float32"
+        assert '"mixed_float16"' not in json.dumps(model.get_config())  # saved at full precision
+        x_test, y_test = _test_split(root, store, run)
+        accuracy = float((model.predict(x_test, verbose=0).argmax(1) == y_test).mean())
+        assert accuracy == pytest.approx(run["metrics"]["test_accuracy"], abs=0.1)
     assert keras.mixed_precision.global_policy().name == "float32"  # reset for whatever runs next
     monkeypatch.delenv("TL_FORCE_ACCELERATION")
     run = run_training(root, TrainConfig(strategy="feature_extractor", **FAST), store=store)

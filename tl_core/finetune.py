@@ -178,6 +178,8 @@ def train_two_stage(
                     f"(limit TL_ACTIVATION_CACHE_MB={CACHE_LIMIT_BYTES // 1024**2})."
                 )
         if train is None:
+            if cached and parts is None:
+                result.notes.append("Stage 2 ran end to end: every block is unfrozen, so no frozen part could be cached.")
             train, val = _pixel_batches(data, config)
         _compile(stage_model, config.learning_rate)
         stage1_val_loss = float(stage_model.evaluate(val, verbose=0)[0])

@@ -6,6 +6,7 @@ run that fails: the run is stored as ``failed`` with its error (or ``cancelled``
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import traceback
@@ -19,7 +20,7 @@ from tl_core import backbones, data
 from tl_core.config import DataConfig, TrainConfig, run_payload
 from tl_core.errors import CancelledError, TLCoreError
 from tl_core.features import extract_features, features_key
-from tl_core.hardware import describe_hardware, inference_batch, use_acceleration
+from tl_core.hardware import describe_hardware, inference_batch, jit_compile, use_acceleration
 from tl_core.finetune import TrainedModel, train_scratch, train_two_stage
 from tl_core.heads import LinearHead
 from tl_core.metrics import evaluate
@@ -161,7 +162,8 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
         spec, base, size, inference_mode=config.strategy != "scratch", cut=config.feature_cut
     )
     cache_path = store.cache_dir / "features" / (
-        features_key(decoded.hashes, spec.name, weights.identity, size, config.feature_cut) + ".npy"
+        features_key(decoded.hashes, spec.name, weights.identity + ("|mixed" if jit_compile() else ""), size,
+                     config.feature_cut) + ".npy"
     )
 
     if config.strategy == "feature_extractor":
@@ -247,5 +249,24 @@ def _timing(timer: StageTimer, history, n_images: int, n_train: int, n_val: int)
 
 def _save_model(model: keras.Model, path: Path) -> None:
     tmp = path.with_name("model.tmp.keras")
-    model.save(tmp)
+    _float32_copy(model).save(tmp)
     os.replace(tmp, path)
+
+
+def _float32_copy(model: keras.Model) -> keras.Model:
+    """The model with every layer in float32: what a run trained in mixed precision saves.
+
+    Mixed precision is a training speed-up for GPUs; a saved model must predict at full precision
+    anywhere (a float16 model on a CPU is slow and rounds). Same architecture, same weights.
+    """
+    if '"mixed_float16"' not in json.dumps(model.get_config()):
+        return model
+    config = json.loads(json.dumps(model.get_config()).replace('"mixed_float16"', '"float32"'))
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = model.__class__.from_config(config)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy

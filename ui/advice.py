@@ -33,8 +33,10 @@ def cached_advice(store: RunStore, path: str, stamp: float, backbone: str) -> di
 
 
 def weights_on_disk(backbone: str) -> bool:
-    """True when measuring needs no download (so the page can measure without asking)."""
-    return local_weights_file(BACKBONES[backbone].weights_files) is not None
+    """True when measuring needs no download, of the backbone or of its ImageNet classifier (so the
+    page can measure without asking)."""
+    spec = BACKBONES[backbone]
+    return local_weights_file(spec.weights_files) is not None and local_weights_file(spec.top_weights_files) is not None
 
 
 def measure(store: RunStore, path: str, stamp: float, backbone: str, timeout: float = 600) -> dict[str, Any]:
