@@ -24,12 +24,14 @@ import numpy as np
 from tl_core.config import TrainConfig
 from tl_core.data import make_batches
 from tl_core.errors import CancelledError
+from tl_core.features import FLOAT16_MAX
 from tl_core.hardware import inference_batch, jit_compile
+from tl_core.progress import KerasProgressBridge, ProgressListener
 
-# Stage 2's activation cache is kept in memory; above this size stage 2 runs end to end instead.
+# Stage 2's activation cache is kept in memory (float16 unless the activations exceed its range);
+# above this size stage 2 runs end to end instead.
 ACTIVATION_DTYPE = np.dtype(np.float16)
 CACHE_LIMIT_BYTES = int(float(os.environ.get("TL_ACTIVATION_CACHE_MB", "2048")) * 1024**2)
-from tl_core.progress import KerasProgressBridge, ProgressListener
 
 
 @dataclass
@@ -218,7 +220,10 @@ def _cached_stage2(bottom, top, head, data, config: TrainConfig, progress: Progr
         for start in range(0, len(x), step):
             if progress.should_stop():
                 raise CancelledError("Cancelled while caching activations for stage 2.")
-            out[start : start + step] = np.asarray(forward(x[start : start + step]))
+            chunk = np.asarray(forward(x[start : start + step]))
+            if out.dtype == np.float16 and float(np.abs(chunk).max(initial=0.0)) >= FLOAT16_MAX:
+                out = out.astype(np.float32)  # activations beyond float16's range: keep full precision
+            out[start : start + step] = chunk
             done += len(x[start : start + step])
             progress.on_step("cache", done, None)
         cached[part] = out
