@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from statistics import median
 from typing import Any
 
@@ -80,9 +80,6 @@ class Recommendation:
     reasons: list[str] = field(default_factory=list)
     measurements: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 # --------------------------------------------------------------------------- size
 
@@ -110,7 +107,8 @@ def measure_size(per_class: dict[str, int]) -> dict[str, Any]:
 
 
 def stratified_sample(y: np.ndarray, n: int = SAMPLE_SIZE, seed: int = 0) -> np.ndarray:
-    """Indices of at most ``n`` items, classes in proportion, at least 2 per class where possible."""
+    """Indices of about ``n`` items, classes in proportion, at least 2 per class where possible
+    (so more than ``n`` when there are over ``n / 2`` classes)."""
     y = np.asarray(y)
     if len(y) <= n:
         return np.arange(len(y))
@@ -243,8 +241,10 @@ def measure_domain(
     parts: dict[str, float | None] = {"statistics": None, "recognition": None, "transferability": None}
     notes = [note] if note else []
 
-    layers = {cut: logme(features, y) for cut, features in zip(cuts, layer_features)}
     measurements["logme"], parts["transferability"] = logme_explained(results[0], y)
+    layers = {cut: logme(features, y) for cut, features in zip(cuts, layer_features) if features is not results[0]}
+    layers.setdefault(0, measurements["logme"])  # the last layer at this size: already computed
+    layers = dict(sorted(layers.items()))
     measurements["explained_variance"] = parts["transferability"]
 
     if bns:

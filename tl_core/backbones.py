@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -23,7 +22,7 @@ from tl_core.errors import ConfigError, WeightsUnavailableError
 
 
 
-class _LazyKeras(SimpleNamespace):
+class _LazyKeras:
     """``keras``, imported on first use."""
 
     def __getattr__(self, name: str):
@@ -160,14 +159,9 @@ def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> Resolved
     if weights in ("none", "None", None, ""):
         return ResolvedWeights(None, f"none-seed{seed}", "random initialisation")
     if weights == "imagenet":
-        folder = os.environ.get(WEIGHTS_DIR_ENV)
-        if folder:
-            for filename in spec.weights_files:
-                candidate = Path(folder).expanduser() / filename
-                if candidate.is_file():
-                    return ResolvedWeights(
-                        str(candidate), f"imagenet-{_digest(candidate)}", f"ImageNet ({candidate})"
-                    )
+        candidate = _find_file([os.environ.get(WEIGHTS_DIR_ENV)], spec.weights_files)
+        if candidate is not None:
+            return ResolvedWeights(str(candidate), f"imagenet-{_digest(candidate)}", f"ImageNet ({candidate})")
         return ResolvedWeights("imagenet", "imagenet-keras", "ImageNet (Keras download)")
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -178,14 +172,19 @@ def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> Resolved
     return ResolvedWeights(str(path), f"file-{_digest(path)}", f"file {path}")
 
 
-def local_weights_file(filenames: tuple[str, ...]) -> Path | None:
-    """The first of ``filenames`` found in ``$TL_WEIGHTS_DIR`` or Keras' download cache, else None."""
-    folders = [os.environ.get(WEIGHTS_DIR_ENV), os.path.join(os.environ.get("KERAS_HOME", "~/.keras"), "models")]
+def _find_file(folders: list[str | None], filenames: tuple[str, ...]) -> Path | None:
+    """The first of ``filenames`` found in the first folder that has one (``None`` folders skipped)."""
     for folder in folders:
         for filename in filenames:
             if folder and (candidate := Path(folder).expanduser() / filename).is_file():
                 return candidate
     return None
+
+
+def local_weights_file(filenames: tuple[str, ...]) -> Path | None:
+    """The first of ``filenames`` found in ``$TL_WEIGHTS_DIR`` or Keras' download cache, else None."""
+    keras_cache = os.path.join(os.environ.get("KERAS_HOME", "~/.keras"), "models")
+    return _find_file([os.environ.get(WEIGHTS_DIR_ENV), keras_cache], filenames)
 
 
 def _offline_message(spec: BackboneSpec, err: Exception) -> str:
