@@ -12,7 +12,6 @@ from PIL import Image
 from conftest import TOY_COLORS, make_toy_folder, png_bytes, toy_image, zip_folder
 from tl_core.config import DataConfig
 from tl_core.data import (
-    build_report,
     decode_dataset,
     decode_image,
     inspect_dataset,

@@ -15,6 +15,9 @@ from tl_core.errors import ConfigError
 STRATEGIES = ("feature_extractor", "finetune", "scratch")
 HEADS = ("softmax", "ovr", "svm")
 DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_ZIP_BYTES = 8 * 1024**3
+DEFAULT_MAX_ZIP_ENTRIES = 200_000
+DEFAULT_MAX_ZIP_RATIO = 100.0
 
 
 @dataclass(frozen=True)
@@ -26,16 +29,25 @@ class DataConfig:
         val_fraction: share of each class held out for validation (early stopping, head tuning).
         test_fraction: share of each class held out for the final test metrics.
         seed: seed of the stratified split.
+        max_zip_bytes: a zip whose files add up to more than this (uncompressed, as its directory
+            declares) is refused before anything is extracted (zip-bomb guard).
+        max_zip_entries: a zip with more files than this is refused before anything is extracted.
+        max_zip_ratio: a zip member over 1 MiB that expands more than this many times is not
+            extracted (a photo compresses a little; a zip bomb's member expands ~1000 times).
     """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 42
+    max_zip_bytes: int = DEFAULT_MAX_ZIP_BYTES
+    max_zip_entries: int = DEFAULT_MAX_ZIP_ENTRIES
+    max_zip_ratio: float = DEFAULT_MAX_ZIP_RATIO
 
     def validate(self) -> DataConfig:
-        if self.max_pixels < 1:
-            raise ConfigError(f"max_pixels is {self.max_pixels}; it must be a positive number of pixels.")
+        for name in ("max_pixels", "max_zip_bytes", "max_zip_entries", "max_zip_ratio"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} is {getattr(self, name)}; it must be a positive number.")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 0.5:

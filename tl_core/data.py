@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import warnings
 import zipfile
@@ -31,9 +32,15 @@ from tl_core.progress import NullProgress, ProgressListener
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 ARCHIVE_EXTENSIONS = frozenset({".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"})
-MAX_ZIP_ENTRIES = 200_000
-MAX_ZIP_BYTES = 8 * 1024**3
+# Members smaller than this are never refused for their compression ratio (a blank icon may
+# compress 100 times; only a large member that does so is a zip-bomb risk).
+ZIP_RATIO_MIN_BYTES = 1024**2
+_ZIP_UTF8_FLAG = 0x800
+_DRIVE_PATH = re.compile(r"^[A-Za-z]:")
+# Written by datasets.save_image_set next to the class folders of a saved upload.
+DATASET_META = "dataset.json"
 IMBALANCE_RATIO = 3.0
+MIN_IMAGES_PER_CLASS = 3  # one each for train, validation and test
 # Bumped whenever decoding changes what pixels come out, so stale caches are never reused.
 DECODER_VERSION = 1
 
@@ -56,11 +63,15 @@ class ImageItem:
 
 @dataclass
 class ImageSet:
-    """The labelled files found in a source, and the files ignored with their reason."""
+    """The labelled files found in a source, and the files ignored with their reason.
+
+    ``empty_classes`` names the class folders that hold no image (they are also in ``ignored``).
+    """
 
     items: list[ImageItem]
     ignored: list[dict[str, str]] = field(default_factory=list)
     source: str = ""
+    empty_classes: list[str] = field(default_factory=list)
 
     @property
     def class_names(self) -> list[str]:
@@ -102,43 +113,57 @@ class DecodedDataset:
 # --------------------------------------------------------------------------- ingestion
 
 
-def load_images(source: str | os.PathLike | bytes | Sequence[tuple[str, bytes, str]]) -> ImageSet:
+def load_images(
+    source: str | os.PathLike | bytes | Sequence[tuple[str, bytes, str]],
+    config: DataConfig = DataConfig(),
+) -> ImageSet:
     """Read a labelled image set from a folder, a zip (path or bytes) or an upload list.
 
     Args:
         source: a folder with one sub-folder per class, a ``.zip`` of such folders (as a path or
             its bytes), or ``(filename, bytes, label)`` tuples.
+        config: the zip limits (total size, number of files, compression ratio).
 
     Returns:
         The image set. Nothing is decoded yet.
 
     Raises:
-        DataError: the source does not exist, is not a zip, or holds no images.
+        DataError: the source does not exist, is not a zip, is too large, or holds no images.
     """
     if isinstance(source, (bytes, bytearray)):
-        image_set = load_zip(bytes(source))
+        image_set = load_zip(bytes(source), config)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if path.is_dir():
             image_set = load_folder(path)
         elif path.is_file():
-            image_set = load_zip(path)
+            image_set = load_zip(path, config)
         else:
             raise DataError(f"No folder or zip file at '{path}'. Give a folder of class folders or a .zip.")
     else:
         image_set = load_uploads(source)
     if not image_set.items:
+        empty = image_set.empty_classes
         raise DataError(
             f"No images found in {image_set.source or 'the upload'} "
-            f"({len(image_set.ignored)} other files ignored). Expected one folder per class holding "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))} files."
+            f"({len(image_set.ignored)} other files or folders ignored)."
+            + (f" Class folders without images: {_quoted(empty)}." if empty else "")
+            + f" Expected one folder per class holding {', '.join(sorted(IMAGE_EXTENSIONS))} files."
         )
     return image_set
 
 
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+def _is_hidden(relative: PurePosixPath) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in relative.parts)
+
+
 def _classify_entry(relative: PurePosixPath) -> str | None:
     """Returns why a relative file path is ignored, or ``None`` if it is a usable image path."""
-    if any(part.startswith(".") for part in relative.parts) or "__MACOSX" in relative.parts:
+    if _is_hidden(relative):
         return "hidden or system file"
     if len(relative.parts) < 2:
         return "not inside a class folder"
@@ -152,7 +177,7 @@ def _classify_entry(relative: PurePosixPath) -> str | None:
 
 def _strip_single_root(paths: Iterable[PurePosixPath]) -> PurePosixPath | None:
     """The common top folder to strip when every usable path lies in one folder of class folders."""
-    visible = [p for p in paths if not any(s.startswith(".") or s == "__MACOSX" for s in p.parts)]
+    visible = [p for p in paths if not _is_hidden(p)]
     images = [p for p in visible if p.suffix.lower() in IMAGE_EXTENSIONS]
     roots = {p.parts[0] for p in visible}
     if len(roots) == 1 and images and all(len(p.parts) >= 3 for p in images):
@@ -161,71 +186,198 @@ def _strip_single_root(paths: Iterable[PurePosixPath]) -> PurePosixPath | None:
 
 
 def _items_from_paths(
-    entries: list[tuple[PurePosixPath, Any]], make_item
-) -> tuple[list[ImageItem], list[dict[str, str]]]:
+    entries: list[tuple[PurePosixPath, Any]], make_item, folders: Iterable[PurePosixPath] = ()
+) -> tuple[list[ImageItem], list[dict[str, str]], list[str]]:
+    """Items, ignored files and class folders without images, from relative file and folder paths.
+
+    ``make_item(name, label, handle)`` returns the item, or a string: why the file is unusable.
+    """
     root = _strip_single_root(p for p, _ in entries)
+
+    def strip(relative: PurePosixPath) -> PurePosixPath | None:
+        if root is None:
+            return relative
+        if relative.parts[:1] == root.parts:
+            return PurePosixPath(*relative.parts[1:])
+        return None  # beside the wrapping folder: holds no image, or the root would not be stripped
+
     items, ignored = [], []
+    files_in_class: Counter[str] = Counter()
     for relative, handle in entries:
-        if root is not None and relative.parts[0] == root.name:
-            relative = PurePosixPath(*relative.parts[1:])
+        relative = strip(relative) or relative
+        if len(relative.parts) >= 2 and not _is_hidden(relative):
+            files_in_class[relative.parts[0]] += 1
         reason = _classify_entry(relative)
         item = None if reason else make_item(str(relative), relative.parts[0], handle)
-        if isinstance(item, str):  # make_item could not read the file: its reason
+        if isinstance(item, str):  # make_item could not use the file: its reason
             reason = item
         if reason:
             ignored.append({"file": str(relative), "reason": reason})
         else:
             items.append(item)
-    return items, ignored
+    for folder in folders:
+        relative = strip(folder)
+        if relative is not None and relative.parts and not _is_hidden(relative):
+            files_in_class.setdefault(relative.parts[0], 0)
+    labels = {item.label for item in items}
+    empty = sorted(name for name in files_in_class if name not in labels)
+    for name in empty:
+        n_files = files_in_class[name]
+        what = f"no image among its {n_files} file(s)" if n_files else "empty class folder"
+        reason = f"{what}: class '{name}' has no images and is left out"
+        ignored.append({"file": f"{name}/", "reason": reason})
+    return items, ignored, empty
+
+
+def _read_saved_ignored(folder: Path) -> list[dict[str, str]]:
+    """What was ignored when a saved upload was first read (``DATASET_META`` of ``datasets.py``)."""
+    try:
+        meta = json.loads((folder / DATASET_META).read_text())
+    except (OSError, ValueError):
+        return []
+    listed = meta.get("ignored") if isinstance(meta, dict) else None
+    return [
+        {"file": entry["file"], "reason": entry["reason"]}
+        for entry in listed or []
+        if isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in ("file", "reason"))
+    ]
 
 
 def load_folder(folder: Path) -> ImageSet:
-    """Images in ``folder/<class>/**``; a single wrapping folder is looked through."""
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    """Images in ``folder/<class>/**``; a single wrapping folder is looked through.
+
+    Hidden folders, symbolic links to folders and unreadable folders are listed, not walked.
+    A class folder without images is listed by name. In a saved upload, what was ignored at
+    upload time is listed again.
+    """
+    entries, folders, skipped = [], [], []
+
+    def relative_to_folder(path: Path) -> PurePosixPath:
+        return PurePosixPath(path.relative_to(folder).as_posix())
+
+    def unreadable(err: OSError) -> None:
+        where = relative_to_folder(Path(err.filename)) if err.filename else PurePosixPath(".")
+        skipped.append({"file": f"{where}/", "reason": f"folder could not be read ({err.strerror or err})"})
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=False):
+        for dirname in sorted(dirnames):
+            full = Path(dirpath) / dirname
+            relative = relative_to_folder(full)
+            if full.is_symlink():
+                skipped.append({"file": f"{relative}/", "reason": "symbolic link to a folder, not followed"})
+                dirnames.remove(dirname)
+            elif _is_hidden(PurePosixPath(dirname)):
+                skipped.append({"file": f"{relative}/", "reason": "hidden or system folder"})
+                dirnames.remove(dirname)
+            else:
+                folders.append(relative)
         dirnames.sort()
         for filename in sorted(filenames):
             full = Path(dirpath) / filename
-            entries.append((PurePosixPath(full.relative_to(folder).as_posix()), full))
-    items, ignored = _items_from_paths(
-        entries, lambda name, label, full: ImageItem(name=name, label=label, path=full)
-    )
-    return ImageSet(items=items, ignored=ignored, source=str(folder))
+            if full.parent == folder and filename == DATASET_META:
+                continue  # the description of a saved upload, not part of the data
+            entries.append((relative_to_folder(full), full))
+
+    def make_item(name: str, label: str, full: Path) -> ImageItem | str:
+        if full.is_file():  # follows a symbolic link to a file, as the user's own folder may use them
+            return ImageItem(name=name, label=label, path=full)
+        if full.is_symlink():
+            return "broken symbolic link"
+        return "not a regular file (a pipe, socket or device)"
+
+    items, ignored, empty = _items_from_paths(entries, make_item, folders)
+    earlier = _read_saved_ignored(folder)  # their reasons say more than the saved copy can
+    listed = {entry["file"] for entry in earlier}
+    ignored = earlier + [entry for entry in skipped + ignored if entry["file"] not in listed]
+    return ImageSet(items=items, ignored=ignored, source=str(folder), empty_classes=empty)
 
 
-def load_zip(source: Path | bytes) -> ImageSet:
+def _zip_member_name(info: zipfile.ZipInfo) -> str:
+    """The member's path with ``/`` separators; UTF-8 names stored without the UTF-8 flag are fixed."""
+    name = info.filename
+    if not info.flag_bits & _ZIP_UTF8_FLAG:
+        try:
+            name = name.encode("cp437").decode("utf-8")
+        except UnicodeError:
+            pass  # really cp437 (or unknown): keep what zipfile decoded
+    return name.replace("\\", "/")
+
+
+def _unsafe_zip_path(name: str) -> bool:
+    relative = PurePosixPath(name)
+    return relative.is_absolute() or ".." in relative.parts or bool(_DRIVE_PATH.match(name))
+
+
+def _check_zip_totals(infos: list[zipfile.ZipInfo], label: str, config: DataConfig) -> None:
+    """Refuses an archive with too many files or too many bytes once expanded, before extracting."""
+    if len(infos) > config.max_zip_entries:
+        raise DataError(
+            f"{label} has {len(infos):,} files; at most {config.max_zip_entries:,} are accepted. "
+            "Split the dataset or use a local folder."
+        )
+    total = sum(info.file_size for info in infos)
+    if total > config.max_zip_bytes:
+        raise DataError(
+            f"{label} would expand to {_size(total)} ({_size(sum(i.compress_size for i in infos))} "
+            f"compressed); at most {_size(config.max_zip_bytes)} is accepted, so nothing was extracted. "
+            "If this is a real dataset, split it or use a local folder; a tiny zip that expands this "
+            "much is a zip bomb."
+        )
+
+
+def _size(n_bytes: float) -> str:
+    """``1,234 bytes``, ``12.3 MB``, ``4.0 GB`` (powers of 1024)."""
+    if n_bytes < 1024:
+        return f"{n_bytes:,.0f} bytes"
+    for unit in ("KB", "MB", "GB", "TB"):
+        n_bytes /= 1024
+        if n_bytes < 1024 or unit == "TB":
+            break
+    return f"{n_bytes:,.1f} {unit}"
+
+
+def load_zip(source: Path | bytes, config: DataConfig = DataConfig()) -> ImageSet:
     """Images in a zip of class folders, read into memory after checking the archive's size.
 
-    Entries with absolute or ``..`` paths, symbolic links and nested archives are ignored and
-    listed; the total uncompressed size and the number of entries are checked before reading.
+    Nothing is written to disk. Before anything is extracted, the number of files and their total
+    uncompressed size are checked against ``config``. Entries with absolute or ``..`` paths,
+    symbolic links, nested archives and members that expand suspiciously (zip-bomb ratio) are
+    ignored and listed with their reason.
+
+    Raises:
+        DataError: not a zip, damaged, or over the limits of ``config``.
     """
     label = "the uploaded zip" if isinstance(source, bytes) else f"'{source}'"
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     if not zipfile.is_zipfile(stream):
         raise DataError(f"{label} is not a zip archive. Upload a .zip of class folders.")
-    with zipfile.ZipFile(stream) as archive:
+    try:
+        archive = zipfile.ZipFile(stream)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise DataError(f"{label} is a damaged zip archive ({err}). Zip the class folders again.") from err
+    with archive:
         infos = [info for info in archive.infolist() if not info.is_dir()]
-        if len(infos) > MAX_ZIP_ENTRIES:
-            raise DataError(f"{label} has {len(infos):,} files; at most {MAX_ZIP_ENTRIES:,} are accepted.")
-        total = sum(info.file_size for info in infos)
-        if total > MAX_ZIP_BYTES:
-            raise DataError(
-                f"{label} expands to {total / 1024**3:.1f} GB; at most {MAX_ZIP_BYTES / 1024**3:.0f} GB "
-                "is accepted. Split the dataset or use a local folder."
-            )
+        _check_zip_totals(infos, label, config)
         entries, unsafe = [], []
         for info in infos:
-            name = info.filename.replace("\\", "/")
-            relative = PurePosixPath(name)
-            mode = info.external_attr >> 16
-            if relative.is_absolute() or ".." in relative.parts or name.startswith("/"):
+            name = _zip_member_name(info)
+            if _unsafe_zip_path(name):
                 unsafe.append({"file": name, "reason": "unsafe path (absolute or '..'), not extracted"})
-            elif stat.S_ISLNK(mode):
-                unsafe.append({"file": name, "reason": "symbolic link, not followed"})
             else:
-                entries.append((relative, info))
+                entries.append((PurePosixPath(name), info))
+        folders = [PurePosixPath(_zip_member_name(info)) for info in archive.infolist() if info.is_dir()]
+        folders = [folder for folder in folders if not _unsafe_zip_path(str(folder))]
 
         def read(name: str, label_: str, info: zipfile.ZipInfo) -> ImageItem | str:
+            if stat.S_ISLNK(info.external_attr >> 16):
+                return "symbolic link, not followed"
+            ratio = info.file_size / max(info.compress_size, 1)
+            if info.file_size > ZIP_RATIO_MIN_BYTES and ratio > config.max_zip_ratio:
+                return (
+                    f"expands {ratio:,.0f} times ({_size(info.compress_size)} to {_size(info.file_size)}), "
+                    f"over the {config.max_zip_ratio:g}x limit: looks like a zip bomb, not extracted. "
+                    "An image compresses far less; if it is one, re-save it as PNG or JPEG."
+                )
             try:
                 with archive.open(info) as handle:
                     data = handle.read(info.file_size + 1)
@@ -234,8 +386,8 @@ def load_zip(source: Path | bytes) -> ImageSet:
                 return f"could not be extracted from the zip ({err.__class__.__name__}: {err})"
             return ImageItem(name=name, label=label_, data=data[: info.file_size])
 
-        items, ignored = _items_from_paths(entries, read)
-    return ImageSet(items=items, ignored=unsafe + ignored, source=label)
+        items, ignored, empty = _items_from_paths(entries, read, folders)
+    return ImageSet(items=items, ignored=unsafe + ignored, source=label, empty_classes=empty)
 
 
 def load_uploads(files: Sequence[tuple[str, bytes, str]]) -> ImageSet:
@@ -294,16 +446,14 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
         with warnings.catch_warnings():
             # We enforce our own, lower pixel limit below, before any pixel is decoded.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))  # reads the header only; the first frame is current
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageDecodeError(
-                    f"{width} x {height} px ({width * height / 1e6:.1f} MP) is over the "
-                    f"{max_pixels / 1e6:g} MP limit; downscale it or raise the limit"
+                    f"{width} x {height} px ({width * height / 1e6:.1f} MP) is over the {max_pixels / 1e6:g} "
+                    "MP limit; refused before decoding. Downscale it or raise the limit."
                 )
             info = {"width": width, "height": height, "mode": image.mode, "format": image.format or "?"}
-            if getattr(image, "n_frames", 1) > 1:
-                image.seek(0)
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))
             image.load()
@@ -317,12 +467,41 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as err:
-        raise ImageDecodeError(f"decompression bomb refused: {err}") from err
+        raise ImageDecodeError(_bomb_reason(err, max_pixels)) from err
     except Image.UnidentifiedImageError as err:
-        raise ImageDecodeError("not a readable image (unknown or corrupt format)") from err
+        raise ImageDecodeError(_unidentified_reason(data)) from err
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise ImageDecodeError(f"could not decode: {err}") from err
     return image, info
+
+
+def _bomb_reason(err: Image.DecompressionBombError, max_pixels: int) -> str:
+    """Why Pillow refused an image: over twice its own limit (~179 MP), in ``Image.open``, so we never
+    see its width and height; its message gives the pixel count."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    if not found:
+        return f"decompression bomb refused before decoding: {err}"
+    pixels = int(found.group(1))
+    limit = (
+        f"the {max_pixels / 1e6:g} MP limit"
+        if pixels > max_pixels
+        else f"Pillow's {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} MP safety limit"
+    )
+    return (
+        f"decompression bomb: the file declares {pixels / 1e6:,.1f} MP, over {limit}; refused before "
+        "decoding. Downscale it or raise the limit."
+    )
+
+
+def _unidentified_reason(data: bytes) -> str:
+    """Why Pillow found no image format; a text file (often a saved web page) is named as such."""
+    head = data[:512].decode("utf-8", errors="replace")
+    if "\ufffd" not in head[:-3] and all(ch.isprintable() or ch.isspace() for ch in head):
+        return (
+            "not a readable image: the file holds text (e.g. a web page or a note saved with an image "
+            f"extension; it starts {head[:40].strip()!r})"
+        )
+    return "not a readable image (unknown or corrupt format)"
 
 
 def resize_pixels(image: Image.Image, size: int) -> np.ndarray:
@@ -351,10 +530,12 @@ def _decode_one(item: ImageItem, max_pixels: int, size: int | None):
 def _cache_key(image_set: ImageSet, size: int | None, max_pixels: int) -> str:
     digest = hashlib.sha256(f"v{DECODER_VERSION}:{size}:{max_pixels}\n".encode())
     for item in image_set.items:
-        stamp = ""
         if item.path is not None:
-            st = item.path.stat()
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            try:
+                st = item.path.stat()
+                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:  # gone since it was listed: decoding will skip it with the reason
+                stamp = "unreadable"
         else:
             stamp = hashlib.sha256(item.data or b"").hexdigest()
         digest.update(f"{item.name}\t{item.label}\t{stamp}\n".encode())
@@ -466,7 +647,7 @@ def _read_decoded_cache(path: Path) -> DecodedDataset | None:
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        x = np.load(array_path, mmap_mode="r")
+        x = np.load(array_path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError):
         return None  # a damaged cache is rebuilt, not trusted
     return DecodedDataset(
@@ -505,30 +686,23 @@ def find_duplicates(decoded: DecodedDataset) -> list[dict[str, Any]]:
 
 
 def build_report(image_set: ImageSet, decoded: DecodedDataset) -> dict[str, Any]:
-    """The dataset health report: counts, skipped and ignored files, duplicates, sizes, warnings."""
+    """The dataset health report: counts, skipped and ignored files, duplicates, sizes, warnings.
+
+    Warnings name the classes concerned: fewer than two classes, class folders without images,
+    classes too small to split, strong imbalance, and identical files under different labels.
+    """
     counts = Counter(decoded.class_names[i] for i in decoded.y.tolist())
     per_class = {name: counts.get(name, 0) for name in decoded.class_names}
     widths = [info["width"] for info in decoded.infos]
     heights = [info["height"] for info in decoded.infos]
     duplicates = find_duplicates(decoded)
-    warnings_ = []
-    nonzero = [n for n in per_class.values() if n > 0]
-    if len(nonzero) >= 2 and max(nonzero) / min(nonzero) >= IMBALANCE_RATIO:
-        small = min(per_class, key=lambda k: per_class[k] if per_class[k] else 10**9)
-        large = max(per_class, key=per_class.get)
-        warnings_.append(
-            f"Strong class imbalance: '{large}' has {per_class[large]} images, '{small}' has "
-            f"{per_class[small]} ({max(nonzero) / min(nonzero):.1f}x). Accuracy will flatter the "
-            "large classes; look at macro F1 and per-class recall, or add images to the small ones."
-        )
-    empty = [name for name, n in per_class.items() if n == 0]
-    if empty:
-        warnings_.append(f"No usable image in class(es): {', '.join(empty)}.")
+    warnings_ = _class_warnings(image_set, decoded, per_class)
     cross = [d for d in duplicates if d["cross_class"]]
     if cross:
         warnings_.append(
-            f"{len(cross)} identical image(s) carry different labels (e.g. {', '.join(cross[0]['files'])}); "
-            "fix their labels or remove them."
+            f"{len(cross)} identical image(s) carry different labels (e.g. {', '.join(cross[0]['files'])}): "
+            "the same picture would be learned as two classes and could leak from training into the test "
+            "set (the split keeps each copy in one part). Fix their labels or remove them."
         )
 
     def summary(values: list[int]) -> dict[str, float]:
@@ -544,6 +718,7 @@ def build_report(image_set: ImageSet, decoded: DecodedDataset) -> dict[str, Any]
         "per_class": per_class,
         "skipped": decoded.skipped,
         "ignored": image_set.ignored,
+        "empty_classes": image_set.empty_classes,
         "duplicates": duplicates,
         "width": summary(widths),
         "height": summary(heights),
@@ -552,6 +727,44 @@ def build_report(image_set: ImageSet, decoded: DecodedDataset) -> dict[str, Any]
         "warnings": warnings_,
         "fingerprint": decoded.fingerprint,
     }
+
+
+def _class_warnings(image_set: ImageSet, decoded: DecodedDataset, per_class: dict[str, int]) -> list[str]:
+    """What the class counts warn about, before a split would refuse the dataset."""
+    warnings_ = []
+    usable = [name for name, n in per_class.items() if n > 0]
+    if len(usable) < 2:
+        found = f"Only 1 class has usable images ({_quoted(usable)})" if usable else "No class has usable images"
+        warnings_.append(f"{found}; a classifier needs at least 2. Add a folder of images for another class.")
+    if image_set.empty_classes:
+        warnings_.append(
+            f"Class folder(s) without images, left out: {_quoted(image_set.empty_classes)}. "
+            "Add images to them or remove them."
+        )
+    empty = [name for name, n in per_class.items() if n == 0]
+    if empty:
+        warnings_.append(f"No usable image in class(es): {', '.join(empty)}.")
+    distinct: dict[str, set[str]] = defaultdict(set)
+    for label, digest in zip(decoded.y.tolist(), decoded.hashes):
+        distinct[decoded.class_names[label]].add(digest)
+    small = {name: len(distinct[name]) for name in usable if len(distinct[name]) < MIN_IMAGES_PER_CLASS}
+    if small:
+        warnings_.append(
+            "Too few distinct images to split: "
+            + ", ".join(f"'{name}' has {n}" for name, n in small.items())
+            + f"; a train/validation/test split needs at least {MIN_IMAGES_PER_CLASS} per class. "
+            "Add images or merge the class."
+        )
+    nonzero = [n for n in per_class.values() if n > 0]
+    if len(nonzero) >= 2 and max(nonzero) / min(nonzero) >= IMBALANCE_RATIO:
+        small_class = min(usable, key=per_class.get)
+        large = max(per_class, key=per_class.get)
+        warnings_.append(
+            f"Strong class imbalance: '{large}' has {per_class[large]} images, '{small_class}' has "
+            f"{per_class[small_class]} ({max(nonzero) / min(nonzero):.1f}x). Accuracy will flatter the "
+            "large classes; look at macro F1 and per-class recall, or add images to the small ones."
+        )
+    return warnings_
 
 
 def inspect_dataset(
@@ -589,10 +802,10 @@ def split_dataset(decoded: DecodedDataset, config: DataConfig = DataConfig()) ->
         for index in np.flatnonzero(decoded.y == label):
             groups[decoded.hashes[index]].append(int(index))
         n = len(groups)
-        if n < 3:
+        if n < MIN_IMAGES_PER_CLASS:
             raise DataError(
                 f"Class '{name}' has {n} distinct usable image(s); a stratified train/validation/test "
-                "split needs at least 3 per class. Add images or merge the class."
+                f"split needs at least {MIN_IMAGES_PER_CLASS} per class. Add images or merge the class."
             )
         wanted = {"test": max(1, round(n * config.test_fraction)), "val": max(1, round(n * config.val_fraction))}
         free = []

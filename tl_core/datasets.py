@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import shutil
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -17,64 +18,131 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tl_core.data import ImageSet
+from tl_core.data import DATASET_META, ImageSet
 from tl_core.errors import DataError
 from tl_core.store import RunStore, write_json_atomic
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 # Path separators, characters Windows refuses in names, and control characters.
 _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')
+# Linux allows 255 bytes per file name; room is left for a clash number.
+MAX_NAME_BYTES = 200
+_MAX_SUFFIX_BYTES = 16
+
+
+def _fit(stem: str, suffix: str, max_bytes: int) -> str:
+    """``stem + suffix`` cut to ``max_bytes`` of UTF-8 without splitting a character or the suffix."""
+    budget = max_bytes - len(suffix.encode())
+    return stem.encode()[:budget].decode("utf-8", errors="ignore").rstrip(" .") + suffix
 
 
 def _safe_part(text: str, fallback: str) -> str:
-    cleaned = _UNSAFE.sub("_", text).strip(" .")[:120]
-    return cleaned or fallback
+    """A folder name a file system accepts: unsafe characters become ``_``, at most ``MAX_NAME_BYTES``."""
+    return _fit(_UNSAFE.sub("_", text).strip(" ."), "", MAX_NAME_BYTES) or fallback
+
+
+def _safe_file_name(text: str, fallback: str) -> tuple[str, str]:
+    """Stem and extension of a safe file name; the stem is cut, never the extension."""
+    cleaned = _UNSAFE.sub("_", text).strip(" .")
+    suffix = PurePosixPath(cleaned).suffix if cleaned else ""
+    if len(suffix.encode()) > _MAX_SUFFIX_BYTES:
+        suffix = ""  # a dot inside a long name, not an extension
+    stem = _fit(cleaned[: len(cleaned) - len(suffix)], "", MAX_NAME_BYTES - len(suffix.encode()))
+    return stem or fallback, suffix
 
 
 def datasets_dir(store: RunStore) -> Path:
     return store.data_dir / "datasets"
 
 
-def save_image_set(store: RunStore, image_set: ImageSet, name: str) -> Path:
+class _Namer:
+    """Distinct, safe folder names per class and file names per folder (case-insensitively)."""
+
+    def __init__(self) -> None:
+        self.folders: dict[str, str] = {}
+        self.used: set[str] = set()
+
+    def folder(self, label: str) -> str:
+        if label not in self.folders:
+            self.folders[label] = self._unique("", _safe_part(label, "class"), "")
+        return self.folders[label]
+
+    def file(self, label: str, name: str, index: int) -> str:
+        stem, suffix = _safe_file_name(name, f"image_{index}")
+        return self._unique(self.folder(label) + "/", stem, suffix)
+
+    def _unique(self, prefix: str, stem: str, suffix: str) -> str:
+        candidate, number = stem + suffix, 2
+        while (prefix + candidate).lower() in self.used:
+            candidate = _fit(stem, f"_{number}{suffix}", MAX_NAME_BYTES)
+            number += 1
+        self.used.add((prefix + candidate).lower())
+        return candidate
+
+
+def save_image_set(store: RunStore, image_set: ImageSet, name: str, workspace: str | None = None) -> Path:
     """Write an in-memory image set to a new dataset folder; returns the folder.
 
+    ``workspace`` is the private workspace (hosted mode) it belongs to, listed only there.
+
     Class names keep their letters (accents and emoji included); path separators and other
-    characters a file system may refuse become ``_``. Clashing file names get a number.
+    characters a file system may refuse become ``_``; names are cut to ``MAX_NAME_BYTES`` bytes,
+    extension kept. Clashing names get a number. Class folders without images are kept (empty),
+    so the saved dataset reports them too. Everything is written into a hidden folder renamed
+    into place at the end, so a failed save leaves no half dataset behind.
+
+    Raises:
+        DataError: the files could not be written (disk full, no permission); nothing is kept.
     """
-    folder = datasets_dir(store) / secrets.token_urlsafe(12)
-    folder.mkdir(parents=True)
-    used: set[str] = set()
-    for index, item in enumerate(image_set.items):
-        label = _safe_part(item.label, "class")
-        inside = item.name[len(item.label) + 1 :] if item.name.startswith(item.label + "/") else item.name
-        filename = _safe_part(inside.replace("/", "_"), f"image_{index}")
-        target = f"{label}/{filename}"
-        if target.lower() in used:
-            stem, dot, suffix = filename.rpartition(".")
-            target = f"{label}/{stem}_{index}{dot}{suffix}"
-        used.add(target.lower())
-        path = folder / target
-        path.parent.mkdir(exist_ok=True)
-        path.write_bytes(item.read_bytes())
-    meta = {
-        "name": name,
-        "created_at": time.time(),
-        "n_files": len(image_set.items),
-        "ignored": image_set.ignored,
-        "source": image_set.source,
-    }
-    write_json_atomic(folder / "dataset.json", meta)
+    root = datasets_dir(store)
+    token = secrets.token_urlsafe(12)
+    partial, folder = root / f".partial-{token}", root / token
+    namer = _Namer()
+    try:
+        partial.mkdir(parents=True)
+        for label in image_set.empty_classes:
+            (partial / namer.folder(label)).mkdir(exist_ok=True)
+        for index, item in enumerate(image_set.items):
+            inside = item.name[len(item.label) + 1 :] if item.name.startswith(item.label + "/") else item.name
+            filename = namer.file(item.label, inside.replace("/", "_"), index)
+            path = partial / namer.folder(item.label) / filename
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(item.read_bytes())
+        meta = {
+            "name": name,
+            "created_at": time.time(),
+            "n_files": len(image_set.items),
+            "ignored": image_set.ignored,
+            "source": image_set.source,
+            "workspace": workspace,
+        }
+        write_json_atomic(partial / DATASET_META, meta)
+        partial.rename(folder)
+    except OSError as err:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise DataError(
+            f"Could not save the dataset under {root} ({err.strerror or err}); nothing was kept. "
+            "Free some disk space (or fix the folder's permissions) and load it again."
+        ) from err
     return folder
 
 
-def list_datasets(store: RunStore) -> list[dict[str, Any]]:
-    """Saved datasets, newest first: ``{path, name, created_at, n_files}``."""
+def list_datasets(store: RunStore, workspace: str | None = None) -> list[dict[str, Any]]:
+    """Saved datasets, newest first: ``{path, name, created_at, n_files}``.
+
+    Args:
+        workspace: only the datasets saved in this private workspace (hosted mode); all when ``None``.
+    """
     found = []
     root = datasets_dir(store)
-    for meta_path in root.glob("*/dataset.json") if root.exists() else []:
+    for meta_path in root.glob(f"*/{DATASET_META}") if root.exists() else []:
+        if meta_path.parent.name.startswith("."):
+            continue  # a save in progress, or one that failed
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError):
+            continue
+        if workspace is not None and meta.get("workspace") != workspace:
             continue
         found.append({**meta, "path": str(meta_path.parent)})
     return sorted(found, key=lambda d: d.get("created_at", 0), reverse=True)
