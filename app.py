@@ -5,10 +5,14 @@ legacy multipage app for a session that starts before ``st.navigation`` has run 
 dropped the sidebar and the page titles on a freshly started server.
 """
 
+import json
+import os
+import time
+
 import streamlit as st
 
 from ui.sidebar import render_sidebar
-from ui.state import PAGES
+from ui.state import PAGES, workspace
 
 
 def main() -> None:
@@ -22,8 +26,21 @@ def main() -> None:
         st.Page(PAGES["predict"], title="Predict", icon="🔮", url_path="predict"),
     ]
     page = st.navigation(pages)
-    render_sidebar()
-    page.run()
+    started = time.perf_counter()
+    try:
+        workspace()  # hosted: this visitor's private workspace key, kept in the URL
+        render_sidebar()
+        page.run()
+    finally:
+        _log_render(page.title, time.perf_counter() - started)
+
+
+def _log_render(title: str, seconds: float) -> None:
+    """With ``TL_RENDER_LOG=path``, one JSON line per page run: how long the server took to render it."""
+    path = os.environ.get("TL_RENDER_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(json.dumps({"page": title, "seconds": round(seconds, 4), "at": time.time()}) + "\n")
 
 
 main()

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import os
-
 import pandas as pd
 import streamlit as st
 
 from tl_core import charts
+from tl_core.config import DataConfig
 from tl_core.data import load_images
 from tl_core.datasets import digits_sample, flowers_sample, list_datasets, save_image_set
 from tl_core.errors import TLCoreError
 from ui.gallery import class_thumbnails
-from ui.state import PAGES, current_dataset, dataset_report, get_store, set_dataset
+from ui.state import (
+    PAGES,
+    current_dataset,
+    dataset_report,
+    get_store,
+    hosted,
+    set_dataset,
+    upload_limit_mb,
+    upload_too_large,
+    workspace,
+)
 
 st.title("📁 Data")
 st.caption("One folder per class. JPEG, PNG, BMP, GIF, WebP and TIFF are read; anything else is listed, not lost.")
@@ -20,10 +29,12 @@ store = get_store()
 
 
 def _load(source, name: str, save: bool) -> None:
+    # An upload of N MB may expand to at most 4N MB: images barely compress, so more is a zip bomb.
+    limits = DataConfig(max_zip_bytes=min(DataConfig.max_zip_bytes, 4 * upload_limit_mb() * 1024**2))
     try:
         with st.spinner("Reading files..."):
-            image_set = load_images(source)
-            path = save_image_set(store, image_set, name) if save else source
+            image_set = load_images(source, limits)
+            path = save_image_set(store, image_set, name, workspace()) if save else source
     except TLCoreError as err:
         st.error(str(err))
         return
@@ -32,15 +43,18 @@ def _load(source, name: str, save: bool) -> None:
 
 
 # A deployed app sets TL_HOSTED=1: visitors must not browse the server's disk.
-hosted = os.environ.get("TL_HOSTED", "").lower() in ("1", "true", "yes")
-tab_names = ["Upload a zip", "Upload per class"] + ([] if hosted else ["Local folder"]) + ["Sample sets", "Saved datasets"]
+tab_names = ["Upload a zip", "Upload per class"] + ([] if hosted() else ["Local folder"]) + ["Sample sets", "Saved datasets"]
 tabs = dict(zip(tab_names, st.tabs(tab_names)))
 zip_tab, class_tab, sample_tab, saved_tab = (tabs[n] for n in ("Upload a zip", "Upload per class", "Sample sets", "Saved datasets"))
 folder_tab = tabs.get("Local folder")
 with zip_tab:
     upload = st.file_uploader("A .zip with one folder per class", type=["zip"], key="zip_upload")
     if upload is not None and st.button("Load this zip", type="primary"):
-        _load(upload.getvalue(), upload.name.removesuffix(".zip"), save=True)
+        refused = upload_too_large([upload])
+        if refused:
+            st.error(refused)
+        else:
+            _load(upload.getvalue(), upload.name.removesuffix(".zip"), save=True)
 
 with class_tab:
     n_classes = st.number_input("Number of classes", min_value=2, max_value=50, value=2)
@@ -50,9 +64,13 @@ with class_tab:
         with columns[index % len(columns)]:
             label = st.text_input(f"Class {index + 1} name", value=f"class_{index + 1}", key=f"class_name_{index}")
             uploads = st.file_uploader(f"Images of {label}", accept_multiple_files=True, key=f"class_files_{index}")
-            files += [(u.name, u.getvalue(), label) for u in uploads or []]
+            files += [(u, label) for u in uploads or []]
     if st.button("Load these images", type="primary", disabled=not files):
-        _load(files, "Uploaded images", save=True)
+        refused = upload_too_large([u for u, _ in files])
+        if refused:
+            st.error(refused)
+        else:
+            _load([(u.name, u.getvalue(), label) for u, label in files], "Uploaded images", save=True)
 
 if folder_tab is not None:
     with folder_tab:
@@ -78,7 +96,7 @@ with sample_tab:
                 st.error(str(err))
 
 with saved_tab:
-    saved = list_datasets(store)
+    saved = list_datasets(store, workspace())
     if not saved:
         st.caption("Uploaded datasets are kept here.")
     else:

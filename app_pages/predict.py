@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import streamlit as st
 
 from tl_core import charts
 from tl_core.charts import run_label
 from tl_core.data import prepare_image
-from tl_core.errors import ImageDecodeError
-from tl_core.export import model_file
+from tl_core.errors import ImageDecodeError, TLCoreError
+from tl_core.export import load_model_file, model_file
 from tl_core.hardware import keep_off_gpu
-from ui.state import PAGES, get_store
+from ui.state import PAGES, get_store, workspace
 
 keep_off_gpu()  # the server predicts on the CPU; the GPU and its memory are the training worker's
 
 st.title("🔮 Predict")
 store = get_store()
-finished = [r for r in store.list_runs(status="succeeded")]
+finished = store.list_runs(status="succeeded", workspace=workspace())
 if not finished:
     st.info("Train a model first.")
     st.page_link(PAGES["train"], label="Go to Train", icon="🏋️")
@@ -26,8 +25,8 @@ if not finished:
 
 
 @st.cache_resource(max_entries=4)
-def load_model(path: str) -> keras.Model:
-    return keras.saving.load_model(path, safe_mode=True)
+def load_model(path: str):
+    return load_model_file(path)  # Keras safe mode: no Python code from a file ever runs
 
 
 labels = {run_label(r): r for r in finished}
@@ -40,7 +39,11 @@ path = model_file(run)
 if not uploads or path is None:
     st.stop()
 
-model = load_model(str(path))
+try:
+    model = load_model(str(path))
+except TLCoreError as err:
+    st.error(str(err))
+    st.stop()
 size = metrics["image_size"]
 for index, upload in enumerate(uploads):
     try:

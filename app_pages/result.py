@@ -9,16 +9,17 @@ from tl_core import charts
 from tl_core.charts import run_label
 from tl_core.errors import TLCoreError
 from tl_core.export import html_report, model_file
+from tl_core.jobs import resume
 from tl_core.store import is_valid_run_id
 from ui.gallery import prediction_tile, thumbnail
-from ui.state import get_store
+from ui.state import get_store, owns, workspace
 
 store = get_store()
 run_id = st.query_params.get("run")
 
 if not run_id:
     st.title("🔗 Result")
-    finished = [r for r in store.list_runs() if r["status"] in ("succeeded", "failed", "cancelled")]
+    finished = [r for r in store.list_runs(workspace=workspace()) if r["status"] in ("succeeded", "failed", "cancelled")]
     if not finished:
         st.info("No finished run yet.")
         st.stop()
@@ -43,10 +44,15 @@ dataset = run.get("dataset") or {}
 train = (run.get("config") or {}).get("train", {})
 st.title(f"🔗 {run_label(run)}")
 
+mine = owns(run)  # hosted: the visitor whose workspace made it; anyone else reads it only
 if run["status"] != "succeeded":
     {"failed": st.error, "cancelled": st.warning}.get(run["status"], st.info)(
         f"Status: {run['status']}. {run.get('error') or ''}"
     )
+    if mine and run["status"] in ("failed", "cancelled") and st.button("Resume this run", type="primary",
+                                                                       help="Go on from its last completed epoch"):
+        resume(store, run["id"])
+        st.success("Queued again: it goes on from its last completed epoch. Follow it on the Train page.")
 
 if metrics.get("test_accuracy") is not None:
     c1, c2, c3, c4 = st.columns(4)
@@ -95,8 +101,12 @@ with per_class_tab:
         st.dataframe(pd.DataFrame(metrics["per_class"]).T.rename_axis("class").reset_index(), hide_index=True)
 with mistakes_tab:
     mistakes = metrics.get("top_mistakes") or []
+    show_images = mine or (run.get("config") or {}).get("share_images", True)
     if not mistakes:
         st.caption("No mistakes on the test split.")
+    elif not show_images:
+        st.caption("Its owner chose not to share the images of this run.")
+        mistakes = []
     columns = st.columns(4)
     source = (run.get("config") or {}).get("source", "")
     for index, mistake in enumerate(mistakes):

@@ -7,11 +7,11 @@ import streamlit as st
 
 from tl_core import charts
 from tl_core.charts import STRATEGY_LABELS, run_label
-from ui.state import PAGES, get_store
+from ui.state import PAGES, get_store, workspace
 
 st.title("📊 Runs")
 store = get_store()
-runs = store.list_runs()
+runs = store.list_runs(workspace=workspace())
 if not runs:
     st.info("No runs yet.")
     st.page_link(PAGES["train"], label="Train one", icon="🏋️")

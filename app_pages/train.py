@@ -12,21 +12,29 @@ from tl_core.charts import STRATEGY_LABELS, run_label
 from tl_core.config import HEADS, STRATEGIES, DataConfig, TrainConfig
 from tl_core.errors import TLCoreError
 from tl_core.hardware import describe_machine
-from tl_core.jobs import ensure_worker, queue_snapshot, submit
+from tl_core.jobs import ensure_worker, queue_snapshot, refresh_seconds, resume, submit
 from ui.run_view import live_run
-from ui.state import PAGES, get_store, require_dataset
+from ui.state import PAGES, get_store, hosted, require_dataset, workspace
 
 st.title("🏋️ Train")
 store = get_store()
+key = workspace()
 
 
-@st.fragment(run_every=1)
-def live_panel() -> None:
-    snapshot = queue_snapshot(store)
+REFRESH = (1, 3, 10)  # seconds between refreshes: a run of mine training, waiting, nothing of mine
+
+
+def live_panel(interval: float) -> None:
+    snapshot = queue_snapshot(store, key)
+    if refresh_seconds(snapshot, *REFRESH) != interval:
+        st.rerun()  # a run started or ended: redraw the page, which sets the new pace
     if snapshot["running"] or snapshot["queued"]:
         ensure_worker(store)  # restarts a worker that died (its run is then marked failed)
     for run in snapshot["running"]:
         live_run(store.get_run(run["id"]), store)
+    ahead = snapshot["others_running"] + snapshot["others_queued"]
+    if ahead and (snapshot["queued"] or snapshot["running"]):
+        st.caption(f"Also in the queue: {ahead} run(s) of other visitors. Runs train one at a time, in order.")
     if snapshot["queued"]:
         st.markdown("**Waiting in the queue** (one run trains at a time)")
         for position, run in enumerate(snapshot["queued"], start=1):
@@ -35,21 +43,29 @@ def live_panel() -> None:
             if right.button("Remove", key=f"dequeue_{run['id']}"):
                 store.request_cancel(run["id"])
                 st.rerun(scope="fragment")
-    finished = [r for r in store.list_runs(limit=8) if r["status"] in ("succeeded", "failed", "cancelled")]
+    finished = [r for r in store.list_runs(limit=8, workspace=key) if r["status"] in ("succeeded", "failed", "cancelled")]
     if finished:
         st.markdown("**Latest finished runs**")
         for run in finished[:5]:
             metrics = run.get("metrics") or {}
             left, right = st.columns([5, 1])
             if run["status"] == "succeeded":
-                left.markdown(f"✅ {run_label(run)} — test accuracy **{metrics['test_accuracy']:.1%}** in {metrics['seconds']:.0f} s")
+                left.markdown(f"✅ {run_label(run)} on {run.get('name') or 'a dataset'} — test accuracy "
+                              f"**{metrics['test_accuracy']:.1%}** in {metrics['seconds']:.0f} s")
             else:
                 left.markdown(f"{'⛔' if run['status'] == 'failed' else '⏹'} {run_label(run)} — {run['status']}: {run.get('error') or ''}")
             with right:
                 st.page_link(PAGES["result"], label="Open", query_params={"run": run["id"]})
+                if run["status"] != "succeeded" and st.button("Resume", key=f"resume_{run['id']}",
+                                                               help="Go on from the last completed epoch"):
+                    resume(store, run["id"])
+                    st.rerun(scope="fragment")
 
 
-live_panel()  # first, so a reloaded page shows the running jobs even before a dataset is chosen
+# First, so a reloaded page shows the running jobs even before a dataset is chosen; every second
+# while one of this visitor's runs trains, less often while they wait or when nothing runs.
+interval = refresh_seconds(queue_snapshot(store, key), *REFRESH)
+st.fragment(live_panel, run_every=interval)(interval)
 st.divider()
 loaded = require_dataset()
 if loaded is None:
@@ -101,6 +117,10 @@ with st.form("settings"):
         feature_cut = c4.number_input("Feature extractor: features from N blocks below the top (0 = last layer)", 0, 16,
                                       defaults.feature_cut,
                                       help="Earlier layers are more generic; the Strategy page measures which fits your labels best.")
+    share_images = st.checkbox(
+        "Show my images on the public result page", value=not hosted(),
+        help="A result link shows metrics, curves and the confusion matrix to anyone who has it. With this on, "
+             "it also shows thumbnails of test images (the most confident mistakes).")
     b1, b2 = st.columns(2)
     train_clicked = b1.form_submit_button("Train", type="primary")
     compare_clicked = b2.form_submit_button("Compare strategies",
@@ -134,7 +154,8 @@ if train_clicked or compare_clicked:
     variants = config.comparison() if compare_clicked else [config]
     group = uuid.uuid4().hex[:8] if compare_clicked else None
     try:
-        ids = [submit(store, dataset["path"], v, data_config, name=dataset["name"], group=group) for v in variants]
+        ids = [submit(store, dataset["path"], v, data_config, name=dataset["name"], group=group, workspace=key,
+                      share_images=share_images) for v in variants]
     except TLCoreError as err:
         st.error(str(err))
     else:

@@ -16,7 +16,6 @@ and the time from opening the page to the measurements shown is printed.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess

@@ -15,7 +15,6 @@ import argparse
 import time
 
 import keras
-import numpy as np
 from _common import DEFAULT_DATA, machine
 
 from tl_core import backbones, data

@@ -66,6 +66,19 @@ def zip_folder(folder: Path, extra: dict[str, bytes] | None = None, prefix: str 
     return buffer.getvalue()
 
 
+def wait_for_status(store, run_id: str, statuses: set[str], timeout: float = 240) -> dict:
+    """The run once its status is one of ``statuses`` (polled), or an AssertionError after ``timeout``."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run = store.get_run(run_id)
+        if run["status"] in statuses:
+            return run
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} still {store.get_run(run_id)['status']} after {timeout} s")
+
+
 @pytest.fixture(scope="session")
 def toy_folder(tmp_path_factory) -> Path:
     return make_toy_folder(tmp_path_factory.mktemp("toy"))

@@ -6,7 +6,6 @@ MobileNets collapse to near-zero features without pretrained weights).
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 import pytest
 

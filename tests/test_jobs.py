@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, make_toy_folder
+from conftest import REPO, make_toy_folder, wait_for_status
 from tl_core.config import TrainConfig
 from tl_core.errors import DataError
 from tl_core.jobs import INTERRUPTED, ensure_worker, queue_snapshot, run_worker, submit, worker_alive
@@ -18,14 +18,6 @@ from tl_core.jobs import INTERRUPTED, ensure_worker, queue_snapshot, run_worker,
 FAST = TrainConfig(backbone="vgg16", weights="none", image_size=32, batch_size=8)
 
 
-def _wait(store, run_id, statuses, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        run = store.get_run(run_id)
-        if run["status"] in statuses:
-            return run
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} still {store.get_run(run_id)['status']} after {timeout} s")
 
 
 def test_worker_runs_the_queue_in_order(tmp_path, store):
@@ -67,10 +59,10 @@ def test_a_spawned_worker_trains_and_a_cancel_stops_a_running_job(tmp_path, stor
             time.sleep(0.5)
         assert worker_alive(store) and ensure_worker(store) is False  # one worker per data folder
         assert store.request_cancel(long_run) == "running"
-        cancelled = _wait(store, long_run, {"cancelled", "failed", "succeeded"})
+        cancelled = wait_for_status(store, long_run, {"cancelled", "failed", "succeeded"})
         assert cancelled["status"] == "cancelled"
         assert 1 <= len(cancelled["epochs"]["stage1"]) < 200
-        assert _wait(store, quick_run, {"succeeded", "failed"})["status"] == "succeeded"
+        assert wait_for_status(store, quick_run, {"succeeded", "failed"})["status"] == "succeeded"
     finally:
         subprocess.run(["pkill", "-f", f"tl_core worker --data-dir {store.data_dir}"], check=False)
 

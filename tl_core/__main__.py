@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from tqdm import tqdm
@@ -207,6 +208,23 @@ def cmd_worker(args) -> dict[str, Any]:
     return {"executed": executed}
 
 
+def cmd_resume(args) -> dict[str, Any]:
+    from tl_core.jobs import run_worker
+
+    store = _store(args)
+    store.requeue(args.run_id)
+    if not args.json:
+        print(f"run {args.run_id}: queued again; it goes on from its last completed epoch")
+    run_worker(store, once=True)  # runs the queue here, unless the app's worker already does
+    while (run := store.get_run(args.run_id))["status"] in ("queued", "running"):
+        time.sleep(1.0)
+    if not args.json:
+        print(f"run {run['id']} {run['status']}" + (f": {run.get('error')}" if run.get("error") else ""))
+    if run["status"] != "succeeded":
+        args.exit_code = 1
+    return _summary(run)
+
+
 def cmd_cancel(args) -> dict[str, Any]:
     status = _store(args).request_cancel(args.run_id)
     if not args.json:
@@ -282,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--idle-exit", type=float, default=600.0, help="seconds idle before exiting")
     worker.set_defaults(func=cmd_worker)
 
+    resume = sub.add_parser("resume", parents=[common], help="resume a failed or cancelled run from its last epoch")
+    resume.add_argument("run_id")
+    resume.set_defaults(func=cmd_resume)
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run")
     cancel.add_argument("run_id")
     cancel.set_defaults(func=cmd_cancel)

@@ -35,3 +35,7 @@ class NotFittedError(TLCoreError):
 
 class CancelledError(TLCoreError):
     """The run was cancelled through the progress protocol."""
+
+
+class ExportError(TLCoreError):
+    """A model file could not be written, loaded or checked."""

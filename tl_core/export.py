@@ -8,12 +8,32 @@ from pathlib import Path
 from typing import Any
 
 from tl_core import charts
+from tl_core.errors import ExportError
 
 
 def model_file(run: dict[str, Any]) -> Path | None:
     """The run's ``.keras`` file, if it was saved."""
     path = Path(run.get("model_path") or "")
     return path if run.get("status") == "succeeded" and path.is_file() else None
+
+
+def load_model_file(path: str | Path):
+    """Load a ``.keras`` file with Keras' safe mode: a file carrying Python code (a ``Lambda``
+    layer's bytecode) is refused, never run. Our own models need no such code.
+
+    Raises:
+        ExportError: the file is not a loadable, safe Keras model.
+    """
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except ValueError as err:
+        if "safe_mode" in str(err) or "unsafe" in str(err).lower() or "lambda" in str(err).lower():
+            raise ExportError(f"Refused to load {Path(path).name}: it contains Python code (unsafe).") from err
+        raise ExportError(f"{Path(path).name} is not a Keras model this app can load: {err}") from err
+    except (OSError, KeyError, TypeError) as err:
+        raise ExportError(f"{Path(path).name} is not a Keras model this app can load: {err}") from err
 
 
 def html_report(run: dict[str, Any]) -> str:

@@ -53,8 +53,8 @@ def extract_features(
     """
     progress = progress or NullProgress()
     n = len(x)
-    if cache_path is not None and Path(cache_path).is_file():
-        features = np.load(cache_path)
+    features = _read_cache(cache_path) if cache_path is not None else None
+    if features is not None:
         if features.shape[0] == n:
             progress.on_stage_start(stage, n)
             progress.on_step(stage, n, {"cached": 1.0})
@@ -78,6 +78,18 @@ def extract_features(
         cache_path = Path(cache_path)
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, features)
-        os.replace(tmp, cache_path)
+        try:
+            np.save(tmp, features, allow_pickle=False)
+            os.replace(tmp, cache_path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return features.astype(np.float32)
+
+
+def _read_cache(path) -> np.ndarray | None:
+    """A cached feature array, or ``None`` when absent or damaged (it is then rebuilt). Never unpickles."""
+    try:
+        features = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    return features if features.ndim == 2 and features.dtype.kind == "f" else None

@@ -15,8 +15,11 @@ without its redundant forward passes.
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -27,6 +30,7 @@ from tl_core.errors import CancelledError
 from tl_core.features import FLOAT16_MAX
 from tl_core.hardware import inference_batch, jit_compile
 from tl_core.progress import KerasProgressBridge, ProgressListener
+from tl_core.store import write_json_atomic
 
 # Stage 2's activation cache is kept in memory (float16 unless the activations exceed its range);
 # above this size stage 2 runs end to end instead.
@@ -108,15 +112,92 @@ def _compile(model: keras.Model, learning_rate: float) -> None:
     )
 
 
-def _fit(model, train, val, epochs, config, progress, stage) -> list[dict[str, float]]:
+class StageCheckpoints:
+    """Per-epoch checkpoints of a run's training stages, so a killed or cancelled run resumes.
+
+    In ``folder``: ``<stage>/`` is Keras' ``BackupAndRestore`` backup (weights and epoch, written
+    after every epoch); ``<stage>.history.json`` the epochs trained so far; ``<stage>.weights.h5``
+    plus ``"done"`` in the history file mark a finished stage, which a resumed run loads instead of
+    training again. The runner deletes the folder once the run succeeds.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.notes: list[str] = []
+
+    def _history_path(self, stage: str) -> Path:
+        return self.folder / f"{stage}.history.json"
+
+    def _weights_path(self, stage: str) -> Path:
+        return self.folder / f"{stage}.weights.h5"
+
+    def _read(self, stage: str) -> dict:
+        try:
+            return json.loads(self._history_path(stage).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def restored_epoch(self, stage: str) -> int:
+        """The last completed epoch saved in the stage's backup (0 when there is none)."""
+        try:
+            return int(json.loads((self.folder / stage / "training_metadata.json").read_text())["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def finished(self, stage: str, model: keras.Model) -> list[dict[str, float]] | None:
+        """The history of a stage finished before an interruption, its weights loaded into ``model``."""
+        saved = self._read(stage)
+        if not saved.get("done") or not self._weights_path(stage).exists():
+            return None
+        with warnings.catch_warnings():  # the saved optimizer state is not needed: the stage is over
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(self._weights_path(stage))
+        self.notes.append(f"Resumed: {stage} had finished before the interruption; its weights were reloaded.")
+        return saved["history"]
+
+    def callbacks(self, stage: str, bridge) -> list[keras.callbacks.Callback]:
+        """A backup after every epoch, and the stage's history (earlier epochs kept on resume)."""
+        epoch = self.restored_epoch(stage)
+        earlier = [e for e in self._read(stage).get("history", []) if e.get("epoch", 0) <= epoch]
+        if epoch:
+            self.notes.append(f"Resumed: {stage} went on from its last completed epoch ({epoch}).")
+        bridge.history[:0] = earlier
+        history_path = self._history_path(stage)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return [
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda *_: write_json_atomic(history_path, {"history": bridge.history})
+            ),
+            # double_checkpoint: a kill while the backup is being written leaves the previous one.
+            keras.callbacks.BackupAndRestore(
+                str(self.folder / stage), save_freq="epoch", delete_checkpoint=False, double_checkpoint=True
+            ),
+        ]
+
+    def mark_done(self, stage: str, model: keras.Model, history: list[dict[str, float]]) -> None:
+        tmp = self.folder / f"{stage}.tmp.weights.h5"
+        model.save_weights(tmp)
+        os.replace(tmp, self._weights_path(stage))
+        write_json_atomic(self._history_path(stage), {"history": history, "done": True})
+
+
+def _fit(model, train, val, epochs, config, progress, stage, checkpoints=None) -> list[dict[str, float]]:
+    if checkpoints is not None:
+        finished = checkpoints.finished(stage, model)
+        if finished is not None:
+            return finished
     bridge = KerasProgressBridge(progress, stage, epochs)
     stopper = keras.callbacks.EarlyStopping(
         monitor="val_loss", patience=config.patience, restore_best_weights=True
     )
+    # The bridge runs before the checkpoint callbacks, so a saved history includes its epoch.
+    callbacks = [stopper, bridge] + (checkpoints.callbacks(stage, bridge) if checkpoints is not None else [])
     # shuffle=False: the tf.data pipeline shuffles already.
-    model.fit(train, validation_data=val, epochs=epochs, callbacks=[stopper, bridge], verbose=0, shuffle=False)
+    model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False)
     if progress.should_stop():
         raise CancelledError(f"Cancelled during {stage}.")
+    if checkpoints is not None:
+        checkpoints.mark_done(stage, model, bridge.history)
     return bridge.history
 
 
@@ -129,6 +210,7 @@ def train_two_stage(
     progress: ProgressListener,
     features: dict[str, np.ndarray],
     split=None,
+    checkpoints: StageCheckpoints | None = None,
 ) -> TrainedModel:
     """Stage 1 (new layers on the frozen ConvNet), then stage 2 (top blocks unfrozen).
 
@@ -140,6 +222,7 @@ def train_two_stage(
             standardisation and, when augmentation is off, stage 1 trains on them directly.
         split: ``callable(n_blocks)`` -> ``(bottom, top)`` models cut below the top blocks
             (``backbones.split_at_block``), or ``None``: stage 2 then runs end to end.
+        checkpoints: where each epoch is checkpointed, so an interrupted run resumes.
     """
     keras.utils.set_random_seed(config.seed)
     head = build_head(feature_model.output_shape[-1], n_classes, config, features["train"])
@@ -153,12 +236,12 @@ def train_two_stage(
         train = make_batches(features["train"], data["train"][1], config.batch_size, shuffle=True, seed=config.seed)
         val = make_batches(features["val"], data["val"][1], config.batch_size)
         _compile(head, config.learning_rate)
-        result.history["stage1"] = _fit(head, train, val, config.epochs, config, progress, "stage1")
+        result.history["stage1"] = _fit(head, train, val, config.epochs, config, progress, "stage1", checkpoints)
         result.notes.append("Stage 1 trained the new layers on cached ConvNet features (no augmentation).")
     else:
         train, val = _pixel_batches(data, config)
         _compile(model, config.learning_rate)
-        result.history["stage1"] = _fit(model, train, val, config.epochs, config, progress, "stage1")
+        result.history["stage1"] = _fit(model, train, val, config.epochs, config, progress, "stage1", checkpoints)
         why = "augmentation changes its input" if augment is not None else "stage caching is off"
         result.notes.append(f"Stage 1 ran the frozen ConvNet every epoch ({why}).")
 
@@ -188,7 +271,8 @@ def train_two_stage(
         stage1_weights = model.get_weights()
         n_trainable = base_unfreeze(config.unfreeze_blocks)
         _compile(stage_model, config.fine_tune_learning_rate)  # recompile after changing trainable
-        result.history["stage2"] = _fit(stage_model, train, val, config.fine_tune_epochs, config, progress, "stage2")
+        result.history["stage2"] = _fit(stage_model, train, val, config.fine_tune_epochs, config, progress, "stage2",
+                                          checkpoints)
         blocks = "all layers" if config.unfreeze_blocks < 0 else f"the top {config.unfreeze_blocks} block(s)"
         result.notes.append(
             f"Stage 2 fine-tuned {blocks} ({n_trainable} weight tensors) at learning rate "
@@ -242,6 +326,7 @@ def train_scratch(
     n_classes: int,
     config: TrainConfig,
     progress: ProgressListener,
+    checkpoints: StageCheckpoints | None = None,
 ) -> TrainedModel:
     """The same architecture from random weights, every layer trained (the no-transfer baseline)."""
     keras.utils.set_random_seed(config.seed)
@@ -251,7 +336,7 @@ def train_scratch(
     model.trainable = True
     train, val = _pixel_batches(data, config)
     _compile(model, config.learning_rate)
-    history = _fit(model, train, val, config.epochs, config, progress, "scratch")
+    history = _fit(model, train, val, config.epochs, config, progress, "scratch", checkpoints)
     return TrainedModel(model, {"scratch": history}, ["Trained every layer from random weights."])
 
 

@@ -26,9 +26,11 @@ from tl_core.store import RunStore
 LOCK_NAME = "worker.lock"
 SPAWN_STAMP = "worker.spawned"
 SPAWN_GRACE_SECONDS = 15.0
+# Training yields the CPU to the app server, so pages stay quick while a job runs (POSIX niceness).
+WORKER_NICENESS = int(os.environ.get("TL_WORKER_NICE", "10"))
 INTERRUPTED = (
     "The training worker stopped while this run was in progress (it crashed, was killed or the "
-    "machine restarted). Start the run again."
+    "machine restarted). Resume it to go on from its last completed epoch."
 )
 
 
@@ -39,12 +41,16 @@ def submit(
     data_config: DataConfig = DataConfig(),
     name: str | None = None,
     group: str | None = None,
+    workspace: str | None = None,
+    share_images: bool = True,
 ) -> str:
     """Queue a training run on a dataset folder or zip; returns its run id.
 
     Args:
         source: a folder or zip path the worker process can read (save uploads first).
         group: a label shared by runs queued together (a strategy comparison).
+        workspace: the private workspace the run belongs to (hosted mode).
+        share_images: whether the run's public page may show its images (mistakes gallery).
 
     Raises:
         ConfigError: invalid settings. DataError: the source does not exist.
@@ -54,8 +60,18 @@ def submit(
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DataError(f"No folder or zip file at '{path}'.")
-    payload = run_payload(config, data_config, str(path), group)
-    return store.create_run(payload, status="queued", name=name)
+    payload = {**run_payload(config, data_config, str(path), group), "share_images": bool(share_images)}
+    return store.create_run(payload, status="queued", name=name, workspace=workspace)
+
+
+def resume(store: RunStore, run_id: str) -> None:
+    """Queue a failed or cancelled run again and make sure a worker runs it.
+
+    It goes on from its last completed epoch when it has checkpoints (runs that train epochs);
+    decoding and feature extraction come back from their caches.
+    """
+    store.requeue(run_id)
+    ensure_worker(store)
 
 
 class WorkerProgress(NullProgress):
@@ -115,11 +131,33 @@ def ensure_worker(store: RunStore) -> bool:
     return True
 
 
-def queue_snapshot(store: RunStore) -> dict[str, Any]:
-    """What the sidebar shows: the running run and the queued ones, oldest first."""
+def refresh_seconds(snapshot: dict[str, Any], running: float, queued: float, idle: float) -> float:
+    """How often a live view of this snapshot should refresh: often only while it has news to show."""
+    return running if snapshot["running"] else queued if snapshot["queued"] else idle
+
+
+def queue_snapshot(store: RunStore, workspace: str | None = None) -> dict[str, Any]:
+    """What the sidebar shows: the running run and the queued ones, oldest first.
+
+    A ``running`` run whose training process is gone (a killed worker) is marked failed here, so
+    the app notices within one refresh.
+
+    Args:
+        workspace: show only this workspace's runs (hosted mode); the others are only counted.
+    """
     running = store.list_runs(status="running", limit=10)
-    queued = sorted(store.list_runs(status="queued", limit=200), key=lambda r: r["created_at"])
-    return {"running": running, "queued": queued, "worker_alive": worker_alive(store)}
+    alive = worker_alive(store)
+    if running and not alive and store.fail_interrupted(INTERRUPTED):
+        running = store.list_runs(status="running", limit=10)
+    queued = sorted(store.list_runs(status="queued", limit=500), key=lambda r: r["created_at"])
+    mine = (lambda run: True) if workspace is None else (lambda run: run.get("workspace") == workspace)
+    return {
+        "running": [r for r in running if mine(r)],
+        "queued": [r for r in queued if mine(r)],
+        "others_running": sum(not mine(r) for r in running),
+        "others_queued": sum(not mine(r) for r in queued),
+        "worker_alive": alive,
+    }
 
 
 def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: float = 0.5, once: bool = False) -> int:
@@ -142,6 +180,8 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
     try:
         # TensorFlow is imported only once the lock is held, so a second worker started by mistake
         # exits in a fraction of a second instead of loading it.
+        if WORKER_NICENESS > 0:
+            os.nice(WORKER_NICENESS)  # before TensorFlow loads: its start-up is CPU-heavy too
         from tl_core.runner import run_training
 
         store.fail_interrupted(INTERRUPTED)

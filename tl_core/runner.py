@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 import keras
-import numpy as np
 
 from tl_core import backbones, data
 from tl_core.config import DataConfig, TrainConfig, run_payload
 from tl_core.errors import CancelledError, TLCoreError
 from tl_core.features import extract_features, features_key
 from tl_core.hardware import describe_hardware, inference_batch, jit_compile, use_acceleration
-from tl_core.finetune import TrainedModel, train_scratch, train_two_stage
+from tl_core.finetune import StageCheckpoints, TrainedModel, train_scratch, train_two_stage
 from tl_core.heads import LinearHead
 from tl_core.metrics import evaluate
 from tl_core.progress import EPOCH_STAGES, MultiProgress, NullProgress, ProgressListener, StageTimer
@@ -113,10 +113,26 @@ def run_training(
         raise
     except TLCoreError as err:
         store.finish(run_id, "failed", error=str(err))
+    except OSError as err:  # disk full, no permission, file too large: the reason, and a way on
+        _write_error_log(store, run_id)
+        store.finish(
+            run_id,
+            "failed",
+            error=f"A file could not be written or read ({err.strerror or err}"
+            f"{': ' + str(err.filename) if err.filename else ''}). Free disk space or fix the folder's "
+            "permissions, then resume the run: it goes on from its last completed epoch.",
+        )
     except Exception as err:  # noqa: BLE001 - a run must end 'failed', never stay 'running'
-        (store.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
+        _write_error_log(store, run_id)
         store.finish(run_id, "failed", error=f"Unexpected error: {err.__class__.__name__}: {err}")
     return store.get_run(run_id)
+
+
+def _write_error_log(store: RunStore, run_id: str) -> None:
+    try:
+        (store.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
+    except OSError:
+        pass  # the disk that failed the run may refuse the log too; the store keeps the reason
 
 
 def _describe(source: Any) -> str:
@@ -166,6 +182,7 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
                      config.feature_cut) + ".npy"
     )
 
+    checkpoints = StageCheckpoints(store.run_dir(run_id) / "checkpoints")
     if config.strategy == "feature_extractor":
         features = extract_features(feature_model, decoded.x, inference_batch(config.batch_size), listener, cache_path)
         trained, probabilities = _train_linear_head(feature_model, features, splits, decoded, config, listener)
@@ -186,9 +203,11 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
                 listener,
                 features,
                 lambda n: backbones.split_at_block(spec, base, n, size),
+                checkpoints,
             )
         else:
-            trained = train_scratch(feature_model, split_data, n_classes, config, listener)
+            trained = train_scratch(feature_model, split_data, n_classes, config, listener, checkpoints)
+        trained.notes[:0] = checkpoints.notes
         listener.on_stage_start("evaluate", len(splits["test"]))
         probabilities = trained.model.predict(
             data.make_batches(split_data["test"][0], None, inference_batch(config.batch_size)), verbose=0
@@ -211,6 +230,7 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
         }
     )
     _save_model(trained.model, store.run_dir(run_id) / "model.keras")
+    shutil.rmtree(checkpoints.folder, ignore_errors=True)  # the run is complete: nothing to resume
     return metrics
 
 
@@ -248,9 +268,13 @@ def _timing(timer: StageTimer, history, n_images: int, n_train: int, n_val: int)
 
 
 def _save_model(model: keras.Model, path: Path) -> None:
+    """Save to a temporary name and rename: a reader never sees half a model, a failure leaves none."""
     tmp = path.with_name("model.tmp.keras")
-    _float32_copy(model).save(tmp)
-    os.replace(tmp, path)
+    try:
+        _float32_copy(model).save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _float32_copy(model: keras.Model) -> keras.Model:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from tl_core.errors import RunNotFoundError
+from tl_core.errors import ConfigError, RunNotFoundError
 
 DATA_DIR_ENV = "TL_DATA_DIR"
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS runs (
     metrics TEXT,
     progress TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    owner_pid INTEGER
+    owner_pid INTEGER,
+    workspace TEXT
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
@@ -48,7 +49,7 @@ CREATE TABLE IF NOT EXISTS epochs (
 );
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created_at);
 """
-_ADDED_COLUMNS = {"cancel_requested": "INTEGER NOT NULL DEFAULT 0", "owner_pid": "INTEGER"}
+_ADDED_COLUMNS = {"cancel_requested": "INTEGER NOT NULL DEFAULT 0", "owner_pid": "INTEGER", "workspace": "TEXT"}
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -75,6 +76,15 @@ def new_run_id() -> str:
 
 def is_valid_run_id(run_id: str) -> bool:
     return isinstance(run_id, str) and bool(RUN_ID_PATTERN.match(run_id))
+
+
+def new_workspace_key() -> str:
+    """A private workspace key for a visitor of a hosted app: 128 random bits, like a run id."""
+    return secrets.token_urlsafe(16)
+
+
+def is_valid_workspace_key(key: str) -> bool:
+    return is_valid_run_id(key)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
@@ -126,8 +136,14 @@ class RunStore:
 
     # ----------------------------------------------------------------- writes
 
-    def create_run(self, config: dict[str, Any], status: str = "queued", name: str | None = None) -> str:
-        """Store a new run and its folder; returns the new run id."""
+    def create_run(
+        self, config: dict[str, Any], status: str = "queued", name: str | None = None, workspace: str | None = None
+    ) -> str:
+        """Store a new run and its folder; returns the new run id.
+
+        Args:
+            workspace: the private workspace (hosted mode) the run belongs to; ``None`` in a local app.
+        """
         run_id = new_run_id()
         folder = self.run_dir(run_id)
         folder.mkdir(parents=True, exist_ok=False)
@@ -136,8 +152,9 @@ class RunStore:
         owner = os.getpid() if status == "running" else None
         with self._connect() as conn:
             conn.execute(
-                "INSERT INTO runs (id, created_at, updated_at, status, name, config, owner_pid) VALUES (?,?,?,?,?,?,?)",
-                (run_id, now, now, status, name, json.dumps(config), owner),
+                "INSERT INTO runs (id, created_at, updated_at, status, name, config, owner_pid, workspace) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, now, now, status, name, json.dumps(config), owner, workspace),
             )
         return run_id
 
@@ -227,6 +244,24 @@ class RunStore:
             )
         return dead
 
+    def requeue(self, run_id: str) -> None:
+        """Queue a failed or cancelled run again; it resumes from its checkpoints when it has any.
+
+        Raises:
+            RunNotFoundError: no such run. ConfigError: the run is queued, running or succeeded.
+        """
+        with self._connect() as conn:
+            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFoundError(f"No run with id '{run_id}'.")
+            if row["status"] not in ("failed", "cancelled"):
+                raise ConfigError(f"Only a failed or cancelled run can be resumed; this one is {row['status']}.")
+            conn.execute(
+                "UPDATE runs SET status = 'queued', error = NULL, cancel_requested = 0, owner_pid = NULL, "
+                "updated_at = ? WHERE id = ?",
+                (time.time(), run_id),
+            )
+
     def delete_run(self, run_id: str) -> None:
         import shutil
 
@@ -270,12 +305,23 @@ class RunStore:
             epochs.setdefault(row["stage"], []).append({"epoch": row["epoch"], **json.loads(row["logs"])})
         return epochs
 
-    def list_runs(self, status: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
-        """Runs, newest first, without their epoch history."""
-        query, params = "SELECT * FROM runs", []
+    def list_runs(
+        self, status: str | None = None, limit: int = 500, workspace: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Runs, newest first, without their epoch history.
+
+        Args:
+            workspace: only the runs of this private workspace (hosted mode); all runs when ``None``.
+        """
+        query, clauses, params = "SELECT * FROM runs", [], []
         if status:
-            query += " WHERE status = ?"
+            clauses.append("status = ?")
             params.append(status)
+        if workspace is not None:
+            clauses.append("workspace = ?")
+            params.append(workspace)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
         query += " ORDER BY created_at DESC LIMIT ?"
         params.append(limit)
         with self._connect() as conn:

@@ -5,20 +5,26 @@ from __future__ import annotations
 import streamlit as st
 
 from tl_core.charts import run_label
-from tl_core.jobs import ensure_worker, queue_snapshot
+from tl_core.jobs import ensure_worker, queue_snapshot, refresh_seconds
 from ui.run_view import stage_fraction
-from ui.state import PAGES, current_dataset, get_store
+from ui.state import PAGES, current_dataset, get_store, hosted, workspace
+
+REFRESH = (2, 2, 10)  # seconds between refreshes: a run of mine training, waiting, nothing of mine
 
 
-@st.fragment(run_every=2)
-def _queue() -> None:
+def _queue(interval: float) -> None:
     store = get_store()
-    snapshot = queue_snapshot(store)
+    snapshot = queue_snapshot(store, workspace())
+    if refresh_seconds(snapshot, *REFRESH) != interval:
+        st.rerun()  # work started or ended: redraw the page, which sets the new pace
     if snapshot["queued"] and not snapshot["worker_alive"]:
         ensure_worker(store)  # whichever page is open, queued work never waits for a dead worker
     st.markdown("**Job queue**")
     if not snapshot["running"] and not snapshot["queued"]:
-        st.caption("Nothing training.")
+        st.caption("Nothing of yours is training." if hosted() else "Nothing training.")
+    others = snapshot["others_running"] + snapshot["others_queued"]
+    if others:
+        st.caption(f"{others} run(s) of other visitors in the queue; runs train one at a time.")
     for run in snapshot["running"]:
         progress = run.get("progress") or {}
         stage = progress.get("current")
@@ -37,4 +43,13 @@ def render_sidebar() -> None:
         else:
             st.caption("None loaded yet.")
             st.page_link(PAGES["data"], label="Load one", icon="📁")
-        _queue()
+        # Refreshed every 2 s while this visitor has work queued or running, every 10 s otherwise:
+        # many open sessions must not keep the server busy redrawing nothing.
+        interval = refresh_seconds(queue_snapshot(get_store(), workspace()), *REFRESH)
+        st.fragment(_queue, run_every=interval)(interval)
+        if hosted():
+            st.markdown("**Your private workspace**")
+            st.caption("Only this link shows your datasets and runs: bookmark it. Share links of single "
+                       "results stay public and read-only.")
+            base = (st.context.url or "").split("?")[0]
+            st.code(f"{base}?ws={workspace()}", language=None)

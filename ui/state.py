@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +11,12 @@ import streamlit as st
 
 from tl_core.data import DataConfig, build_report, decode_dataset, load_images
 from tl_core.errors import TLCoreError
-from tl_core.store import RunStore, default_data_dir, write_json_atomic
+from tl_core.store import RunStore, default_data_dir, is_valid_workspace_key, new_workspace_key, write_json_atomic
 from ui.progress import StreamlitProgress
 
 LAST_DATASET = "last_dataset.json"
+HOSTED_ENV = "TL_HOSTED"
+WORKSPACE_PARAM = "ws"
 PAGES = {
     "data": "app_pages/data.py",
     "strategy": "app_pages/strategy.py",
@@ -34,21 +37,83 @@ def get_store() -> RunStore:
     return _store_at(str(default_data_dir()))
 
 
+def hosted() -> bool:
+    """Whether this app is a public deployment (``TL_HOSTED=1``; a root-level secret on Community Cloud).
+
+    Hosted, each visitor works in a private workspace, and nobody can read the server's disk.
+    """
+    return os.environ.get(HOSTED_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def workspace() -> str | None:
+    """This visitor's private workspace key in a hosted app (``None`` in a local one).
+
+    The key lives in the URL (``?ws=...``, 128 random bits) so a bookmark brings the visitor back
+    to their datasets and runs; a visitor without one gets a new, empty workspace.
+    """
+    if not hosted():
+        return None
+    from_url = st.query_params.get(WORKSPACE_PARAM)
+    key = from_url if from_url and is_valid_workspace_key(from_url) else st.session_state.get("workspace")
+    if not key:
+        key = new_workspace_key()
+    st.session_state["workspace"] = key
+    if from_url != key:
+        st.query_params[WORKSPACE_PARAM] = key  # page switches drop it from the URL: put it back
+    return key
+
+
+def upload_limit_mb() -> float:
+    """``server.maxUploadSize`` from ``.streamlit/config.toml``, lowered by ``TL_MAX_UPLOAD_MB`` if set."""
+    limit_mb = float(st.get_option("server.maxUploadSize"))
+    if os.environ.get("TL_MAX_UPLOAD_MB"):
+        limit_mb = min(limit_mb, float(os.environ["TL_MAX_UPLOAD_MB"]))
+    return limit_mb
+
+
+def upload_too_large(uploads) -> str | None:
+    """Why these uploaded files are refused, or ``None``: the server re-checks the browser's limits.
+
+    Each file and all of them together must stay within ``server.maxUploadSize`` (MB, set in
+    ``.streamlit/config.toml``); ``TL_MAX_UPLOAD_MB`` may lower it further.
+    """
+    limit_mb = upload_limit_mb()
+    limit = limit_mb * 1024**2
+    for upload in uploads:
+        if upload.size > limit:
+            return f"“{upload.name}” is {upload.size / 1024**2:.0f} MB; at most {limit_mb:g} MB per upload is accepted."
+    total = sum(upload.size for upload in uploads)
+    if total > limit:
+        return (f"These files add up to {total / 1024**2:.0f} MB; at most {limit_mb:g} MB per dataset is accepted. "
+                "Upload fewer or smaller images.")
+    return None
+
+
+def owns(run: dict[str, Any]) -> bool:
+    """Whether this visitor may act on a run (resume, see its images): always, unless hosted."""
+    return not hosted() or run.get("workspace") == workspace()
+
+
 def current_dataset() -> dict[str, Any] | None:
     """``{path, name}`` of the dataset this session works on, if one is loaded."""
     return st.session_state.get("dataset")
 
 
+def _last_dataset_file() -> Path:
+    key = workspace()
+    return get_store().data_dir / (LAST_DATASET if key is None else f"last_dataset-{key}.json")
+
+
 def set_dataset(path: str | Path, name: str) -> None:
     st.session_state["dataset"] = {"path": str(path), "name": name}
     st.session_state.pop("recommendation", None)
-    write_json_atomic(get_store().data_dir / LAST_DATASET, st.session_state["dataset"])
+    write_json_atomic(_last_dataset_file(), st.session_state["dataset"])
 
 
 def last_dataset() -> dict[str, Any] | None:
-    """The dataset loaded most recently on this server, so a reloaded page can pick it up again."""
+    """The dataset loaded most recently on this server (in this workspace, hosted), for a reloaded page."""
     try:
-        dataset = json.loads((get_store().data_dir / LAST_DATASET).read_text())
+        dataset = json.loads(_last_dataset_file().read_text())
     except (OSError, ValueError):
         return None
     return dataset if Path(dataset.get("path", "")).exists() else None

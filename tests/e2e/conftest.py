@@ -32,12 +32,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def app_server(tmp_path_factory):
-    """``streamlit run app.py`` on a free loopback port with its own data folder."""
-    data_dir = tmp_path_factory.mktemp("e2e-data")
+def _serve(data_dir: Path, extra_env: dict[str, str] | None = None):
+    """``streamlit run app.py`` on a free loopback port with its own data folder; yields its URL."""
     port = _free_port()
-    env = {**os.environ, "TL_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "TL_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), **(extra_env or {})}
     if MOBILENET_NOTOP.is_file():  # real weights on disk: the Strategy page measures the data itself
         env["TL_WEIGHTS_DIR"] = str(SHARED_WEIGHTS)
     log = open(data_dir / "server.log", "wb")
@@ -65,6 +63,19 @@ def app_server(tmp_path_factory):
         server.kill()
     # The worker process lives in its own session; stop it too.
     subprocess.run(["pkill", "-f", f"tl_core worker --data-dir {data_dir}"], check=False)
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """The app as someone runs it on their own machine."""
+    yield from _serve(tmp_path_factory.mktemp("e2e-data"))
+
+
+@pytest.fixture(scope="module")
+def hosted_server(tmp_path_factory):
+    """The app as deployed publicly (``TL_HOSTED=1``): a private workspace per visitor."""
+    data_dir = tmp_path_factory.mktemp("e2e-hosted")
+    yield from _serve(data_dir, {"TL_HOSTED": "1", "TL_RENDER_LOG": str(data_dir / "renders.jsonl")})
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,144 @@
+"""Security: private workspaces in hosted mode, public read-only share links, safe model loading,
+no unpickling, and upload limits re-checked by the server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import REPO
+from tl_core.config import TrainConfig
+from tl_core.errors import ExportError
+from tl_core.jobs import queue_snapshot, run_worker, submit
+from tl_core.store import is_valid_workspace_key, new_workspace_key
+
+APP = str(REPO / "app.py")
+FAST = TrainConfig(strategy="feature_extractor", backbone="vgg16", weights="none", image_size=32, batch_size=8)
+
+
+def _noise_folder(root, n_per_class=9):
+    """Three classes of pure noise: the model must make test mistakes, so the gallery has images."""
+    rng = np.random.default_rng(3)
+    for label in ("a", "b", "c"):
+        (root / label).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / label / f"{i}.png")
+    return root
+
+
+def _visit(page, ws=None, run=None):
+    at = AppTest.from_file(APP, default_timeout=120)
+    if ws:
+        at.query_params["ws"] = ws
+    at.run()
+    assert not at.exception, at.exception
+    if run:
+        at.query_params["run"] = run
+    at.switch_page(f"app_pages/{page}.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_workspace_keys_are_unguessable():
+    keys = {new_workspace_key() for _ in range(1000)}
+    assert len(keys) == 1000 and all(is_valid_workspace_key(k) and len(k) == 22 for k in keys)
+    assert not is_valid_workspace_key("../x") and not is_valid_workspace_key("")
+
+
+def test_hosted_visitors_see_only_their_own_runs_while_share_links_stay_public(tmp_path, store, monkeypatch):
+    monkeypatch.setenv("TL_HOSTED", "1")
+    folder = _noise_folder(tmp_path / "noise")
+    alice, bob = new_workspace_key(), new_workspace_key()
+    private = submit(store, folder, FAST, name="alice's", workspace=alice, share_images=False)
+    submit(store, folder, FAST, name="bob's", workspace=bob)
+    assert run_worker(store, once=True) == 2
+    snapshot = queue_snapshot(store, alice)
+    assert snapshot["queued"] == [] and snapshot["others_queued"] == 0
+
+    # Alice sees her run, and its images; Bob's does not appear.
+    at = _visit("runs", ws=alice)
+    assert list(at.dataframe[0].value["dataset"]) == ["alice's"]
+    assert at.query_params["ws"] == alice  # the key stays in the URL across pages
+    at = _visit("result", ws=alice, run=private)
+    assert at.get("image") and not any("chose not to share" in c.value for c in at.caption)
+
+    # A stranger with the share link: the metrics, read-only, without the images, no Resume.
+    stranger = _visit("result", run=private)
+    assert stranger.query_params["ws"] not in (alice, bob)  # a new, empty workspace
+    assert {m.label for m in stranger.metric} >= {"Test accuracy", "Macro F1"}
+    assert any("chose not to share" in c.value for c in stranger.caption)
+    assert not stranger.get("image")
+    assert not [b for b in stranger.button if "Resume" in b.label]
+    runs = _visit("runs", ws=stranger.query_params["ws"])
+    assert "No runs yet." in [i.value for i in runs.info]
+    predict = _visit("predict", ws=stranger.query_params["ws"])
+    assert "Train a model first." in [i.value for i in predict.info]
+
+    # Hosted visitors cannot read the server's disk: no local-folder tab.
+    data = _visit("data", ws=alice)
+    assert "Local folder" not in [t.label for t in data.tabs]
+
+
+def test_saved_datasets_are_listed_only_in_their_workspace(tmp_path, store, toy_folder):
+    from tl_core.data import load_images
+    from tl_core.datasets import list_datasets, save_image_set
+
+    alice, bob = new_workspace_key(), new_workspace_key()
+    images = load_images(toy_folder)
+    save_image_set(store, images, "alice's photos", alice)
+    save_image_set(store, images, "bob's photos", bob)
+    assert [d["name"] for d in list_datasets(store, alice)] == ["alice's photos"]
+    assert [d["name"] for d in list_datasets(store, new_workspace_key())] == []
+    assert len(list_datasets(store)) == 2  # a local app (no workspaces) lists everything
+
+
+def test_a_model_file_carrying_python_code_is_refused(tmp_path):
+    import keras
+
+    from tl_core.export import load_model_file
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    model.save(tmp_path / "evil.keras")
+    with pytest.raises(ExportError, match="contains Python code"):
+        load_model_file(tmp_path / "evil.keras")
+    (tmp_path / "junk.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ExportError, match="not a Keras model"):
+        load_model_file(tmp_path / "junk.keras")
+
+
+def test_a_pickled_cache_file_is_never_unpickled(tmp_path):
+    import keras
+
+    from tl_core.features import extract_features
+
+    cache = tmp_path / "features.npy"
+    np.save(cache, np.array([{"payload": "would run on unpickling"}], dtype=object), allow_pickle=True)
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    x = np.random.default_rng(0).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+    features = extract_features(model, x, 4, cache_path=cache)
+    assert features.shape == (5, 3)
+    assert np.load(cache, allow_pickle=False).dtype == np.float16  # replaced by a plain array
+
+
+class _Upload:
+    def __init__(self, name, size):
+        self.name, self.size = name, size
+
+
+def test_the_server_rechecks_upload_sizes(monkeypatch):
+    import streamlit as st
+
+    from ui.state import upload_too_large
+
+    assert st.get_option("server.maxUploadSize") == 200  # read from .streamlit/config.toml
+    assert upload_too_large([_Upload("ok.zip", 5 * 1024**2)]) is None
+    assert "at most 200 MB per upload" in upload_too_large([_Upload("big.zip", 201 * 1024**2)])
+    many = [_Upload(f"{i}.jpg", 30 * 1024**2) for i in range(8)]
+    assert "add up to 240 MB" in upload_too_large(many)
+    monkeypatch.setenv("TL_MAX_UPLOAD_MB", "10")
+    assert "at most 10 MB" in upload_too_large([_Upload("x.zip", 11 * 1024**2)])
