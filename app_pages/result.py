@@ -12,7 +12,7 @@ from tl_core.export import html_report, model_file
 from tl_core.jobs import resume
 from tl_core.store import is_valid_run_id
 from ui.gallery import prediction_tile, thumbnail
-from ui.state import get_store, owns, workspace
+from ui.state import get_store, may_show_images, owns, workspace
 
 store = get_store()
 run_id = st.query_params.get("run")
@@ -51,8 +51,12 @@ if run["status"] != "succeeded":
     )
     if mine and run["status"] in ("failed", "cancelled") and st.button("Resume this run", type="primary",
                                                                        help="Go on from its last completed epoch"):
-        resume(store, run["id"])
-        st.success("Queued again: it goes on from its last completed epoch. Follow it on the Train page.")
+        try:
+            resume(store, run["id"])
+        except TLCoreError as err:
+            st.warning(str(err))
+        else:
+            st.success("Queued again: it goes on from its last completed epoch. Follow it on the Train page.")
 
 if metrics.get("test_accuracy") is not None:
     c1, c2, c3, c4 = st.columns(4)
@@ -73,7 +77,7 @@ if path is not None:
     # that re-registers the deferred files (seen as a generic ".bin" name in the browser test).
     d1.download_button("Download the model (.keras)", path.read_bytes, file_name=f"model-{run['id'][:8]}.keras",
                        mime="application/octet-stream", on_click="ignore")
-d2.download_button("Download the report (HTML)", lambda: html_report(run), file_name=f"report-{run['id'][:8]}.html",
+d2.download_button("Download the report (HTML)", lambda: html_report(run, files=may_show_images(run)), file_name=f"report-{run['id'][:8]}.html",
                    mime="text/html", on_click="ignore")
 
 overview, confusion_tab, per_class_tab, mistakes_tab, curves_tab = st.tabs(
@@ -101,7 +105,7 @@ with per_class_tab:
         st.dataframe(pd.DataFrame(metrics["per_class"]).T.rename_axis("class").reset_index(), hide_index=True)
 with mistakes_tab:
     mistakes = metrics.get("top_mistakes") or []
-    show_images = mine or (run.get("config") or {}).get("share_images", True)
+    show_images = may_show_images(run)
     if not mistakes:
         st.caption("No mistakes on the test split.")
     elif not show_images:

@@ -11,7 +11,8 @@ from ui.state import PAGES, get_store, workspace
 
 st.title("📊 Runs")
 store = get_store()
-runs = store.list_runs(workspace=workspace())
+key = workspace()
+runs = store.list_runs(workspace=key)
 if not runs:
     st.info("No runs yet.")
     st.page_link(PAGES["train"], label="Train one", icon="🏋️")
@@ -35,7 +36,7 @@ for run in runs:
             "training time (s)": metrics.get("seconds"),
             "images/s (slowest stage)": min(speeds) if speeds else None,
             "dataset": run.get("name"),
-            "link": f"result?run={run['id']}",
+            "link": f"result?run={run['id']}" + (f"&ws={key}" if key else ""),  # owner-only page
         }
     )
 table = pd.DataFrame(rows)

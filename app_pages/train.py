@@ -58,7 +58,10 @@ def live_panel(interval: float) -> None:
                 st.page_link(PAGES["result"], label="Open", query_params={"run": run["id"]})
                 if run["status"] != "succeeded" and st.button("Resume", key=f"resume_{run['id']}",
                                                                help="Go on from the last completed epoch"):
-                    resume(store, run["id"])
+                    try:
+                        resume(store, run["id"])
+                    except TLCoreError as err:  # already queued again (another tab, a double click)
+                        st.toast(str(err))
                     st.rerun(scope="fragment")
 
 

@@ -64,17 +64,18 @@ def test_hosted_visitors_see_only_their_own_runs_while_share_links_stay_public(t
     assert at.query_params["ws"] == alice  # the key stays in the URL across pages
     at = _visit("result", ws=alice, run=private)
     assert at.get("image") and not any("chose not to share" in c.value for c in at.caption)
+    assert "ws" not in at.query_params  # a result page's address is a share link: no private key in it
 
     # A stranger with the share link: the metrics, read-only, without the images, no Resume.
     stranger = _visit("result", run=private)
-    assert stranger.query_params["ws"] not in (alice, bob)  # a new, empty workspace
+    assert stranger.session_state["workspace"] not in (alice, bob)  # a new, empty workspace
     assert {m.label for m in stranger.metric} >= {"Test accuracy", "Macro F1"}
     assert any("chose not to share" in c.value for c in stranger.caption)
     assert not stranger.get("image")
     assert not [b for b in stranger.button if "Resume" in b.label]
-    runs = _visit("runs", ws=stranger.query_params["ws"])
+    runs = _visit("runs", ws=stranger.session_state["workspace"])
     assert "No runs yet." in [i.value for i in runs.info]
-    predict = _visit("predict", ws=stranger.query_params["ws"])
+    predict = _visit("predict", ws=stranger.session_state["workspace"])
     assert "Train a model first." in [i.value for i in predict.info]
 
     # Hosted visitors cannot read the server's disk: no local-folder tab.
@@ -110,17 +111,28 @@ def test_a_model_file_carrying_python_code_is_refused(tmp_path):
         load_model_file(tmp_path / "junk.keras")
 
 
+class _Payload:
+    """Unpickling this object creates a file: proof that a pickle was loaded."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
 def test_a_pickled_cache_file_is_never_unpickled(tmp_path):
     import keras
 
     from tl_core.features import extract_features
 
-    cache = tmp_path / "features.npy"
-    np.save(cache, np.array([{"payload": "would run on unpickling"}], dtype=object), allow_pickle=True)
+    cache, marker = tmp_path / "features.npy", tmp_path / "unpickled"
+    np.save(cache, np.array([[_Payload(marker)] * 3] * 5, dtype=object), allow_pickle=True)
     inputs = keras.Input((8, 8, 3))
     model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
     x = np.random.default_rng(0).integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
     features = extract_features(model, x, 4, cache_path=cache)
+    assert not marker.exists()  # the payload never ran
     assert features.shape == (5, 3)
     assert np.load(cache, allow_pickle=False).dtype == np.float16  # replaced by a plain array
 

@@ -202,8 +202,9 @@ def cmd_show(args) -> dict[str, Any]:
 
 
 def cmd_worker(args) -> dict[str, Any]:
-    from tl_core.jobs import run_worker
+    from tl_core.jobs import lower_priority, run_worker
 
+    lower_priority()  # before TensorFlow loads: its start-up is CPU-heavy too
     executed = run_worker(_store(args), idle_exit_seconds=args.idle_exit, once=args.once)
     return {"executed": executed}
 
@@ -223,6 +224,30 @@ def cmd_resume(args) -> dict[str, Any]:
     if run["status"] != "succeeded":
         args.exit_code = 1
     return _summary(run)
+
+
+def cmd_export(args) -> dict[str, Any]:
+    from tl_core.export import export_run
+
+    run = _store(args).get_run(args.run_id)
+    result = export_run(run, args.format, args.out)
+    if not args.json:
+        verdict = "passed" if result["passed"] else "FAILED the check"
+        print(f"{result['path']}: {args.format}, top-1 agreement {result['agreement']:.1%} with the app's model, "
+              f"accuracy {result['accuracy']:.1%} on {result['n_test']} test images ({verdict}); card {result['card']}")
+    if not result["passed"]:
+        args.exit_code = 1
+    return result
+
+
+def cmd_gradcam(args) -> dict[str, Any]:
+    from tl_core.gradcam import explain_mistakes
+
+    store = _store(args)
+    written = explain_mistakes(store.get_run(args.run_id), store.run_dir(args.run_id))
+    if not args.json:
+        print(f"{len(written)} heat maps in {store.run_dir(args.run_id) / 'gradcam'}")
+    return {"files": [str(p) for p in written]}
 
 
 def cmd_cancel(args) -> dict[str, Any]:
@@ -303,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", parents=[common], help="resume a failed or cancelled run from its last epoch")
     resume.add_argument("run_id")
     resume.set_defaults(func=cmd_resume)
+    export = sub.add_parser("export", parents=[common], help="export a run's model, checked against the app's model")
+    export.add_argument("run_id")
+    export.add_argument("--format", required=True, choices=["keras", "savedmodel", "tflite", "tflite-int8"])
+    export.add_argument("--out", required=True, help="file (or SavedModel folder) to write; the model card goes beside it")
+    export.set_defaults(func=cmd_export)
+    gradcam = sub.add_parser("gradcam", parents=[common], help="Grad-CAM heat maps of a run's test mistakes")
+    gradcam.add_argument("run_id")
+    gradcam.set_defaults(func=cmd_gradcam)
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a queued or running run")
     cancel.add_argument("run_id")
     cancel.set_defaults(func=cmd_cancel)

@@ -1,14 +1,17 @@
-"""Exports of a finished run: the ``.keras`` model file and a self-contained HTML report."""
+"""Exports of a finished run: model files checked against the app's model, model cards, an HTML report."""
 
 from __future__ import annotations
 
 import html
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tl_core import charts
-from tl_core.errors import ExportError
+from tl_core.errors import ExportError, TLCoreError
 
 
 def model_file(run: dict[str, Any]) -> Path | None:
@@ -36,8 +39,11 @@ def load_model_file(path: str | Path):
         raise ExportError(f"{Path(path).name} is not a Keras model this app can load: {err}") from err
 
 
-def html_report(run: dict[str, Any]) -> str:
-    """One HTML file with the run's settings, metrics and charts (Plotly inlined, works offline)."""
+def html_report(run: dict[str, Any], files: bool = True) -> str:
+    """One HTML file with the run's settings, metrics and charts (Plotly inlined, works offline).
+
+    ``files=False`` leaves out the names of the test images (a public page whose owner keeps them private).
+    """
     metrics = run.get("metrics") or {}
     train = (run.get("config") or {}).get("train", {})
     dataset = run.get("dataset") or {}
@@ -63,7 +69,7 @@ def html_report(run: dict[str, Any]) -> str:
     mistakes = "".join(
         f"<tr><td>{html.escape(m['file'])}</td><td>{html.escape(m['true'])}</td>"
         f"<td>{html.escape(m['predicted'])}</td><td>{m['probability']:.2f}</td></tr>"
-        for m in metrics.get("top_mistakes") or []
+        for m in (metrics.get("top_mistakes") or [] if files else [])
     )
     headline = (
         f"<p class='big'>Test accuracy <b>{metrics['test_accuracy']:.1%}</b> · macro F1 "
@@ -88,3 +94,281 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;paddi
 <h2>Settings</h2><table>{rows}</table>
 <p>{'<br>'.join(html.escape(n) for n in metrics.get('notes', []))}</p>
 </body></html>"""
+
+
+# --------------------------------------------------------------------------- checked exports
+
+FORMATS = ("keras", "savedmodel", "tflite", "tflite-int8")
+# Top-1 agreement with the app's model an export must reach to be offered without a warning.
+# int8 quantisation changes the weights: its agreement is reported as measured, not required.
+REQUIRED_AGREEMENT = {"keras": 1.0, "savedmodel": 1.0, "tflite": 0.99, "tflite-int8": None}
+EXTENSIONS = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite", "tflite-int8": ".tflite"}
+
+
+def test_split(run: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The run's test images as its model takes them, their class indices and names.
+
+    Raises:
+        ExportError: the dataset the run trained on is gone or changed (nothing to check against).
+    """
+    from tl_core.data import DataConfig, decode_dataset, load_images
+
+    folder = Path(run["model_path"]).parent
+    metrics = run.get("metrics") or {}
+    try:
+        names = json.loads((folder / "split.json").read_text())["test"]
+        image_set = load_images(run["config"]["source"], DataConfig(**run["config"].get("data", {})))
+    except (OSError, ValueError, KeyError, TLCoreError) as err:
+        raise ExportError(f"The run's test images cannot be read ({err}), so an export cannot be checked.") from err
+    wanted = set(names)
+    image_set.items = [item for item in image_set.items if item.name in wanted]
+    decoded = decode_dataset(image_set, metrics["image_size"])
+    if sorted(decoded.names) != sorted(names):
+        raise ExportError("The run's dataset changed since it trained: its test images are not all there.")
+    index = {name: i for i, name in enumerate(metrics["class_names"])}
+    y = np.asarray([index[decoded.class_names[label]] for label in decoded.y])
+    return decoded.x, y, decoded.names
+
+
+def any_size_model(model, image_size: int):
+    """The model behind a resizing layer: it takes RGB pixels (0-255) of any size, as a batch."""
+    import keras
+
+    inputs = keras.Input((None, None, 3), name="rgb_pixels")
+    resized = keras.layers.Resizing(image_size, image_size, interpolation="bilinear", antialias=True,
+                                    name="resize_to_model")(inputs)
+    return keras.Model(inputs, model(resized), name="exported_classifier")
+
+
+def _predict_keras(path: Path, x: np.ndarray) -> np.ndarray:
+    return load_model_file(path).predict(x.astype(np.float32), batch_size=32, verbose=0)
+
+
+def _predict_savedmodel(path: Path, x: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    out = [list(serve(tf.constant(x[i : i + 32].astype(np.float32))).values())[0].numpy() for i in range(0, len(x), 32)]
+    return np.concatenate(out)
+
+
+def tflite_interpreter(path: str | Path):
+    """A TFLite interpreter: LiteRT's (``ai_edge_litert``) when installed, else TensorFlow's own."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import warnings
+
+        import tensorflow as tf
+
+        with warnings.catch_warnings():  # tf.lite.Interpreter still works; it points to LiteRT
+            warnings.simplefilter("ignore", UserWarning)
+            return tf.lite.Interpreter(model_path=str(path))
+    return Interpreter(model_path=str(path))
+
+
+def _predict_tflite(path: Path, x: np.ndarray) -> np.ndarray:
+    interpreter = tflite_interpreter(path)
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x.astype(np.float32))
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def _write_export(model, fmt: str, out: Path, image_size: int) -> None:
+    import shutil
+    import tempfile
+
+    import tensorflow as tf
+
+    if fmt == "keras":
+        any_size_model(model, image_size).save(out)
+    elif fmt == "savedmodel":
+        any_size_model(model, image_size).export(str(out), format="tf_saved_model", verbose=False)
+    else:  # TFLite: fixed input size (mobile runtimes resize before calling the model)
+        with tempfile.TemporaryDirectory() as tmp:
+            model.export(tmp, format="tf_saved_model", verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+            if fmt == "tflite-int8":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic-range int8 weights
+            content = converter.convert()
+        out.write_bytes(content)
+
+
+def export_run(run: dict[str, Any], fmt: str, out: str | Path) -> dict[str, Any]:
+    """Export a finished run's model, load the file back, and check it on the run's test split.
+
+    Writes ``out`` (a ``.keras`` file, a SavedModel folder or a ``.tflite`` file) and, beside it,
+    ``<out>.card.md`` and ``<out>.card.json`` (the model card).
+
+    Returns:
+        ``path``, ``format``, ``agreement`` (top-1 agreement with the app's model on the test
+        split), ``accuracy`` (of the export), ``app_accuracy``, ``n_test``, ``passed``,
+        ``required_agreement``, ``card``, ``bytes``.
+
+    Raises:
+        ExportError: unknown format, an unfinished run, or an export that cannot be written or read.
+    """
+    import shutil
+
+    if fmt not in FORMATS:
+        raise ExportError(f"Unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}.")
+    path = model_file(run)
+    if path is None:
+        raise ExportError("Only a finished run with a saved model can be exported.")
+    out = Path(out)
+    if EXTENSIONS[fmt] and out.suffix != EXTENSIONS[fmt]:
+        out = out.with_name(out.name + EXTENSIONS[fmt])
+    model = load_model_file(path)
+    size = run["metrics"]["image_size"]
+    x, y, _ = test_split(run)
+    reference = model.predict(x.astype(np.float32), batch_size=32, verbose=0).argmax(axis=1)
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_export(model, fmt, out, size)
+        predict = {"keras": _predict_keras, "savedmodel": _predict_savedmodel}.get(fmt, _predict_tflite)
+        predicted = predict(out, x).argmax(axis=1)  # the file, loaded back into a fresh object
+    except ExportError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a converter's failure is the user's answer, not a crash
+        raise ExportError(f"The {fmt} export failed: {err.__class__.__name__}: {err}") from err
+    agreement = float((predicted == reference).mean()) if len(y) else 1.0
+    required = REQUIRED_AGREEMENT[fmt]
+    result = {
+        "path": str(out),
+        "format": fmt,
+        "agreement": agreement,
+        "accuracy": float((predicted == y).mean()) if len(y) else None,
+        "app_accuracy": float((reference == y).mean()) if len(y) else None,
+        "n_test": int(len(y)),
+        "required_agreement": required,
+        "passed": required is None or agreement >= required,
+        "bytes": _size(out),
+    }
+    card_md, card_json = model_card(run, result)
+    Path(f"{out}.card.md").write_text(card_md, encoding="utf-8")
+    Path(f"{out}.card.json").write_text(json.dumps(card_json, indent=2, default=str), encoding="utf-8")
+    result["card"] = f"{out}.card.md"
+    return result
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+USAGE = {
+    "keras": """import keras, numpy as np
+from PIL import Image
+model = keras.saving.load_model("{file}")  # takes RGB pixels 0-255 of any size
+image = np.asarray(Image.open("photo.jpg").convert("RGB"), dtype="float32")
+probabilities = model.predict(image[None])[0]
+print(CLASSES[int(probabilities.argmax())])""",
+    "savedmodel": """import numpy as np, tensorflow as tf
+from PIL import Image
+serve = tf.saved_model.load("{file}").signatures["serving_default"]  # RGB 0-255, any size
+image = np.asarray(Image.open("photo.jpg").convert("RGB"), dtype="float32")
+probabilities = list(serve(tf.constant(image[None])).values())[0].numpy()[0]
+print(CLASSES[int(probabilities.argmax())])""",
+    "tflite": """import numpy as np, tensorflow as tf
+from PIL import Image
+interpreter = tf.lite.Interpreter(model_path="{file}")
+interpreter.allocate_tensors()
+image = Image.open("photo.jpg").convert("RGB").resize(({size}, {size}), Image.BILINEAR)  # fixed size
+interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.asarray(image, "float32")[None])
+interpreter.invoke()
+probabilities = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
+print(CLASSES[int(probabilities.argmax())])""",
+}
+
+
+def model_card(run: dict[str, Any], export: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The model card of an export: Markdown for people, JSON for tools."""
+    import platform
+
+    metrics = run.get("metrics") or {}
+    config = run.get("config") or {}
+    train = config.get("train", {})
+    dataset = run.get("dataset") or {}
+    versions = {"python": platform.python_version()}
+    for module in ("tensorflow", "keras", "numpy", "sklearn", "PIL"):
+        try:
+            versions[module] = __import__(module).__version__
+        except (ImportError, AttributeError):
+            pass
+    fmt = export["format"]
+    usage = USAGE["tflite" if fmt.startswith("tflite") else fmt].format(
+        file=Path(export["path"]).name, size=metrics.get("image_size")
+    ).replace("CLASSES", repr(metrics.get("class_names")))
+    card = {
+        "run_id": run["id"],
+        "export": {k: export[k] for k in ("format", "agreement", "accuracy", "app_accuracy", "n_test", "passed",
+                                          "required_agreement", "bytes")} | {"file": Path(export["path"]).name},
+        "input": {
+            "pixels": "RGB, 0-255, float32",
+            "size": "any (the model resizes to {0} x {0}, bilinear)".format(metrics.get("image_size"))
+            if fmt in ("keras", "savedmodel") else f"{metrics.get('image_size')} x {metrics.get('image_size')}",
+        },
+        "data": {
+            "classes": metrics.get("class_names"),
+            "per_class": dataset.get("per_class"),
+            "n_images": dataset.get("n_images"),
+            "fingerprint": dataset.get("fingerprint"),
+            "skipped": len(dataset.get("skipped") or []),
+        },
+        "split": {"sizes": metrics.get("split"), **config.get("data", {})},
+        "model": {"backbone": train.get("backbone"), "weights": metrics.get("weights"),
+                  "strategy": train.get("strategy"), "settings": train},
+        "metrics": {k: metrics.get(k) for k in ("test_accuracy", "macro_f1", "per_class", "confusion_matrix")},
+        "trained_on": metrics.get("hardware"),
+        "versions": versions,
+        "usage": usage,
+    }
+    classes = metrics.get("class_names") or []
+    matrix = metrics.get("confusion_matrix") or []
+    confusion = "\n".join(
+        ["| true \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+        + [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(classes, matrix)]
+    )
+    agreement = f"{export['agreement']:.1%}"
+    md = f"""# Model card: {charts.run_label(run)}
+
+Exported as **{fmt}** (`{Path(export['path']).name}`, {export['bytes'] / 1024**2:.1f} MB) from run `{run['id']}`.
+
+## Checked before download
+On the run's {export['n_test']} test images, loaded back from the file: top-1 agreement with the app's
+model **{agreement}**, accuracy **{export['accuracy']:.1%}** (the app's model: {export['app_accuracy']:.1%}).
+{'Passed' if export['passed'] else 'FAILED'} (required agreement: {export['required_agreement'] if export['required_agreement'] is not None else 'none, int8 reported as measured'}).
+
+## Input
+{card['input']['pixels']}; size: {card['input']['size']}. Preprocessing is inside the model.
+
+## Data
+Classes: {', '.join(classes)}. Images per class: {dataset.get('per_class')}.
+{dataset.get('n_images')} usable images, {card['data']['skipped']} skipped; fingerprint `{dataset.get('fingerprint')}`
+(sha256 of the files and their labels).
+
+## Split
+{metrics.get('split')} (stratified, seed {config.get('data', {}).get('seed')}; identical files kept in one split).
+
+## Model
+Backbone **{train.get('backbone')}**, weights: {metrics.get('weights')}. Strategy **{train.get('strategy')}**.
+Settings: `{json.dumps(train)}`.
+
+## Metrics (test split)
+Accuracy {metrics.get('test_accuracy', 0):.3f}, macro F1 {metrics.get('macro_f1', 0):.3f}.
+
+{confusion}
+
+## Versions
+{', '.join(f'{k} {v}' for k, v in versions.items())}. Trained on {metrics.get('hardware')}.
+
+## Use it
+```python
+{usage}
+```
+"""
+    return md, card

@@ -112,28 +112,61 @@ def _compile(model: keras.Model, learning_rate: float) -> None:
     )
 
 
+class _ResumableStopping(keras.callbacks.EarlyStopping):
+    """Early stopping that, after a resume, goes on with its best loss, patience count and best weights."""
+
+    restored: dict | None = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.restored:
+            self.best, self.wait = self.restored["best"], self.restored["wait"]
+            self.best_epoch, self.best_weights = self.restored["best_epoch"], self.restored.get("weights")
+
+
+class _EpochGuard(keras.callbacks.Callback):
+    """Placed first: tells whether the epoch now ending was cut short (stopped during its batches)."""
+
+    cut_short = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Set before any epoch-end callback runs: only a stop requested within the batches shows here.
+        self.cut_short = bool(self.model.stop_training)
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """Keras' per-epoch backup, skipped for an epoch cut short by a cancel (it did not complete)."""
+
+    def __init__(self, stopped, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._stopped = stopped
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._stopped():
+            super().on_epoch_end(epoch, logs)
+
+
 class StageCheckpoints:
     """Per-epoch checkpoints of a run's training stages, so a killed or cancelled run resumes.
 
     In ``folder``: ``<stage>/`` is Keras' ``BackupAndRestore`` backup (weights and epoch, written
-    after every epoch); ``<stage>.history.json`` the epochs trained so far; ``<stage>.weights.h5``
-    plus ``"done"`` in the history file mark a finished stage, which a resumed run loads instead of
-    training again. The runner deletes the folder once the run succeeds.
+    after every completed epoch); ``<stage>.history.json`` the epochs trained so far and the early
+    stopping state, whose best weights are in ``<stage>.best.npz``; ``<stage>.weights.h5`` plus
+    ``"done"`` in the history file mark a finished stage, which a resumed run loads instead of
+    training again. The runner deletes the folder once the run succeeds; a failed or cancelled
+    run keeps it, to resume.
     """
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
         self.notes: list[str] = []
 
-    def _history_path(self, stage: str) -> Path:
-        return self.folder / f"{stage}.history.json"
-
-    def _weights_path(self, stage: str) -> Path:
-        return self.folder / f"{stage}.weights.h5"
+    def _path(self, stage: str, suffix: str) -> Path:
+        return self.folder / f"{stage}{suffix}"
 
     def _read(self, stage: str) -> dict:
         try:
-            return json.loads(self._history_path(stage).read_text())
+            return json.loads(self._path(stage, ".history.json").read_text())
         except (OSError, ValueError):
             return {}
 
@@ -147,38 +180,60 @@ class StageCheckpoints:
     def finished(self, stage: str, model: keras.Model) -> list[dict[str, float]] | None:
         """The history of a stage finished before an interruption, its weights loaded into ``model``."""
         saved = self._read(stage)
-        if not saved.get("done") or not self._weights_path(stage).exists():
+        if not saved.get("done") or not self._path(stage, ".weights.h5").exists():
             return None
         with warnings.catch_warnings():  # the saved optimizer state is not needed: the stage is over
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            model.load_weights(self._weights_path(stage))
+            model.load_weights(self._path(stage, ".weights.h5"))
         self.notes.append(f"Resumed: {stage} had finished before the interruption; its weights were reloaded.")
         return saved["history"]
 
-    def callbacks(self, stage: str, bridge) -> list[keras.callbacks.Callback]:
-        """A backup after every epoch, and the stage's history (earlier epochs kept on resume)."""
+    def callbacks(self, stage: str, bridge, stopper: _ResumableStopping, stopped) -> list[keras.callbacks.Callback]:
+        """Save each completed epoch: history, early-stopping state and a Keras backup.
+
+        On a resume, the earlier epochs go back into ``bridge.history`` and the early-stopping
+        state into ``stopper``, so the stage goes on as if it had not been interrupted.
+        """
         epoch = self.restored_epoch(stage)
-        earlier = [e for e in self._read(stage).get("history", []) if e.get("epoch", 0) <= epoch]
+        saved = self._read(stage)
         if epoch:
             self.notes.append(f"Resumed: {stage} went on from its last completed epoch ({epoch}).")
-        bridge.history[:0] = earlier
-        history_path = self._history_path(stage)
+            bridge.history[:0] = [e for e in saved.get("history", []) if e.get("epoch", 0) <= epoch]
+            state = saved.get("stopper")
+            if state:
+                try:
+                    with np.load(self._path(stage, ".best.npz")) as best:
+                        state["weights"] = [best[f"arr_{i}"] for i in range(len(best.files))]
+                except (OSError, ValueError):
+                    state["weights"] = None
+                stopper.restored = state
         self.folder.mkdir(parents=True, exist_ok=True)
+
+        def save(epoch_index, logs=None):
+            if stopped():
+                return  # an epoch cut short by a cancel is not a completed one
+            if stopper.wait == 0 and stopper.best_epoch == epoch_index:  # this epoch is the best so far
+                tmp = self._path(stage, ".best.tmp.npz")
+                with open(tmp, "wb") as handle:
+                    np.savez(handle, *saver.model.get_weights())
+                os.replace(tmp, self._path(stage, ".best.npz"))
+            best = stopper.best
+            state = {"best": None if best is None else float(best), "wait": stopper.wait, "best_epoch": stopper.best_epoch}
+            write_json_atomic(self._path(stage, ".history.json"), {"history": bridge.history, "stopper": state})
+
+        saver = keras.callbacks.LambdaCallback(on_epoch_end=save)
         return [
-            keras.callbacks.LambdaCallback(
-                on_epoch_end=lambda *_: write_json_atomic(history_path, {"history": bridge.history})
-            ),
+            saver,
             # double_checkpoint: a kill while the backup is being written leaves the previous one.
-            keras.callbacks.BackupAndRestore(
-                str(self.folder / stage), save_freq="epoch", delete_checkpoint=False, double_checkpoint=True
-            ),
+            _Backup(stopped, backup_dir=str(self.folder / stage), save_freq="epoch", delete_checkpoint=False,
+                    double_checkpoint=True),
         ]
 
     def mark_done(self, stage: str, model: keras.Model, history: list[dict[str, float]]) -> None:
-        tmp = self.folder / f"{stage}.tmp.weights.h5"
+        tmp = self._path(stage, ".tmp.weights.h5")
         model.save_weights(tmp)
-        os.replace(tmp, self._weights_path(stage))
-        write_json_atomic(self._history_path(stage), {"history": history, "done": True})
+        os.replace(tmp, self._path(stage, ".weights.h5"))
+        write_json_atomic(self._path(stage, ".history.json"), {"history": history, "done": True})
 
 
 def _fit(model, train, val, epochs, config, progress, stage, checkpoints=None) -> list[dict[str, float]]:
@@ -187,13 +242,19 @@ def _fit(model, train, val, epochs, config, progress, stage, checkpoints=None) -
         if finished is not None:
             return finished
     bridge = KerasProgressBridge(progress, stage, epochs)
-    stopper = keras.callbacks.EarlyStopping(
-        monitor="val_loss", patience=config.patience, restore_best_weights=True
-    )
-    # The bridge runs before the checkpoint callbacks, so a saved history includes its epoch.
-    callbacks = [stopper, bridge] + (checkpoints.callbacks(stage, bridge) if checkpoints is not None else [])
-    # shuffle=False: the tf.data pipeline shuffles already.
-    model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False)
+    stopper = _ResumableStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    # The stopper, then the bridge, run before the checkpoint callbacks, so what is saved includes the epoch.
+    guard = _EpochGuard()
+    callbacks = [guard, stopper, bridge]
+    if checkpoints is not None:
+        callbacks += checkpoints.callbacks(stage, bridge, stopper, lambda: guard.cut_short)
+    try:
+        # shuffle=False: the tf.data pipeline shuffles already.
+        model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False)
+    finally:
+        # BackupAndRestore sets the epoch to resume from on the model, and Keras keeps it: the
+        # next stage's fit on the same model must start from epoch 0.
+        model._initial_epoch = None
     if progress.should_stop():
         raise CancelledError(f"Cancelled during {stage}.")
     if checkpoints is not None:
@@ -278,7 +339,7 @@ def train_two_stage(
             f"Stage 2 fine-tuned {blocks} ({n_trainable} weight tensors) at learning rate "
             f"{config.fine_tune_learning_rate:g}, BatchNormalization in inference mode."
         )
-        best_stage2 = min(epoch["val_loss"] for epoch in result.history["stage2"])
+        best_stage2 = min((epoch["val_loss"] for epoch in result.history["stage2"]), default=float("inf"))
         if best_stage2 > stage1_val_loss:
             # Early stopping restores the best stage-2 epoch; the stage-1 model can be better still.
             model.set_weights(stage1_weights)

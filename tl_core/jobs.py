@@ -160,6 +160,12 @@ def queue_snapshot(store: RunStore, workspace: str | None = None) -> dict[str, A
     }
 
 
+def lower_priority() -> None:
+    """The background worker's process yields the CPU to the app server (``TL_WORKER_NICE``)."""
+    if WORKER_NICENESS > 0:
+        os.nice(WORKER_NICENESS)
+
+
 def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: float = 0.5, once: bool = False) -> int:
     """Execute queued runs one at a time until idle for ``idle_exit_seconds``.
 
@@ -180,8 +186,6 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
     try:
         # TensorFlow is imported only once the lock is held, so a second worker started by mistake
         # exits in a fraction of a second instead of loading it.
-        if WORKER_NICENESS > 0:
-            os.nice(WORKER_NICENESS)  # before TensorFlow loads: its start-up is CPU-heavy too
         from tl_core.runner import run_training
 
         store.fail_interrupted(INTERRUPTED)

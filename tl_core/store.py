@@ -250,17 +250,17 @@ class RunStore:
         Raises:
             RunNotFoundError: no such run. ConfigError: the run is queued, running or succeeded.
         """
-        with self._connect() as conn:
-            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise RunNotFoundError(f"No run with id '{run_id}'.")
-            if row["status"] not in ("failed", "cancelled"):
-                raise ConfigError(f"Only a failed or cancelled run can be resumed; this one is {row['status']}.")
-            conn.execute(
+        with self._connect() as conn:  # one statement: two clicks cannot both requeue it
+            cursor = conn.execute(
                 "UPDATE runs SET status = 'queued', error = NULL, cancel_requested = 0, owner_pid = NULL, "
-                "updated_at = ? WHERE id = ?",
+                "progress = NULL, updated_at = ? WHERE id = ? AND status IN ('failed', 'cancelled')",
                 (time.time(), run_id),
             )
+            if cursor.rowcount == 0:
+                row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+                if row is None:
+                    raise RunNotFoundError(f"No run with id '{run_id}'.")
+                raise ConfigError(f"Only a failed or cancelled run can be resumed; this one is {row['status']}.")
 
     def delete_run(self, run_id: str) -> None:
         import shutil

@@ -58,7 +58,11 @@ def workspace() -> str | None:
     if not key:
         key = new_workspace_key()
     st.session_state["workspace"] = key
-    if from_url != key:
+    if "run" in st.query_params:
+        # A result page's address is a share link: it must not carry the private key.
+        if from_url:
+            del st.query_params[WORKSPACE_PARAM]
+    elif from_url != key:
         st.query_params[WORKSPACE_PARAM] = key  # page switches drop it from the URL: put it back
     return key
 
@@ -92,6 +96,14 @@ def upload_too_large(uploads) -> str | None:
 def owns(run: dict[str, Any]) -> bool:
     """Whether this visitor may act on a run (resume, see its images): always, unless hosted."""
     return not hosted() or run.get("workspace") == workspace()
+
+
+def may_show_images(run: dict[str, Any]) -> bool:
+    """Whether this visitor may see the run's images: its owner, or anyone if the owner shared them.
+
+    Runs made before the setting existed share them in a local app and keep them private when hosted.
+    """
+    return owns(run) or bool((run.get("config") or {}).get("share_images", not hosted()))
 
 
 def current_dataset() -> dict[str, Any] | None:

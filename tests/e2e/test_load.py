@@ -76,6 +76,8 @@ def test_five_visitors_at_once(hosted_server, browser, tmp_path, screenshot_dir)
     for v in visitors:
         v["page"].get_by_text("Queued 1 run(s).").wait_for(timeout=TIMEOUT)
     assert all(r["config"]["train"]["backbone"] == "vgg16" for r in store.list_runs())  # the settings stuck
+    for v in visitors:
+        v["run"] = next(r["id"] for r in store.list_runs() if r["workspace"] == v["ws"])
 
     # While the worker trains: every visitor's pages still render quickly.
     renders, most_running, training = [], 0, []
@@ -88,6 +90,9 @@ def test_five_visitors_at_once(hosted_server, browser, tmp_path, screenshot_dir)
             start = time.time()
             for v in visitors[:2]:
                 renders += [_nav(v["page"], title) for title in ("Runs", "Train")]
+                # The live panel and the queue show this visitor's run only (labels end in its id's start).
+                text = v["page"].locator("body").inner_text()
+                assert not [o["run"][:4] for o in visitors if o is not v and f"· {o['run'][:4]}" in text]
             if sum(r["status"] == "running" for r in store.list_runs()):
                 training.append((start, time.time()))
         if all(r["status"] in ("succeeded", "failed", "cancelled") for r in runs):
