@@ -10,6 +10,7 @@ from tl_core.charts import run_label
 from tl_core.data import prepare_image
 from tl_core.errors import ImageDecodeError, TLCoreError
 from tl_core.export import load_model_file, model_file
+from tl_core.gradcam import grad_cam, overlay
 from tl_core.hardware import keep_off_gpu
 from ui.state import PAGES, get_store, workspace
 
@@ -45,16 +46,23 @@ except TLCoreError as err:
     st.error(str(err))
     st.stop()
 size = metrics["image_size"]
+classes = metrics["class_names"]
+explain = st.selectbox("Grad-CAM heat map for", ["the predicted class", *classes],
+                       help="Red where the ConvNet's last feature maps pushed this class's score up.")
 for index, upload in enumerate(uploads):
     try:
         pixels, image = prepare_image(upload.getvalue(), size)  # exactly as the training images were
     except ImageDecodeError as err:
         st.warning(f"{upload.name}: skipped ({err}).")
         continue
-    probabilities = model.predict(pixels[None].astype("float32"), verbose=0)[0]
+    target = None if explain == "the predicted class" else classes.index(explain)
+    cams, probabilities = grad_cam(model, pixels[None], target)  # the prediction and its heat map, one pass
+    probabilities = probabilities[0]
     order = np.argsort(-probabilities)[:5]
-    left, right = st.columns([1, 3])
+    left, middle, right = st.columns([1, 1, 2])
     left.image(image, caption=upload.name, width=180)
-    top = {metrics["class_names"][i]: float(probabilities[i]) for i in order}
+    shown = classes[int(order[0])] if target is None else explain
+    middle.image(overlay(image, cams[0]), caption=f"Grad-CAM: {shown}", width=180)
+    top = {classes[i]: float(probabilities[i]) for i in order}
     right.markdown(f"**{next(iter(top))}** ({next(iter(top.values())):.0%})")
     right.plotly_chart(charts.top_classes(top), key=f"pred_{index}_{upload.name}")

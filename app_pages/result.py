@@ -11,7 +11,8 @@ from tl_core.errors import TLCoreError
 from tl_core.export import html_report, model_file
 from tl_core.jobs import resume
 from tl_core.store import is_valid_run_id
-from ui.gallery import prediction_tile, thumbnail
+from ui.export_panel import export_panel
+from ui.gallery import mistakes_gallery
 from ui.state import get_store, may_show_images, owns, workspace
 
 store = get_store()
@@ -80,9 +81,10 @@ if path is not None:
 d2.download_button("Download the report (HTML)", lambda: html_report(run, files=may_show_images(run)), file_name=f"report-{run['id'][:8]}.html",
                    mime="text/html", on_click="ignore")
 
-overview, confusion_tab, per_class_tab, mistakes_tab, curves_tab = st.tabs(
-    ["Overview", "Confusion matrix", "Per class", "Most confident mistakes", "Curves"]
-)
+names = ["Overview", "Confusion matrix", "Per class", "Most confident mistakes", "Curves"]
+can_export = mine and path is not None
+tabs = st.tabs(names + (["Export"] if can_export else []))
+overview, confusion_tab, per_class_tab, mistakes_tab, curves_tab = tabs[:5]
 with overview:
     left, right = st.columns(2)
     with left:
@@ -105,20 +107,15 @@ with per_class_tab:
         st.dataframe(pd.DataFrame(metrics["per_class"]).T.rename_axis("class").reset_index(), hide_index=True)
 with mistakes_tab:
     mistakes = metrics.get("top_mistakes") or []
-    show_images = may_show_images(run)
     if not mistakes:
         st.caption("No mistakes on the test split.")
-    elif not show_images:
+    elif not may_show_images(run):
         st.caption("Its owner chose not to share the images of this run.")
-        mistakes = []
-    columns = st.columns(4)
-    source = (run.get("config") or {}).get("source", "")
-    for index, mistake in enumerate(mistakes):
-        with columns[index % 4]:
-            prediction_tile(
-                thumbnail(source, mistake["file"]),
-                f"{mistake['file']} — true {mistake['true']}, predicted {mistake['predicted']} ({mistake['probability']:.0%})",
-            )
+    else:
+        mistakes_gallery(store, run, mistakes, can_compute=mine)
+if can_export:
+    with tabs[5]:
+        export_panel(store, run)
 with curves_tab:
     if any(run["epochs"].values()):
         st.plotly_chart(charts.stage_curves(run["epochs"]), key="result_curves")

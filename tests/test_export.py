@@ -1,7 +1,18 @@
-"""The self-contained HTML report of a run."""
+"""Exports of a run: the HTML report, and model files in every format checked against the app's model."""
 
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
 from tl_core.config import TrainConfig
-from tl_core.export import html_report, model_file
+from tl_core.errors import ExportError
+from tl_core.export import FORMATS, export_run, html_report, load_model_file, model_file, tflite_interpreter
 from tl_core.runner import run_training
 
 
@@ -15,3 +26,84 @@ def test_html_report_is_self_contained_and_carries_the_figures(toy_folder, store
     assert model_file(run).name == "model.keras"
     failed = {**run, "status": "failed"}
     assert model_file(failed) is None
+
+
+# ----------------------------------------------------------------------------- checked exports
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, toy_folder):
+    from tl_core.store import RunStore
+
+    store = RunStore(tmp_path_factory.mktemp("exports"))
+    config = TrainConfig(backbone="mobilenet", weights="none", image_size=48, strategy="finetune", epochs=2,
+                         fine_tune_epochs=1, unfreeze_blocks=1)
+    run = run_training(toy_folder, config, store=store)
+    assert run["status"] == "succeeded"
+    return store, run
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_is_exported_loaded_back_and_checked(trained, fmt, tmp_path):
+    store, run = trained
+    result = export_run(run, fmt, tmp_path / "model")
+    assert result["n_test"] == run["metrics"]["n_test"] > 0
+    assert result["app_accuracy"] == pytest.approx(run["metrics"]["test_accuracy"])
+    if fmt in ("keras", "savedmodel"):
+        assert result["agreement"] == 1.0 and result["passed"]
+    elif fmt == "tflite":
+        assert result["agreement"] >= 0.99 and result["passed"]
+    else:  # int8: reported as measured, a real number from a real interpreter run
+        assert 0.0 <= result["agreement"] <= 1.0 and result["required_agreement"] is None
+    card = json.loads(open(f"{result['path']}.card.json").read())
+    assert card["data"]["classes"] == run["metrics"]["class_names"]
+    assert card["data"]["fingerprint"] == run["dataset"]["fingerprint"]
+    assert card["metrics"]["confusion_matrix"] == run["metrics"]["confusion_matrix"]
+    assert card["export"]["agreement"] == result["agreement"] and card["versions"]["tensorflow"]
+    assert "## Use it" in open(result["card"]).read()
+
+
+def test_the_keras_export_takes_pixels_of_any_size(trained, tmp_path, toy_folder):
+    store, run = trained
+    result = export_run(run, "keras", tmp_path / "model.keras")
+    exported, original = load_model_file(result["path"]), load_model_file(run["model_path"])
+    photo = np.asarray(Image.open(next((toy_folder / "red").iterdir())).convert("RGB"), dtype=np.float32)
+    big = np.asarray(Image.fromarray(photo.astype(np.uint8)).resize((150, 110)), dtype=np.float32)
+    assert exported.predict(big[None], verbose=0).shape == (1, len(run["metrics"]["class_names"]))
+    size = run["metrics"]["image_size"]
+    same = np.asarray(Image.fromarray(photo.astype(np.uint8)).resize((size, size)), dtype=np.float32)[None]
+    np.testing.assert_allclose(exported.predict(same, verbose=0), original.predict(same, verbose=0), atol=1e-5)
+
+
+def test_the_usage_snippet_of_the_tflite_card_runs(trained, tmp_path, toy_folder):
+    store, run = trained
+    result = export_run(run, "tflite", tmp_path / "model")
+    snippet = json.loads(open(f"{result['path']}.card.json").read())["usage"]
+    photo = next((toy_folder / "blue").iterdir())
+    script = snippet.replace('"photo.jpg"', repr(str(photo))).replace(
+        f'"{os.path.basename(result["path"])}"', repr(result["path"]))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.strip().splitlines()[-1] in run["metrics"]["class_names"]
+    assert tflite_interpreter(result["path"]) is not None
+
+
+def test_an_export_whose_test_images_are_gone_is_refused(trained, tmp_path):
+    store, run = trained
+    moved = {**run, "config": {**run["config"], "source": str(tmp_path / "gone")}}
+    with pytest.raises(ExportError, match="cannot be checked"):
+        export_run(moved, "keras", tmp_path / "model.keras")
+    with pytest.raises(ExportError, match="Unknown export format"):
+        export_run(run, "onnx", tmp_path / "model.onnx")
+
+
+def test_export_command_prints_path_agreement_and_accuracy(trained, tmp_path):
+    store, run = trained
+    out = subprocess.run(
+        [sys.executable, "-m", "tl_core", "export", run["id"], "--format", "tflite-int8", "--out",
+         str(tmp_path / "m.tflite"), "--data-dir", str(store.data_dir), "--json"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-1500:]
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert last["path"] == str(tmp_path / "m.tflite") and os.path.getsize(last["path"]) > 0
+    assert 0.0 <= last["agreement"] <= 1.0 and 0.0 <= last["accuracy"] <= 1.0

@@ -178,7 +178,6 @@ def _predict_tflite(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _write_export(model, fmt: str, out: Path, image_size: int) -> None:
-    import shutil
     import tempfile
 
     import tensorflow as tf

@@ -106,3 +106,62 @@ def overlay(image: Image.Image, cam: np.ndarray, opacity: float = 0.45) -> Image
     heat = colorize(upsample(cam, picture.size))
     blended = np.asarray(picture, dtype=np.float64) * (1 - opacity) + heat * opacity
     return Image.fromarray(blended.astype(np.uint8))
+
+
+def explain_mistakes(run: dict, folder, max_side: int = 256, model=None) -> list:
+    """Grad-CAM overlays of a run's most confident test mistakes, for the predicted and the true class.
+
+    Written to ``<folder>/gradcam/<n>-predicted.png`` and ``<n>-true.png`` with ``index.json``
+    (``{file: {"predicted": png, "true": png}}``), so the Result page shows them without loading
+    TensorFlow. ``model``: the run's model when already in memory (else loaded from its file).
+    Returns the files written.
+    """
+    from pathlib import Path
+
+    from tl_core.config import DEFAULT_MAX_PIXELS
+    from tl_core.data import decode_image, resize_pixels
+    from tl_core.datasets import read_image_bytes
+    from tl_core.export import load_model_file, model_file
+    from tl_core.store import write_json_atomic
+
+    metrics = run.get("metrics") or {}
+    mistakes = metrics.get("top_mistakes") or []
+    out = Path(folder) / "gradcam"
+    if not mistakes:
+        return []
+    if model is None:
+        path = model_file(run)
+        if path is None:
+            return []
+        model = load_model_file(path)
+    classes = {name: i for i, name in enumerate(metrics["class_names"])}
+    size, source = metrics["image_size"], run["config"]["source"]
+    pictures, pixels, kept = [], [], []
+    for mistake in mistakes:
+        data = read_image_bytes(source, mistake["file"])
+        if data is None:
+            continue
+        picture, _ = decode_image(data, max_pixels=DEFAULT_MAX_PIXELS, draft_size=max_side)
+        picture.thumbnail((max_side, max_side))
+        pictures.append(picture)
+        pixels.append(resize_pixels(decode_image(data, max_pixels=DEFAULT_MAX_PIXELS, draft_size=size)[0], size))
+        kept.append(mistake)
+    if not kept:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    x = np.stack(pixels)
+    maps = {
+        "predicted": grad_cam(model, x, [classes[m["predicted"]] for m in kept])[0],
+        "true": grad_cam(model, x, [classes[m["true"]] for m in kept])[0],
+    }
+    index, written = {}, []
+    for n, (mistake, picture) in enumerate(zip(kept, pictures)):
+        entry = {}
+        for which, cams in maps.items():
+            target = out / f"{n}-{which}.png"
+            overlay(picture, cams[n]).save(target)
+            entry[which] = target.name
+            written.append(target)
+        index[mistake["file"]] = entry
+    write_json_atomic(out / "index.json", index)
+    return written

@@ -21,6 +21,7 @@ STAGE_TITLES = {
     "stage2": "Stage 2: fine-tuning the top blocks",
     "scratch": "Training from scratch",
     "evaluate": "Evaluating on the test split",
+    "explain": "Grad-CAM heat maps of the mistakes",
 }
 
 

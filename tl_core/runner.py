@@ -21,6 +21,7 @@ from tl_core.config import DataConfig, TrainConfig, run_payload
 from tl_core.errors import CancelledError, TLCoreError
 from tl_core.features import extract_features, features_key
 from tl_core.hardware import describe_hardware, inference_batch, jit_compile, use_acceleration
+from tl_core.gradcam import explain_mistakes
 from tl_core.finetune import StageCheckpoints, TrainedModel, train_scratch, train_two_stage
 from tl_core.heads import LinearHead
 from tl_core.metrics import evaluate
@@ -231,6 +232,13 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
     )
     _save_model(trained.model, store.run_dir(run_id) / "model.keras")
     shutil.rmtree(checkpoints.folder, ignore_errors=True)  # the run is complete: nothing to resume
+    listener.on_stage_start("explain", 1)
+    try:  # heat maps of the mistakes for the Result page; a run never fails for want of them
+        explain_mistakes({"metrics": metrics, "config": {"source": _describe(source)}}, store.run_dir(run_id),
+                         model=trained.model)
+    except Exception as err:  # noqa: BLE001
+        metrics["notes"].append(f"No Grad-CAM heat maps: {err.__class__.__name__}: {err}")
+    listener.on_stage_end("explain", None)
     return metrics
 
 

@@ -1,8 +1,7 @@
 """The advisor's measurements for the Strategy page: run in a subprocess, kept on disk per dataset.
 
-The measurement needs TensorFlow and a pretrained backbone; running it as
-``python -m tl_core advise`` keeps both out of the Streamlit server process (its memory stays
-small, and on a GPU machine the server never holds GPU memory).
+The measurement needs TensorFlow and a pretrained backbone; it runs as ``python -m tl_core
+advise`` (``ui.cli``), out of the Streamlit server process.
 """
 
 from __future__ import annotations
@@ -10,16 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from tl_core.advisor import Recommendation
 from tl_core.backbones import BACKBONES, local_weights_file
 from tl_core.store import RunStore, write_json_atomic
-
-REPO = Path(__file__).resolve().parents[1]
+from ui.cli import run_cli
 
 
 def _cache_file(store: RunStore, path: str, stamp: float, backbone: str) -> Path:
@@ -41,21 +37,9 @@ def weights_on_disk(backbone: str) -> bool:
 
 def measure(store: RunStore, path: str, stamp: float, backbone: str, timeout: float = 600) -> dict[str, Any]:
     """Run the advisor on the dataset at ``path``; the result, or ``{"error": message}``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "tl_core", "advise", "--data", path, "--backbone", backbone, "--json", "--quiet"],
-            capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"The measurement took longer than {timeout:.0f} s and was stopped."}
-    lines = proc.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        result = {}
-    if proc.returncode != 0 or "error" in result or not result:
-        return {"error": result.get("error") or (proc.stderr.strip().splitlines() or ["the advisor failed"])[-1]}
+    code, result = run_cli(["advise", "--data", path, "--backbone", backbone], timeout)
+    if code != 0 or "error" in result:
+        return {"error": result.get("error") or "the advisor failed"}
     target = _cache_file(store, path, stamp, backbone)
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(target, result)

@@ -61,3 +61,41 @@ def prediction_tile(image: Image.Image | bytes | None, caption: str) -> None:
         st.caption(f"(image unavailable) {caption}")
     else:
         st.image(image, caption=caption, width=160)
+
+
+HEAT_VIEWS = {"picture": "The picture", "predicted": "Heat map: what made it predict that",
+              "true": "Heat map: evidence for the true class"}
+
+
+def mistakes_gallery(store, run: dict, mistakes: list[dict], can_compute: bool) -> None:
+    """The most confident mistakes, as pictures or Grad-CAM overlays (stored by the run)."""
+    from ui.cli import run_cli
+
+    folder = store.run_dir(run["id"]) / "gradcam"
+    index = {}
+    if (folder / "index.json").is_file():
+        import json
+
+        index = json.loads((folder / "index.json").read_text())
+    if index:
+        view = st.radio("Show", list(HEAT_VIEWS), format_func=HEAT_VIEWS.get, horizontal=True, key="heat_view",
+                        help="Grad-CAM: red where the ConvNet's last feature maps pushed the class's score up.")
+    else:
+        view = "picture"
+        if can_compute and st.button("Compute Grad-CAM heat maps"):
+            with st.spinner("Computing heat maps..."):
+                _, result = run_cli(["gradcam", run["id"], "--data-dir", str(store.data_dir)])
+            if "error" in result:
+                st.error(result["error"])
+            else:
+                st.rerun()
+    columns = st.columns(4)
+    source = (run.get("config") or {}).get("source", "")
+    for position, mistake in enumerate(mistakes):
+        entry = index.get(mistake["file"], {})
+        image = (folder / entry[view]).read_bytes() if view in entry else thumbnail(source, mistake["file"])
+        with columns[position % 4]:
+            prediction_tile(
+                image,
+                f"{mistake['file']} — true {mistake['true']}, predicted {mistake['predicted']} ({mistake['probability']:.0%})",
+            )

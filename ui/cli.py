@@ -1,0 +1,34 @@
+"""Engine jobs that need TensorFlow, run as ``python -m tl_core ... --json`` in a subprocess.
+
+The Streamlit server never loads TensorFlow for them: its memory stays small, and on a GPU
+machine it never holds GPU memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], timeout: float = 600) -> tuple[int, dict[str, Any]]:
+    """``(exit code, the command's JSON result)``; the result is ``{"error": message}`` when it has none."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tl_core", *args, "--json", "--quiet"],
+                              capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        return -1, {"error": f"It took longer than {timeout:.0f} s and was stopped."}
+    lines = proc.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        result = {}
+    if not isinstance(result, dict) or not result:
+        result = {"error": (proc.stderr.strip().splitlines() or ["the command failed"])[-1]}
+    return proc.returncode, result
