@@ -35,10 +35,10 @@ def trained(tmp_path_factory, toy_folder):
     from tl_core.store import RunStore
 
     store = RunStore(tmp_path_factory.mktemp("exports"))
-    config = TrainConfig(backbone="mobilenet", weights="none", image_size=48, strategy="finetune", epochs=2,
-                         fine_tune_epochs=1, unfreeze_blocks=1)
+    config = TrainConfig(backbone="vgg16", weights="none", image_size=32, strategy="feature_extractor")
     run = run_training(toy_folder, config, store=store)
-    assert run["status"] == "succeeded"
+    # A model that learned (it does not predict one class for all): agreement figures mean something.
+    assert run["status"] == "succeeded" and run["metrics"]["test_accuracy"] >= 0.6
     return store, run
 
 
@@ -48,12 +48,15 @@ def test_every_format_is_exported_loaded_back_and_checked(trained, fmt, tmp_path
     result = export_run(run, fmt, tmp_path / "model")
     assert result["n_test"] == run["metrics"]["n_test"] > 0
     assert result["app_accuracy"] == pytest.approx(run["metrics"]["test_accuracy"])
+    assert result["accuracy"] >= 0.6  # the export itself classifies, through a fresh object
     if fmt in ("keras", "savedmodel"):
         assert result["agreement"] == 1.0 and result["passed"]
+        # The original pictures (40 x 40) at their own size: the export resizes them itself.
+        assert result["agreement_any_size"] >= 0.8
     elif fmt == "tflite":
-        assert result["agreement"] >= 0.99 and result["passed"]
-    else:  # int8: reported as measured, a real number from a real interpreter run
-        assert 0.0 <= result["agreement"] <= 1.0 and result["required_agreement"] is None
+        assert result["agreement"] >= 0.99 and result["passed"] and result["agreement_any_size"] is None
+    else:  # int8: not required, reported as measured; dynamic-range quantisation keeps most answers
+        assert result["required_agreement"] is None and result["passed"] and result["agreement"] >= 0.8
     card = json.loads(open(f"{result['path']}.card.json").read())
     assert card["data"]["classes"] == run["metrics"]["class_names"]
     assert card["data"]["fingerprint"] == run["dataset"]["fingerprint"]
@@ -94,6 +97,11 @@ def test_an_export_whose_test_images_are_gone_is_refused(trained, tmp_path):
         export_run(moved, "keras", tmp_path / "model.keras")
     with pytest.raises(ExportError, match="Unknown export format"):
         export_run(run, "onnx", tmp_path / "model.onnx")
+    (tmp_path / "mine" / "notes.txt").parent.mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="other files in it"):  # never deletes a user's folder
+        export_run(run, "savedmodel", tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_export_command_prints_path_agreement_and_accuracy(trained, tmp_path):
@@ -106,4 +114,4 @@ def test_export_command_prints_path_agreement_and_accuracy(trained, tmp_path):
     assert out.returncode == 0, out.stderr[-1500:]
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert last["path"] == str(tmp_path / "m.tflite") and os.path.getsize(last["path"]) > 0
-    assert 0.0 <= last["agreement"] <= 1.0 and 0.0 <= last["accuracy"] <= 1.0
+    assert last["agreement"] >= 0.8 and last["accuracy"] >= 0.6 and os.path.isfile(last["card"])

@@ -72,7 +72,9 @@ def test_hosted_visitors_see_only_their_own_runs_while_share_links_stay_public(t
     assert {m.label for m in stranger.metric} >= {"Test accuracy", "Macro F1"}
     assert any("chose not to share" in c.value for c in stranger.caption)
     assert not stranger.get("image")
-    assert not [b for b in stranger.button if "Resume" in b.label]
+    assert not [b for b in stranger.button if "Resume" in b.label or "Grad-CAM" in b.label]
+    assert "Export" not in [t.label for t in stranger.tabs]  # exports are the owner's
+    assert "Export" in [t.label for t in at.tabs]
     runs = _visit("runs", ws=stranger.session_state["workspace"])
     assert "No runs yet." in [i.value for i in runs.info]
     predict = _visit("predict", ws=stranger.session_state["workspace"])

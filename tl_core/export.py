@@ -105,8 +105,8 @@ REQUIRED_AGREEMENT = {"keras": 1.0, "savedmodel": 1.0, "tflite": 0.99, "tflite-i
 EXTENSIONS = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite", "tflite-int8": ".tflite"}
 
 
-def test_split(run: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """The run's test images as its model takes them, their class indices and names.
+def test_split(run: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    """The run's test images as its model takes them, their class indices, and their files' bytes.
 
     Raises:
         ExportError: the dataset the run trained on is gone or changed (nothing to check against).
@@ -117,17 +117,49 @@ def test_split(run: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     metrics = run.get("metrics") or {}
     try:
         names = json.loads((folder / "split.json").read_text())["test"]
-        image_set = load_images(run["config"]["source"], DataConfig(**run["config"].get("data", {})))
-    except (OSError, ValueError, KeyError, TLCoreError) as err:
+        data_config = DataConfig(**run["config"].get("data", {}))
+        image_set = load_images(run["config"]["source"], data_config)
+    except (OSError, ValueError, KeyError, TypeError, TLCoreError) as err:
         raise ExportError(f"The run's test images cannot be read ({err}), so an export cannot be checked.") from err
     wanted = set(names)
     image_set.items = [item for item in image_set.items if item.name in wanted]
-    decoded = decode_dataset(image_set, metrics["image_size"])
+    decoded = decode_dataset(image_set, metrics["image_size"], data_config)
     if sorted(decoded.names) != sorted(names):
         raise ExportError("The run's dataset changed since it trained: its test images are not all there.")
     index = {name: i for i, name in enumerate(metrics["class_names"])}
     y = np.asarray([index[decoded.class_names[label]] for label in decoded.y])
-    return decoded.x, y, decoded.names
+    files = {item.name: item for item in image_set.items}
+    return decoded.x, y, [files[name].read_bytes() for name in decoded.names]
+
+
+# At most this many test images are also run at their own size through an any-size export.
+ANY_SIZE_CHECKS = 40
+
+
+def _any_size_agreement(fmt: str, out: Path, files: list[bytes], reference: np.ndarray) -> float | None:
+    """Top-1 agreement when the export resizes the original pictures itself (keras, SavedModel).
+
+    The app resizes with Pillow (and decodes JPEGs at reduced size first); the export resizes with
+    TensorFlow's antialiased bilinear filter, so this can be slightly below the exact check.
+    """
+    if fmt not in ("keras", "savedmodel") or not files:
+        return None
+    import tensorflow as tf
+
+    from tl_core.data import decode_image
+
+    if fmt == "keras":
+        model = load_model_file(out)
+        predict = lambda image: model(image, training=False)  # noqa: E731 - eager: any size, no retracing
+    else:
+        serve = tf.saved_model.load(str(out)).signatures["serving_default"]
+        predict = lambda image: list(serve(image).values())[0]  # noqa: E731
+    agree = []
+    for data, expected in list(zip(files, reference))[:ANY_SIZE_CHECKS]:
+        picture, _ = decode_image(data, max_pixels=10**12)  # already accepted by the run's own limit
+        pixels = tf.constant(np.asarray(picture, dtype=np.float32)[None])
+        agree.append(int(np.asarray(predict(pixels)).argmax()) == int(expected))
+    return float(np.mean(agree))
 
 
 def any_size_model(model, image_size: int):
@@ -167,14 +199,18 @@ def tflite_interpreter(path: str | Path):
     return Interpreter(model_path=str(path))
 
 
-def _predict_tflite(path: Path, x: np.ndarray) -> np.ndarray:
+def _predict_tflite(path: Path, x: np.ndarray, batch: int = 32) -> np.ndarray:
     interpreter = tflite_interpreter(path)
     index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(index, list(x.shape))
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(index, x.astype(np.float32))
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    outputs = []
+    for start in range(0, len(x), batch):
+        chunk = x[start : start + batch].astype(np.float32)
+        interpreter.resize_tensor_input(index, list(chunk.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(index, chunk)
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy())
+    return np.concatenate(outputs)
 
 
 def _write_export(model, fmt: str, out: Path, image_size: int) -> None:
@@ -222,15 +258,20 @@ def export_run(run: dict[str, Any], fmt: str, out: str | Path) -> dict[str, Any]
         out = out.with_name(out.name + EXTENSIONS[fmt])
     model = load_model_file(path)
     size = run["metrics"]["image_size"]
-    x, y, _ = test_split(run)
+    x, y, files = test_split(run)
     reference = model.predict(x.astype(np.float32), batch_size=32, verbose=0).argmax(axis=1)
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    if out.is_dir():
+        if any(out.iterdir()) and not (out / "saved_model.pb").exists():
+            raise ExportError(f"{out} is a folder with other files in it; give a new path for the SavedModel.")
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         _write_export(model, fmt, out, size)
         predict = {"keras": _predict_keras, "savedmodel": _predict_savedmodel}.get(fmt, _predict_tflite)
         predicted = predict(out, x).argmax(axis=1)  # the file, loaded back into a fresh object
+        any_size = _any_size_agreement(fmt, out, files, reference)
     except ExportError:
         raise
     except Exception as err:  # noqa: BLE001 - a converter's failure is the user's answer, not a crash
@@ -241,6 +282,7 @@ def export_run(run: dict[str, Any], fmt: str, out: str | Path) -> dict[str, Any]
         "path": str(out),
         "format": fmt,
         "agreement": agreement,
+        "agreement_any_size": any_size,
         "accuracy": float((predicted == y).mean()) if len(y) else None,
         "app_accuracy": float((reference == y).mean()) if len(y) else None,
         "n_test": int(len(y)),
@@ -261,22 +303,22 @@ def _size(path: Path) -> int:
 
 USAGE = {
     "keras": """import keras, numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 model = keras.saving.load_model("{file}")  # takes RGB pixels 0-255 of any size
-image = np.asarray(Image.open("photo.jpg").convert("RGB"), dtype="float32")
+image = np.asarray(ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB"), dtype="float32")
 probabilities = model.predict(image[None])[0]
 print(CLASSES[int(probabilities.argmax())])""",
     "savedmodel": """import numpy as np, tensorflow as tf
-from PIL import Image
+from PIL import Image, ImageOps
 serve = tf.saved_model.load("{file}").signatures["serving_default"]  # RGB 0-255, any size
-image = np.asarray(Image.open("photo.jpg").convert("RGB"), dtype="float32")
+image = np.asarray(ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB"), dtype="float32")
 probabilities = list(serve(tf.constant(image[None])).values())[0].numpy()[0]
 print(CLASSES[int(probabilities.argmax())])""",
     "tflite": """import numpy as np, tensorflow as tf
-from PIL import Image
-interpreter = tf.lite.Interpreter(model_path="{file}")
+from PIL import Image, ImageOps
+interpreter = tf.lite.Interpreter(model_path="{file}")  # or ai_edge_litert.interpreter.Interpreter
 interpreter.allocate_tensors()
-image = Image.open("photo.jpg").convert("RGB").resize(({size}, {size}), Image.BILINEAR)  # fixed size
+image = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB").resize(({size}, {size}), Image.BILINEAR)
 interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.asarray(image, "float32")[None])
 interpreter.invoke()
 probabilities = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
@@ -304,11 +346,14 @@ def model_card(run: dict[str, Any], export: dict[str, Any]) -> tuple[str, dict[s
     ).replace("CLASSES", repr(metrics.get("class_names")))
     card = {
         "run_id": run["id"],
-        "export": {k: export[k] for k in ("format", "agreement", "accuracy", "app_accuracy", "n_test", "passed",
-                                          "required_agreement", "bytes")} | {"file": Path(export["path"]).name},
+        "export": {k: export.get(k) for k in ("format", "agreement", "agreement_any_size", "accuracy", "app_accuracy",
+                                              "n_test", "passed", "required_agreement", "bytes")}
+        | {"file": Path(export["path"]).name},
         "input": {
             "pixels": "RGB, 0-255, float32",
-            "size": "any (the model resizes to {0} x {0}, bilinear)".format(metrics.get("image_size"))
+            "size": "any (the model resizes to {0} x {0} with TensorFlow's antialiased bilinear filter; the app "
+                    "resizes with Pillow, so pictures of other sizes may score slightly differently)".format(
+                        metrics.get("image_size"))
             if fmt in ("keras", "savedmodel") else f"{metrics.get('image_size')} x {metrics.get('image_size')}",
         },
         "data": {
@@ -341,6 +386,7 @@ Exported as **{fmt}** (`{Path(export['path']).name}`, {export['bytes'] / 1024**2
 On the run's {export['n_test']} test images, loaded back from the file: top-1 agreement with the app's
 model **{agreement}**, accuracy **{export['accuracy']:.1%}** (the app's model: {export['app_accuracy']:.1%}).
 {'Passed' if export['passed'] else 'FAILED'} (required agreement: {export['required_agreement'] if export['required_agreement'] is not None else 'none, int8 reported as measured'}).
+{f"Given the original pictures at their own size (the export resizes them itself), it agreed on {export['agreement_any_size']:.1%} of up to {ANY_SIZE_CHECKS} test images." if export.get('agreement_any_size') is not None else ''}
 
 ## Input
 {card['input']['pixels']}; size: {card['input']['size']}. Preprocessing is inside the model.

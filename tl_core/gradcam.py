@@ -118,9 +118,9 @@ def explain_mistakes(run: dict, folder, max_side: int = 256, model=None) -> list
     """
     from pathlib import Path
 
-    from tl_core.config import DEFAULT_MAX_PIXELS
-    from tl_core.data import decode_image, resize_pixels
-    from tl_core.datasets import read_image_bytes
+    from tl_core.config import DataConfig
+    from tl_core.data import decode_image, load_images, resize_pixels
+    from tl_core.errors import DataError, TLCoreError
     from tl_core.export import load_model_file, model_file
     from tl_core.store import write_json_atomic
 
@@ -129,22 +129,33 @@ def explain_mistakes(run: dict, folder, max_side: int = 256, model=None) -> list
     out = Path(folder) / "gradcam"
     if not mistakes:
         return []
+    config = run.get("config") or {}
+    try:  # a folder or a zip: the same loader training used
+        data_config = DataConfig(**config.get("data", {}))
+        items = {item.name: item for item in load_images(config["source"], data_config).items}
+    except (TLCoreError, OSError, KeyError, TypeError, ValueError) as err:
+        raise DataError(f"The run's images cannot be read ({err}), so no heat map can be drawn.") from err
     if model is None:
         path = model_file(run)
         if path is None:
             return []
         model = load_model_file(path)
     classes = {name: i for i, name in enumerate(metrics["class_names"])}
-    size, source = metrics["image_size"], run["config"]["source"]
+    size = metrics["image_size"]
     pictures, pixels, kept = [], [], []
     for mistake in mistakes:
-        data = read_image_bytes(source, mistake["file"])
-        if data is None:
-            continue
-        picture, _ = decode_image(data, max_pixels=DEFAULT_MAX_PIXELS, draft_size=max_side)
+        item = items.get(mistake["file"])
+        try:
+            data = item.read_bytes() if item else None
+            if data is None:
+                continue
+            picture, _ = decode_image(data, data_config.max_pixels, draft_size=max_side)
+            model_input = resize_pixels(decode_image(data, data_config.max_pixels, draft_size=size)[0], size)
+        except (TLCoreError, OSError):
+            continue  # this picture only: the other heat maps are still drawn
         picture.thumbnail((max_side, max_side))
         pictures.append(picture)
-        pixels.append(resize_pixels(decode_image(data, max_pixels=DEFAULT_MAX_PIXELS, draft_size=size)[0], size))
+        pixels.append(model_input)
         kept.append(mistake)
     if not kept:
         return []

@@ -6,6 +6,7 @@ run that fails: the run is stored as ``failed`` with its error (or ``cancelled``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -234,8 +235,8 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
     shutil.rmtree(checkpoints.folder, ignore_errors=True)  # the run is complete: nothing to resume
     listener.on_stage_start("explain", 1)
     try:  # heat maps of the mistakes for the Result page; a run never fails for want of them
-        explain_mistakes({"metrics": metrics, "config": {"source": _describe(source)}}, store.run_dir(run_id),
-                         model=trained.model)
+        explain_mistakes({"metrics": metrics, "config": {"source": source, "data": dataclasses.asdict(data_config)}},
+                         store.run_dir(run_id), model=trained.model)
     except Exception as err:  # noqa: BLE001
         metrics["notes"].append(f"No Grad-CAM heat maps: {err.__class__.__name__}: {err}")
     listener.on_stage_end("explain", None)

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_cli(args: list[str], timeout: float = 600) -> tuple[int, dict[str, Any]]:
     """``(exit code, the command's JSON result)``; the result is ``{"error": message}`` when it has none."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "CUDA_VISIBLE_DEVICES": ""}  # short jobs on the CPU: the GPU stays the training worker's
     try:
         proc = subprocess.run([sys.executable, "-m", "tl_core", *args, "--json", "--quiet"],
                               capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)

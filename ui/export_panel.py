@@ -40,6 +40,7 @@ def export_panel(store: RunStore, run: dict[str, Any]) -> None:
     record = folder / f"{fmt}.json"
     result = json.loads(record.read_text()) if record.is_file() else None
     if st.button("Export and check" if result is None else "Export and check again", type="primary"):
+        record.unlink(missing_ok=True)  # a failed export must not leave the previous one's figures
         with st.spinner(f"Exporting to {fmt}, loading the file back and checking it on the test split..."):
             _, result = run_cli(["export", run["id"], "--format", fmt, "--out", str(folder / fmt / "model"),
                                  "--data-dir", str(store.data_dir)])
@@ -52,7 +53,8 @@ def export_panel(store: RunStore, run: dict[str, Any]) -> None:
                    "offered: you see how often it agrees with the app's model.")
         return
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Agreement with the app", f"{result['agreement']:.1%}")
+    c1.metric("Agreement with the app", f"{result['agreement']:.1%}",
+              help="Top-1 agreement on the test images, given to the export at the model's input size.")
     c2.metric("Export's test accuracy", f"{result['accuracy']:.1%}")
     c3.metric("App's test accuracy", f"{result['app_accuracy']:.1%}")
     c4.metric("Size", f"{result['bytes'] / 1024**2:.1f} MB")
@@ -62,6 +64,9 @@ def export_panel(store: RunStore, run: dict[str, Any]) -> None:
                    + (f"agreement {result['agreement']:.1%} (required {required:.0%})." if required is not None
                       else "int8 quantisation changes the weights, so its agreement is reported as measured."))
         allowed = True
+        if result.get("agreement_any_size") is not None:
+            st.caption(f"Given the original pictures at their own size (the export resizes them itself with "
+                       f"TensorFlow, the app with Pillow), it agreed on {result['agreement_any_size']:.1%}.")
     else:
         st.error(f"This export disagrees with the app's model on {1 - result['agreement']:.1%} of the test images "
                  f"(required agreement {required:.0%}). It predicts differently from what you tested.")

@@ -87,6 +87,8 @@ def mistakes_gallery(store, run: dict, mistakes: list[dict], can_compute: bool) 
                 _, result = run_cli(["gradcam", run["id"], "--data-dir", str(store.data_dir)])
             if "error" in result:
                 st.error(result["error"])
+            elif not result.get("files"):
+                st.warning("No heat map could be drawn: the run's test images could not be read.")
             else:
                 st.rerun()
     columns = st.columns(4)
