@@ -94,3 +94,31 @@ def jit_compile() -> bool:
     import keras
 
     return keras.mixed_precision.global_policy().name == "mixed_float16"
+
+
+def distribution_strategy():
+    """The ``tf.distribute`` strategy a run trains under.
+
+    - ``TF_CONFIG`` set: ``MultiWorkerMirroredStrategy`` (several machines, one job; see the README).
+    - Several GPUs: ``MirroredStrategy`` over all of them (one copy of the model per GPU, gradients
+      summed across them each step).
+    - Otherwise TensorFlow's default strategy (one device).
+
+    ``TL_DISTRIBUTE=off`` turns mirroring off; ``TL_DISTRIBUTE=all`` mirrors over every logical
+    device, CPUs included: a CPU split into logical devices runs the same code path as several
+    GPUs (the tests use it).
+    """
+    import tensorflow as tf
+
+    mode = os.environ.get("TL_DISTRIBUTE", "auto").strip().lower()
+    if mode == "off":
+        return tf.distribute.get_strategy()
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([device.name for device in gpus])
+    cpus = tf.config.list_logical_devices("CPU")
+    if mode == "all" and len(cpus) > 1:
+        return tf.distribute.MirroredStrategy([device.name for device in cpus])
+    return tf.distribute.get_strategy()

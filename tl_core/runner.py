@@ -21,7 +21,13 @@ from tl_core import backbones, data
 from tl_core.config import DataConfig, TrainConfig, run_payload
 from tl_core.errors import CancelledError, TLCoreError
 from tl_core.features import extract_features, features_key
-from tl_core.hardware import describe_hardware, inference_batch, jit_compile, use_acceleration
+from tl_core.hardware import (
+    describe_hardware,
+    distribution_strategy,
+    inference_batch,
+    jit_compile,
+    use_acceleration,
+)
 from tl_core.gradcam import explain_mistakes
 from tl_core.finetune import StageCheckpoints, TrainedModel, train_scratch, train_two_stage
 from tl_core.heads import LinearHead
@@ -174,47 +180,60 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
     split_data = {part: (decoded.x[idx], decoded.y[idx]) for part, idx in splits.items()}
     n_classes = len(decoded.class_names)
 
-    weights = backbones.resolve_weights(spec, "none" if config.strategy == "scratch" else config.weights, config.seed)
-    base = backbones.build_base(spec, weights, size, config.seed)
-    feature_model = backbones.build_feature_model(
-        spec, base, size, inference_mode=config.strategy != "scratch", cut=config.feature_cut
-    )
-    cache_path = store.cache_dir / "features" / (
-        features_key(decoded.hashes, spec.name, weights.identity + ("|mixed" if jit_compile() else ""), size,
-                     config.feature_cut) + ".npy"
-    )
-
-    checkpoints = StageCheckpoints(store.run_dir(run_id) / "checkpoints")
-    if config.strategy == "feature_extractor":
-        features = extract_features(feature_model, decoded.x, inference_batch(config.batch_size), listener, cache_path)
-        trained, probabilities = _train_linear_head(feature_model, features, splits, decoded, config, listener)
-    else:
-        if config.strategy == "finetune":
-            # One pass of the frozen ConvNet (cached): it sets the head's feature standardisation
-            # and, without augmentation, is all stage 1 needs.
-            all_features = extract_features(
-                feature_model, decoded.x, inference_batch(config.batch_size), listener, cache_path
-            )
-            features = {part: all_features[idx] for part, idx in splits.items()}
-            trained = train_two_stage(
-                feature_model,
-                lambda n: backbones.set_trainable_blocks(spec, base, n),
-                split_data,
-                n_classes,
-                config,
-                listener,
-                features,
-                lambda n: backbones.split_at_block(spec, base, n, size),
-                checkpoints,
-            )
-        else:
-            trained = train_scratch(feature_model, split_data, n_classes, config, listener, checkpoints)
-        trained.notes[:0] = checkpoints.notes
-        listener.on_stage_start("evaluate", len(splits["test"]))
-        probabilities = trained.model.predict(
-            data.make_batches(split_data["test"][0], None, inference_batch(config.batch_size)), verbose=0
+    # Several GPUs (or TF_CONFIG, or TL_DISTRIBUTE=all): one model copy per device, built and
+    # trained in the strategy's scope; each device takes `batch_size` images per step.
+    strategy = distribution_strategy()
+    replicas = int(strategy.num_replicas_in_sync)
+    fit_config = dataclasses.replace(config, batch_size=config.batch_size * replicas)
+    distribution = {"strategy": strategy.__class__.__name__, "replicas": replicas,
+                    "global_batch": fit_config.batch_size}
+    distribution_notes = [] if replicas == 1 else [
+        f"Trained on {replicas} devices ({strategy.__class__.__name__}): {config.batch_size} images per device "
+        f"per step, a global batch of {fit_config.batch_size}; learning rates as set "
+        f"({config.learning_rate:g}, stage 2 {config.fine_tune_learning_rate:g}), not scaled."
+    ]
+    with strategy.scope():
+        weights = backbones.resolve_weights(spec, "none" if config.strategy == "scratch" else config.weights, config.seed)
+        base = backbones.build_base(spec, weights, size, config.seed)
+        feature_model = backbones.build_feature_model(
+            spec, base, size, inference_mode=config.strategy != "scratch", cut=config.feature_cut
         )
-        listener.on_stage_end("evaluate", None)
+        cache_path = store.cache_dir / "features" / (
+            features_key(decoded.hashes, spec.name, weights.identity + ("|mixed" if jit_compile() else ""), size,
+                         config.feature_cut) + ".npy"
+        )
+
+        checkpoints = StageCheckpoints(store.run_dir(run_id) / "checkpoints")
+        if config.strategy == "feature_extractor":
+            features = extract_features(feature_model, decoded.x, inference_batch(config.batch_size), listener, cache_path)
+            trained, probabilities = _train_linear_head(feature_model, features, splits, decoded, config, listener)
+        else:
+            if config.strategy == "finetune":
+                # One pass of the frozen ConvNet (cached): it sets the head's feature standardisation
+                # and, without augmentation, is all stage 1 needs.
+                all_features = extract_features(
+                    feature_model, decoded.x, inference_batch(config.batch_size), listener, cache_path
+                )
+                features = {part: all_features[idx] for part, idx in splits.items()}
+                trained = train_two_stage(
+                    feature_model,
+                    lambda n: backbones.set_trainable_blocks(spec, base, n),
+                    split_data,
+                    n_classes,
+                    fit_config,
+                    listener,
+                    features,
+                    lambda n: backbones.split_at_block(spec, base, n, size),
+                    checkpoints,
+                )
+            else:
+                trained = train_scratch(feature_model, split_data, n_classes, fit_config, listener, checkpoints)
+            trained.notes[:0] = checkpoints.notes + distribution_notes
+            listener.on_stage_start("evaluate", len(splits["test"]))
+            probabilities = trained.model.predict(
+                data.make_batches(split_data["test"][0], None, inference_batch(config.batch_size)), verbose=0
+            )
+            listener.on_stage_end("evaluate", None)
 
     test_idx = splits["test"]
     metrics = evaluate(decoded.y[test_idx], probabilities, decoded.class_names, [decoded.names[i] for i in test_idx])
@@ -226,6 +245,7 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
             "weights": weights.description,
             "hardware": describe_hardware(),
             "split": {part: int(len(idx)) for part, idx in splits.items()},
+            "distribution": distribution,
             "history": trained.history,
             "notes": trained.notes,
             "timing": _timing(timer, trained.history, len(decoded.y), len(splits["train"]), len(splits["val"])),

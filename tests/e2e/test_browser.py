@@ -132,3 +132,4 @@ def test_upload_train_share(app_server, browser, screenshot_dir, tmp_path):
     assert [v.split(" ")[0] for v in verdicts.all_inner_texts()].count("red") >= 1
     _settle(page)
     page.screenshot(path=str(screenshot_dir / "predict.png"), full_page=True)
+    page.close()  # its live views would keep refreshing while the next tests measure
