@@ -12,13 +12,15 @@ and as a saved upload. Focused tests follow for what needs its own set-up. No Te
 
 from __future__ import annotations
 
-import errno
 import functools
 import io
 import os
 import re
 import stat
 import struct
+import subprocess
+import sys
+import time
 import zipfile
 import zlib
 from collections import Counter
@@ -29,7 +31,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from conftest import png_bytes, toy_image
+from conftest import REPO, png_bytes, toy_image
 from tl_core.config import DataConfig
 from tl_core.data import build_report, decode_dataset, decode_image, load_images, split_dataset
 from tl_core.datasets import MAX_NAME_BYTES, list_datasets, save_image_set
@@ -497,29 +499,52 @@ def test_uploads_with_emoji_accents_and_300_character_names_are_saved_and_read_b
     assert sorted(item.read_bytes() for item in saved.items) == sorted(data for _, data, _ in files)
 
 
-def test_a_failed_save_leaves_no_half_dataset(tmp_path, monkeypatch):
+_SAVE_UNDER_A_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from tl_core.data import load_images
+from tl_core.datasets import save_image_set
+from tl_core.errors import DataError
+from tl_core.store import RunStore
+store = RunStore(sys.argv[1])  # opened before the limit: only the dataset's files meet it
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
+try:
+    save_image_set(store, load_images(sys.argv[2]), "half")
+except DataError as err:
+    print(err)
+"""
+
+
+def test_a_failed_save_leaves_no_half_dataset(tmp_path):
+    # A real refused write: the OS's file-size limit, in a child process, stops the save midway.
     rng = np.random.default_rng(4)
-    image_set = load_images(
-        [(f"{i}.png", png_bytes(toy_image((9, 9, 9), rng)), f"class {i % 2}") for i in range(6)]
-    )
+    source = tmp_path / "source"
+    for i in range(6):
+        (source / f"class {i % 2}").mkdir(parents=True, exist_ok=True)
+        small = Image.new("RGB", (8, 8), (9, 9, 9))
+        big = Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))  # over 1,500 bytes as PNG
+        (small if i < 3 else big).save(source / f"class {i % 2}" / f"{i}.png")
     store = RunStore(tmp_path / "data")
-    real_write, written = Path.write_bytes, []
-
-    def disk_fills_up(path, data):
-        if len(written) == 3:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        written.append(path)
-        return real_write(path, data)
-
-    monkeypatch.setattr(Path, "write_bytes", disk_fills_up)
-    with pytest.raises(
-        DataError, match=r"Could not save the dataset .*\(No space left on device\); nothing was kept"
-    ):
-        save_image_set(store, image_set, "half")
-    assert written and list_datasets(store) == []
+    out = subprocess.run(
+        [sys.executable, "-c", _SAVE_UNDER_A_FILE_SIZE_LIMIT, str(store.data_dir), str(source)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )
+    assert re.search(r"Could not save the dataset .*\(File too large\); nothing was kept", out.stdout), out
+    assert list_datasets(store) == []
     assert list((tmp_path / "data" / "datasets").iterdir()) == []  # no partial folder either
-    monkeypatch.undo()
-    assert len(load_images(save_image_set(store, image_set, "whole")).items) == 6
+    assert len(load_images(save_image_set(store, load_images(source), "whole")).items) == 6
+
+
+def test_a_stale_partial_folder_of_a_killed_save_is_cleaned_up(tmp_path, toy_folder):
+    store = RunStore(tmp_path / "data")
+    stale = tmp_path / "data" / "datasets" / ".partial-killed"
+    (stale / "red").mkdir(parents=True)
+    old = time.time() - 2 * 24 * 3600
+    os.utime(stale, (old, old))
+    fresh = tmp_path / "data" / "datasets" / ".partial-in-progress"  # another process saving right now
+    fresh.mkdir()
+    save_image_set(store, load_images(toy_folder), "next")
+    assert not stale.exists() and fresh.exists()
 
 
 # ------------------------------------------------------------------ pixel limit and bombs

@@ -95,6 +95,7 @@ def save_image_set(store: RunStore, image_set: ImageSet, name: str, workspace: s
         DataError: the files could not be written (disk full, no permission); nothing is kept.
     """
     root = datasets_dir(store)
+    _remove_stale_partials(root)
     token = secrets.token_urlsafe(12)
     partial, folder = root / f".partial-{token}", root / token
     namer = _Namer()
@@ -125,6 +126,19 @@ def save_image_set(store: RunStore, image_set: ImageSet, name: str, workspace: s
             "Free some disk space (or fix the folder's permissions) and load it again."
         ) from err
     return folder
+
+
+# A save takes seconds to minutes; a hidden partial folder this old was left by a killed process.
+STALE_PARTIAL_SECONDS = 24 * 3600
+
+
+def _remove_stale_partials(root: Path) -> None:
+    for partial in root.glob(".partial-*") if root.is_dir() else []:
+        try:
+            if time.time() - partial.stat().st_mtime > STALE_PARTIAL_SECONDS:
+                shutil.rmtree(partial, ignore_errors=True)
+        except OSError:
+            pass  # removed by another process meanwhile
 
 
 def list_datasets(store: RunStore, workspace: str | None = None) -> list[dict[str, Any]]:
