@@ -108,18 +108,19 @@ def overlay(image: Image.Image, cam: np.ndarray, opacity: float = 0.45) -> Image
     return Image.fromarray(blended.astype(np.uint8))
 
 
-def explain_mistakes(run: dict, folder, max_side: int = 256, model=None) -> list:
+def explain_mistakes(run: dict, folder, max_side: int = 256, model=None, items: dict | None = None) -> list:
     """Grad-CAM overlays of a run's most confident test mistakes, for the predicted and the true class.
 
     Written to ``<folder>/gradcam/<n>-predicted.png`` and ``<n>-true.png`` with ``index.json``
     (``{file: {"predicted": png, "true": png}}``), so the Result page shows them without loading
-    TensorFlow. ``model``: the run's model when already in memory (else loaded from its file).
-    Returns the files written.
+    TensorFlow. ``model`` and ``items`` (the dataset's ``ImageItem`` by name): what the caller
+    already holds (the runner); otherwise the model is loaded from its file and the items are
+    listed from the run's source. Returns the files written.
     """
     from pathlib import Path
 
     from tl_core.config import DataConfig
-    from tl_core.data import decode_image, load_images, resize_pixels
+    from tl_core.data import load_images, prepare_image
     from tl_core.errors import DataError, TLCoreError
     from tl_core.export import load_model_file, model_file
     from tl_core.store import write_json_atomic
@@ -130,9 +131,10 @@ def explain_mistakes(run: dict, folder, max_side: int = 256, model=None) -> list
     if not mistakes:
         return []
     config = run.get("config") or {}
-    try:  # a folder or a zip: the same loader training used
+    try:
         data_config = DataConfig(**config.get("data", {}))
-        items = {item.name: item for item in load_images(config["source"], data_config).items}
+        if items is None:  # a folder or a zip: the same loader training used
+            items = {item.name: item for item in load_images(config["source"], data_config).items}
     except (TLCoreError, OSError, KeyError, TypeError, ValueError) as err:
         raise DataError(f"The run's images cannot be read ({err}), so no heat map can be drawn.") from err
     if model is None:
@@ -149,8 +151,7 @@ def explain_mistakes(run: dict, folder, max_side: int = 256, model=None) -> list
             data = item.read_bytes() if item else None
             if data is None:
                 continue
-            picture, _ = decode_image(data, data_config.max_pixels, draft_size=max_side)
-            model_input = resize_pixels(decode_image(data, data_config.max_pixels, draft_size=size)[0], size)
+            model_input, picture = prepare_image(data, size, data_config.max_pixels)  # as training decoded it
         except (TLCoreError, OSError):
             continue  # this picture only: the other heat maps are still drawn
         picture.thumbnail((max_side, max_side))

@@ -104,6 +104,15 @@ def worker_alive(store: RunStore) -> bool:
         return False
 
 
+REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def engine_env(**extra: str) -> dict[str, str]:
+    """The environment for a ``python -m tl_core`` child process: this checkout importable first."""
+    path = os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
 def ensure_worker(store: RunStore) -> bool:
     """Start a worker process for this data folder unless one is alive or starting; True if started."""
     stamp = store.data_dir / SPAWN_STAMP
@@ -115,8 +124,7 @@ def ensure_worker(store: RunStore) -> bool:
     except FileNotFoundError:
         pass
     stamp.touch()
-    repo_root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
+    env = engine_env()
     log = open(store.data_dir / "worker.log", "ab")
     subprocess.Popen(
         [sys.executable, "-m", "tl_core", "worker", "--data-dir", str(store.data_dir), "--quiet"],
@@ -124,7 +132,7 @@ def ensure_worker(store: RunStore) -> bool:
         stdout=log,
         stderr=subprocess.STDOUT,
         env=env,
-        cwd=repo_root,
+        cwd=REPO_ROOT,
         start_new_session=True,  # not killed with the app server's process group
     )
     log.close()

@@ -21,6 +21,8 @@ from tl_core import backbones, data
 from tl_core.config import DataConfig, TrainConfig, run_payload
 from tl_core.errors import CancelledError, TLCoreError
 from tl_core.features import extract_features, features_key
+from tl_core.finetune import StageCheckpoints, TrainedModel, train_scratch, train_two_stage
+from tl_core.gradcam import explain_mistakes
 from tl_core.hardware import (
     describe_hardware,
     distribution_strategy,
@@ -28,12 +30,11 @@ from tl_core.hardware import (
     jit_compile,
     use_acceleration,
 )
-from tl_core.gradcam import explain_mistakes
-from tl_core.finetune import StageCheckpoints, TrainedModel, train_scratch, train_two_stage
 from tl_core.heads import LinearHead
 from tl_core.metrics import evaluate
 from tl_core.progress import EPOCH_STAGES, MultiProgress, NullProgress, ProgressListener, StageTimer
 from tl_core.store import RunStore, write_json_atomic
+
 
 class StoreProgress(NullProgress):
     """Writes epoch metrics to the store as they arrive, and a progress snapshot at most twice a second."""
@@ -255,8 +256,9 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
     shutil.rmtree(checkpoints.folder, ignore_errors=True)  # the run is complete: nothing to resume
     listener.on_stage_start("explain", 1)
     try:  # heat maps of the mistakes for the Result page; a run never fails for want of them
-        explain_mistakes({"metrics": metrics, "config": {"source": source, "data": dataclasses.asdict(data_config)}},
-                         store.run_dir(run_id), model=trained.model)
+        explain_mistakes({"metrics": metrics, "config": {"data": dataclasses.asdict(data_config)}},
+                         store.run_dir(run_id), model=trained.model,
+                         items={item.name: item for item in image_set.items})
     except Exception as err:  # noqa: BLE001
         metrics["notes"].append(f"No Grad-CAM heat maps: {err.__class__.__name__}: {err}")
     listener.on_stage_end("explain", None)

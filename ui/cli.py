@@ -7,22 +7,19 @@ machine it never holds GPU memory.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from tl_core.jobs import REPO_ROOT, engine_env
 
 
 def run_cli(args: list[str], timeout: float = 600) -> tuple[int, dict[str, Any]]:
     """``(exit code, the command's JSON result)``; the result is ``{"error": message}`` when it has none."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "CUDA_VISIBLE_DEVICES": ""}  # short jobs on the CPU: the GPU stays the training worker's
+    env = engine_env(CUDA_VISIBLE_DEVICES="")  # short jobs on the CPU: the GPU stays the training worker's
     try:
         proc = subprocess.run([sys.executable, "-m", "tl_core", *args, "--json", "--quiet"],
-                              capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
+                              capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
     except subprocess.TimeoutExpired:
         return -1, {"error": f"It took longer than {timeout:.0f} s and was stopped."}
     lines = proc.stdout.strip().splitlines()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import streamlit as st
 from PIL import Image, ImageOps
@@ -11,6 +12,7 @@ from tl_core.config import DEFAULT_MAX_PIXELS
 from tl_core.data import decode_image, load_images
 from tl_core.datasets import read_image_bytes
 from tl_core.errors import ImageDecodeError, TLCoreError
+from ui.cli import run_cli
 
 THUMB = 112
 
@@ -69,14 +71,8 @@ HEAT_VIEWS = {"picture": "The picture", "predicted": "Heat map: what made it pre
 
 def mistakes_gallery(store, run: dict, mistakes: list[dict], can_compute: bool) -> None:
     """The most confident mistakes, as pictures or Grad-CAM overlays (stored by the run)."""
-    from ui.cli import run_cli
-
     folder = store.run_dir(run["id"]) / "gradcam"
-    index = {}
-    if (folder / "index.json").is_file():
-        import json
-
-        index = json.loads((folder / "index.json").read_text())
+    index = json.loads((folder / "index.json").read_text()) if (folder / "index.json").is_file() else {}
     if index:
         view = st.radio("Show", list(HEAT_VIEWS), format_func=HEAT_VIEWS.get, horizontal=True, key="heat_view",
                         help="Grad-CAM: red where the ConvNet's last feature maps pushed the class's score up.")
