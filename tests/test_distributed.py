@@ -44,3 +44,45 @@ def test_mirrored_training_on_two_devices_matches_one_device(toy_folder, tmp_pat
     # The same accuracy, within one test image, and clearly above chance (3 classes).
     assert abs(mirrored["accuracy"] - single["accuracy"]) <= 1 / mirrored["n_test"] + 1e-9, (mirrored, single)
     assert min(mirrored["accuracy"], single["accuracy"]) >= 0.6, (mirrored, single)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_worker_processes_train_one_job_from_tf_config(toy_folder, tmp_path):
+    """The README's two-machine recipe, on one machine: two `python -m tl_core train` processes with
+    the same TF_CONFIG cluster (MultiWorkerMirroredStrategy) train in lockstep to the same weights."""
+    import keras
+    import numpy as np
+
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    command = [sys.executable, "-m", "tl_core", "train", "--data", str(toy_folder), "--strategy", "finetune",
+               "--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--batch-size", "8",
+               "--epochs", "4", "--fine-tune-epochs", "2", "--quiet", "--json"]
+    workers = []
+    for index in range(2):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TL_DATA_DIR": str(tmp_path / f"worker{index}"),
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        env.pop("TL_DISTRIBUTE", None)
+        workers.append(subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    assert [r["status"] for r in results] == ["succeeded", "succeeded"], [r["error"] for r in results]
+    metrics = [json.loads((tmp_path / f"worker{i}" / "runs" / r["run_id"] / "metrics.json").read_text())
+               for i, r in enumerate(results)]
+    for m in metrics:
+        assert m["distribution"]["replicas"] == 2 and m["distribution"]["global_batch"] == 16
+        assert m["test_accuracy"] >= 0.6  # 3 classes: chance is 0.33
+    assert metrics[0]["test_accuracy"] == metrics[1]["test_accuracy"]
+    models = [keras.saving.load_model(r["model_path"]) for r in results]
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)  # gradients all-reduced across both processes

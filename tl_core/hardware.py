@@ -114,6 +114,7 @@ def distribution_strategy():
     if mode == "off":
         return tf.distribute.get_strategy()
     if os.environ.get("TF_CONFIG"):
+        _patch_keras_for_multi_worker()
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if len(gpus) > 1:
@@ -122,3 +123,54 @@ def distribution_strategy():
     if mode == "all" and len(cpus) > 1:
         return tf.distribute.MirroredStrategy([device.name for device in cpus])
     return tf.distribute.get_strategy()
+
+
+_PATCHED = False
+
+
+def _patch_keras_for_multi_worker() -> None:
+    """Let Keras 3's ``fit`` train under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585).
+
+    Keras 3.x fails there in two places, both only under a multi-worker strategy: building the
+    model from a distributed batch (it all-reduces the *input* batch across machines: "Attempt to
+    convert a value (PerReplica...)"), and averaging the step's scalar loss and metrics with
+    ``axis=0`` ("Invalid reduction dimension 0"). Build from this worker's own batch instead, and
+    average scalars without an axis. Nothing changes for one device or ``MirroredStrategy``.
+    """
+    global _PATCHED
+    if _PATCHED:
+        return
+    import tensorflow as tf
+    from keras.src.backend.tensorflow import trainer
+
+    if not all(hasattr(trainer, name) for name in ("reduce_per_replica", "_collective_all_reduce_multi_worker")):
+        return  # a Keras that no longer has these internals: nothing to patch
+    original_reduce = trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if not (trainer._collective_all_reduce_multi_worker(strategy) and reduction in ("auto", "mean")):
+            return original_reduce(values, strategy, reduction)
+
+        def mean(value):
+            local = strategy.experimental_local_results(value)[0]
+            return strategy.reduce("MEAN", value, axis=None if local.shape.rank == 0 else 0)
+
+        return tf.nest.map_structure(mean, values)
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self._distribute_strategy is None:
+            return
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: self.distribute_strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v,
+                    next(batches),
+                )
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    trainer.reduce_per_replica = reduce_per_replica
+    trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    _PATCHED = True
