@@ -26,6 +26,10 @@ def main() -> None:
         st.Page(PAGES["predict"], title="Predict", icon="🔮", url_path="predict"),
     ]
     page = st.navigation(pages)
+    # Root-level secrets (.streamlit/secrets.toml, Community Cloud's Secrets box) become environment
+    # variables: the settings TL_HOSTED, TL_DATABASE_URL, TL_ARTIFACTS_URL... and cloud credentials,
+    # which the training worker inherits. Streamlit loads them at start; this makes sure of it.
+    st.secrets.load_if_toml_exists()
     started = time.perf_counter()
     try:
         workspace()  # hosted: this visitor's private workspace key, kept in the URL

@@ -36,6 +36,7 @@ run = labels[choice]
 metrics = run["metrics"]
 st.caption(f"Test accuracy {metrics['test_accuracy']:.1%} on {metrics['n_test']} images · classes: {', '.join(metrics['class_names'])}")
 uploads = st.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"], accept_multiple_files=True)
+store.run_dir(run["id"])  # after a wiped disk: fetches the run's folder from the artifacts location
 path = model_file(run)
 if not uploads or path is None:
     st.stop()

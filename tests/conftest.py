@@ -90,3 +90,38 @@ def store(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TL_DATA_DIR", str(tmp_path / "data"))
     return RunStore(tmp_path / "data")
+
+
+TEST_DATABASE_ENV = "TL_TEST_DATABASE_URL"
+
+
+@pytest.fixture()
+def postgres_url():
+    """The URL of a new, empty PostgreSQL database for one test, dropped after it.
+
+    It is made on the server of ``$TL_TEST_DATABASE_URL`` (a role allowed to create databases,
+    e.g. ``postgresql://tl:tl@127.0.0.1:5432/postgres``; ``.ci/run`` starts one and sets it).
+    """
+    import secrets
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    from tl_core.store import dispose_engines, parse_database_url
+
+    admin_url = os.environ.get(TEST_DATABASE_ENV)
+    if not admin_url:
+        pytest.skip(f"{TEST_DATABASE_ENV} is unset: no PostgreSQL server to test against (.ci/run starts one)")
+    name = f"tl_test_{secrets.token_hex(6)}"
+    admin = create_engine(parse_database_url(admin_url), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield parse_database_url(admin_url).set(drivername="postgresql", database=name).render_as_string(
+            hide_password=False
+        )
+    finally:
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()

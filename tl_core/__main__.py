@@ -10,14 +10,15 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from tl_core.config import HEADS, STRATEGIES, DataConfig, TrainConfig
+from tl_core.datasets import with_local_source
 from tl_core.errors import TLCoreError
 from tl_core.progress import EPOCH_STAGES, STAGE_TITLES
-
 
 
 class TerminalProgress:
@@ -229,8 +230,11 @@ def cmd_resume(args) -> dict[str, Any]:
 def cmd_export(args) -> dict[str, Any]:
     from tl_core.export import export_run
 
-    run = _store(args).get_run(args.run_id)
+    store = _store(args)
+    run = with_local_source(store, store.get_run(args.run_id))
     result = export_run(run, args.format, args.out)
+    if Path(args.out).resolve().is_relative_to(store.run_dir(args.run_id).resolve()):
+        store.publish(args.run_id)  # kept with the run when the disk is wiped
     if not args.json:
         verdict = "passed" if result["passed"] else "FAILED the check"
         print(f"{result['path']}: {args.format}, top-1 agreement {result['agreement']:.1%} with the app's model, "
@@ -244,7 +248,8 @@ def cmd_gradcam(args) -> dict[str, Any]:
     from tl_core.gradcam import explain_mistakes
 
     store = _store(args)
-    written = explain_mistakes(store.get_run(args.run_id), store.run_dir(args.run_id))
+    written = explain_mistakes(with_local_source(store, store.get_run(args.run_id)), store.run_dir(args.run_id))
+    store.publish(args.run_id)
     if not args.json:
         print(f"{len(written)} heat maps in {store.run_dir(args.run_id) / 'gradcam'}")
     return {"files": [str(p) for p in written]}

@@ -2,7 +2,8 @@
 
 An upload (zip or files per class) is written to ``<data dir>/datasets/<id>/<class>/<file>`` so
 the background worker, a restarted app and a share page can all read it later. A local folder is
-used where it is, not copied.
+used where it is, not copied. With an artifacts location (``TL_ARTIFACTS_URL``) a saved upload is
+also copied there, and :func:`local_source` brings it back to a server whose disk was wiped.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ _UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')
 # Linux allows 255 bytes per file name; room is left for a clash number.
 MAX_NAME_BYTES = 200
 _MAX_SUFFIX_BYTES = 16
+_SAVED_NAME = re.compile(r"^[A-Za-z0-9_-]{16}$")  # secrets.token_urlsafe(12): a saved upload's folder
+_DIGITS_NAME = re.compile(r"^sample-digits-(\d{1,2})$")
 
 
 def _fit(stem: str, suffix: str, max_bytes: int) -> str:
@@ -125,7 +128,39 @@ def save_image_set(store: RunStore, image_set: ImageSet, name: str, workspace: s
             f"Could not save the dataset under {root} ({err.strerror or err}); nothing was kept. "
             "Free some disk space (or fix the folder's permissions) and load it again."
         ) from err
+    if store.artifacts is not None:  # a failed copy is logged: the dataset is saved here all the same
+        store.artifacts.try_upload(folder, f"datasets/{folder.name}")
     return folder
+
+
+def local_source(store: RunStore, source: str) -> str:
+    """A path to a run's dataset that this server can read: ``source`` itself when it exists.
+
+    A dataset this app saved (an upload, the digits sample) under another data folder or on a
+    wiped disk is looked for in this data folder, then fetched from the artifacts location (an
+    upload) or rebuilt (the sample). Anything else is returned as it is, for the reader to report.
+    """
+    path = Path(source)
+    if path.exists() or path.parent.name != "datasets":
+        return source
+    local = datasets_dir(store) / path.name
+    if local.is_dir():
+        return str(local)
+    saved = _SAVED_NAME.match(path.name) and store.artifacts is not None
+    if saved and store.artifacts.try_download(f"datasets/{path.name}", local):
+        return str(local)
+    digits = _DIGITS_NAME.match(path.name)
+    if digits:
+        return str(digits_sample(store, int(digits.group(1))))
+    return source
+
+
+def with_local_source(store: RunStore, run: dict) -> dict:
+    """``run`` with its ``config['source']`` replaced by :func:`local_source` (a copy; the store is unchanged)."""
+    config = dict(run.get("config") or {})
+    if config.get("source"):
+        config["source"] = local_source(store, config["source"])
+    return {**run, "config": config}
 
 
 # A save takes seconds to minutes; a hidden partial folder this old was left by a killed process.

@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 
 from tl_core.config import DEFAULT_MAX_PIXELS
 from tl_core.data import decode_image, load_images
-from tl_core.datasets import read_image_bytes
+from tl_core.datasets import local_source, read_image_bytes
 from tl_core.errors import ImageDecodeError, TLCoreError
 from ui.cli import run_cli
 
@@ -89,6 +89,8 @@ def mistakes_gallery(store, run: dict, mistakes: list[dict], can_compute: bool) 
                 st.rerun()
     columns = st.columns(4)
     source = (run.get("config") or {}).get("source", "")
+    if any(view not in index.get(m["file"], {}) for m in mistakes):
+        source = local_source(store, source)  # after a wiped disk: fetched from the artifacts location
     for position, mistake in enumerate(mistakes):
         entry = index.get(mistake["file"], {})
         image = (folder / entry[view]).read_bytes() if view in entry else thumbnail(source, mistake["file"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from tl_core import ray_jobs
 from tl_core.charts import run_label
 from tl_core.jobs import ensure_worker, queue_snapshot, refresh_seconds
 from ui.run_view import stage_fraction
@@ -24,14 +25,15 @@ def _queue(interval: float) -> None:
         st.caption("Nothing of yours is training." if hosted() else "Nothing training.")
     others = snapshot["others_running"] + snapshot["others_queued"]
     if others:
-        st.caption(f"{others} run(s) of other visitors in the queue; runs train one at a time.")
+        where = "on the Ray cluster" if ray_jobs.enabled() else "one at a time"
+        st.caption(f"{others} run(s) of other visitors in the queue; runs train {where}.")
     for run in snapshot["running"]:
         progress = run.get("progress") or {}
         stage = progress.get("current")
         fraction = stage_fraction((progress.get("stages") or {}).get(stage))
         st.progress(fraction, text=f"▶ {run_label(run)} — {stage or 'starting'}")
     for position, run in enumerate(snapshot["queued"], start=1):
-        st.caption(f"{position}. {run_label(run)} (waiting)")
+        st.caption(f"{position}. {run_label(run)} ({(run.get('progress') or {}).get('message') or 'waiting'})")
 
 
 def render_sidebar() -> None:

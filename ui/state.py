@@ -28,13 +28,16 @@ PAGES = {
 
 
 @st.cache_resource
-def _store_at(data_dir: str) -> RunStore:
-    return RunStore(data_dir)
+def _store_at(data_dir: str, database_url: str | None, artifacts_url: str | None) -> RunStore:
+    return RunStore(data_dir, database_url=database_url, artifacts_url=artifacts_url)
 
 
 def get_store() -> RunStore:
-    """The store of ``$TL_DATA_DIR`` (default ``~/.tl_studio``), opened once per server process."""
-    return _store_at(str(default_data_dir()))
+    """The store of ``$TL_DATA_DIR`` (default ``~/.tl_studio``), with ``$TL_DATABASE_URL`` and
+    ``$TL_ARTIFACTS_URL`` when set (root-level secrets on Community Cloud); opened once per server
+    process and setting."""
+    return _store_at(str(default_data_dir()), os.environ.get("TL_DATABASE_URL") or None,
+                     os.environ.get("TL_ARTIFACTS_URL") or None)
 
 
 def hosted() -> bool:
