@@ -6,6 +6,10 @@ tabs and a restarted app server. One worker per data folder is guaranteed by an 
 ``flock`` on ``worker.lock``, which the operating system releases if the worker dies; a new worker
 then marks failed, with an explanation, each ``running`` run whose process is gone. POSIX only
 (``fcntl``): Linux, macOS, WSL.
+
+With ``TL_RAY_ADDRESS`` set, :func:`submit` sends each run to a Ray cluster instead
+(:mod:`tl_core.ray_jobs`) and no local worker is started; both execute a run with
+:func:`execute_run`, so progress, cancel and results go through the same store.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tl_core import ray_jobs
 from tl_core.config import DataConfig, TrainConfig, run_payload
-from tl_core.errors import DataError
+from tl_core.datasets import local_source
+from tl_core.errors import ConfigError, DataError
 from tl_core.progress import NullProgress
 from tl_core.store import RunStore
 
@@ -61,7 +67,26 @@ def submit(
     if not path.exists():
         raise DataError(f"No folder or zip file at '{path}'.")
     payload = {**run_payload(config, data_config, str(path), group), "share_images": bool(share_images)}
-    return store.create_run(payload, status="queued", name=name, workspace=workspace)
+    on_ray = ray_jobs.enabled()
+    run_id = store.create_run(payload, status="queued", name=name, workspace=workspace,
+                              executor="ray" if on_ray else None)
+    if on_ray:
+        _dispatch_to_ray(store, run_id)
+    return run_id
+
+
+def _dispatch_to_ray(store: RunStore, run_id: str) -> None:
+    """Hand a queued run to the Ray cluster; if that fails the run is failed with the reason."""
+    try:
+        asked = ray_jobs.dispatch(store, run_id)
+    except ConfigError as err:
+        store.finish(run_id, "failed", error=str(err))
+        return
+    except Exception as err:  # noqa: BLE001 - whatever Ray raises, the run ends failed with the reason
+        store.finish(run_id, "failed", error=f"Could not send the run to the Ray cluster: {err.__class__.__name__}: {err}")
+        return
+    gpus = asked["gpus"]
+    store.set_progress(run_id, {"stages": {}, "message": f"waiting for the Ray cluster, asks for {gpus:g} GPU{'s' if gpus != 1 else ''}"})
 
 
 def resume(store: RunStore, run_id: str) -> None:
@@ -71,7 +96,12 @@ def resume(store: RunStore, run_id: str) -> None:
     decoding and feature extraction come back from their caches.
     """
     store.requeue(run_id)
-    ensure_worker(store)
+    if ray_jobs.enabled():
+        store.set_executor(run_id, "ray")
+        _dispatch_to_ray(store, run_id)
+    else:
+        store.set_executor(run_id, None)
+        ensure_worker(store)
 
 
 class WorkerProgress(NullProgress):
@@ -114,9 +144,12 @@ def engine_env(**extra: str) -> dict[str, str]:
 
 
 def ensure_worker(store: RunStore) -> bool:
-    """Start a worker process for this data folder unless one is alive or starting; True if started."""
+    """Start a worker process for this data folder unless one is alive or starting; True if started.
+
+    Never with ``TL_RAY_ADDRESS`` set: the Ray cluster runs the jobs then.
+    """
     stamp = store.data_dir / SPAWN_STAMP
-    if worker_alive(store):
+    if ray_jobs.enabled() or worker_alive(store):
         return False
     try:
         if time.time() - stamp.stat().st_mtime < SPAWN_GRACE_SECONDS:
@@ -124,7 +157,7 @@ def ensure_worker(store: RunStore) -> bool:
     except FileNotFoundError:
         pass
     stamp.touch()
-    env = engine_env()
+    env = engine_env(**store.env_vars())  # the same database and artifacts location
     log = open(store.data_dir / "worker.log", "ab")
     subprocess.Popen(
         [sys.executable, "-m", "tl_core", "worker", "--data-dir", str(store.data_dir), "--quiet"],
@@ -205,18 +238,35 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
                     return executed
                 time.sleep(poll_seconds)
                 continue
-            run = store.get_run(run_id)
-            payload = run["config"]
-            run_training(
-                payload["source"],
-                TrainConfig.from_dict(payload["train"]),
-                DataConfig(**payload.get("data", {})),
-                store=store,
-                progress=WorkerProgress(store, run_id),
-                run_id=run_id,
-            )
+            _train_claimed(store, run_id, run_training)
             executed += 1
             idle_since = time.monotonic()
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def _train_claimed(store: RunStore, run_id: str, run_training) -> None:
+    payload = store.get_run(run_id)["config"]
+    run_training(
+        local_source(store, payload["source"]),  # a saved upload comes back from the artifacts location
+        TrainConfig.from_dict(payload["train"]),
+        DataConfig(**payload.get("data", {})),
+        store=store,
+        progress=WorkerProgress(store, run_id),
+        run_id=run_id,
+    )
+
+
+def execute_run(store: RunStore, run_id: str) -> str:
+    """Claim one queued run and train it in this process; returns its final status.
+
+    A run that is no longer queued (cancelled before it started, or taken by someone else) is left
+    alone and its current status returned. Used by Ray jobs; the local worker claims the same way.
+    """
+    if not store.claim_run(run_id):
+        return store.get_run(run_id)["status"]
+    from tl_core.runner import run_training
+
+    _train_claimed(store, run_id, run_training)
+    return store.get_run(run_id)["status"]
