@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +13,17 @@ from PIL import Image
 from conftest import TOY_COLORS, make_toy_folder, png_bytes, toy_image, zip_folder
 from tl_core.config import DataConfig
 from tl_core.data import (
+    Rows,
     decode_dataset,
     decode_image,
     inspect_dataset,
     load_images,
+    make_batches,
     split_dataset,
+    take_rows,
 )
 from tl_core.errors import DataError, ImageDecodeError
+from tl_core.progress import NullProgress
 
 LIMIT = 40_000_000
 
@@ -217,6 +222,44 @@ def test_decoded_pixels_are_cached_and_reused(tmp_path, toy_folder):
     assert third.x.shape[1] == 48
 
 
+def test_the_decoded_cache_is_a_memory_mapped_npy_file_of_the_usable_images(tmp_path):
+    root = make_toy_folder(tmp_path / "set", n_per_class=5)
+    (root / "green" / "broken.png").write_bytes(b"not an image")  # skipped in the middle of the list
+    image_set = load_images(root)
+    in_memory = decode_dataset(image_set, 32)
+    cache = tmp_path / "cache"
+    cached = decode_dataset(image_set, 32, cache_dir=cache)
+    files = sorted(cache.iterdir())
+    assert [f.suffix for f in files] == [".json", ".npy"]  # no temporary file left behind
+    assert isinstance(cached.x, np.memmap) and Path(cached.x.filename) == files[1].resolve()
+    assert not cached.x.flags.writeable
+    assert np.load(files[1]).shape == (15, 32, 32, 3)  # the file holds the usable images only
+    np.testing.assert_array_equal(cached.x, in_memory.x)
+    assert cached.names == in_memory.names and cached.skipped == in_memory.skipped
+    assert isinstance(decode_dataset(image_set, 32, cache_dir=cache).x, np.memmap)  # reused, still mapped
+
+    files[1].write_bytes(files[1].read_bytes()[:2000])  # a damaged cache file is rebuilt, not trusted
+    rebuilt = decode_dataset(image_set, 32, cache_dir=cache)
+    np.testing.assert_array_equal(rebuilt.x, in_memory.x)
+    assert np.load(files[1]).shape == (15, 32, 32, 3)
+
+
+def test_a_cancelled_decode_stores_nothing_and_keeps_what_it_decoded(tmp_path, toy_folder):
+    class StopAtFirstStep(NullProgress):
+        stop = False
+
+        def on_step(self, stage, step, logs=None):
+            self.stop = True
+
+        def should_stop(self):
+            return self.stop
+
+    decoded = decode_dataset(load_images(toy_folder), 32, progress=StopAtFirstStep(), cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # neither a cache entry nor a temporary file
+    assert len(decoded.names) == 16 and decoded.x.shape == (16, 32, 32, 3)
+    np.testing.assert_array_equal(decoded.x, decode_dataset(load_images(toy_folder), 32).x[:16])
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -321,3 +364,34 @@ def test_a_corrupt_zip_member_is_skipped_with_its_reason(toy_folder):
     assert len(image_set.items) == 41
     reason = {e["file"]: e["reason"] for e in image_set.ignored}["red/red_000.png"]
     assert reason.startswith("could not be extracted from the zip")
+
+
+# ------------------------------------------------------------------ batches from the cache
+
+
+def test_batches_stream_a_split_from_the_memory_mapped_cache_without_copying_it(tmp_path, toy_folder):
+    decoded = decode_dataset(load_images(toy_folder), 32, cache_dir=tmp_path)
+    idx = split_dataset(decoded, DataConfig(seed=1))["train"]
+    train = Rows(decoded.x, idx)
+    assert train.array is decoded.x and train.shape == (30, 32, 32, 3)  # positions only, no pixels copied
+    reversed_rows = take_rows(decoded.x, idx[::-1])  # read in file order, handed back in the order asked
+    np.testing.assert_array_equal(reversed_rows, np.asarray(decoded.x)[idx[::-1]])
+    np.testing.assert_array_equal(train[4:9], np.asarray(decoded.x)[idx[4:9]])
+
+    x, y = np.asarray(decoded.x)[idx], decoded.y[idx]
+    ordered = [batch.numpy() for batch in make_batches(train, None, 8)]
+    assert [len(b) for b in ordered] == [8, 8, 8, 6] and ordered[0].dtype == np.float32
+    np.testing.assert_array_equal(np.concatenate(ordered), x.astype(np.float32))
+
+    # Shuffled: the same batches as a tf.data pipeline over the pixels themselves, same seed.
+    import tensorflow as tf
+
+    streamed = make_batches(train, y, 8, shuffle=True, seed=5)
+    in_memory = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=5).batch(8)
+    for epoch in range(2):  # reshuffled every epoch, the same way
+        pairs = list(zip(streamed, in_memory, strict=True))
+        for (images, labels), (images_ref, labels_ref) in pairs:
+            np.testing.assert_array_equal(images.numpy(), images_ref.numpy().astype(np.float32))
+            np.testing.assert_array_equal(labels.numpy(), labels_ref.numpy())
+        first = np.concatenate([labels.numpy() for (_, labels), _ in pairs])
+        assert sorted(first.tolist()) == sorted(y.tolist()) and not np.array_equal(first, y)

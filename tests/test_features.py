@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import keras
 import numpy as np
 import pytest
 
 from tl_core import backbones
+from tl_core.data import Rows
 from tl_core.errors import CancelledError
 from tl_core.features import extract_features, features_key
 from tl_core.progress import CancelToken
@@ -23,12 +27,39 @@ def test_features_are_computed_in_batches_and_cached(tmp_path):
     cache = tmp_path / "f.npy"
     features = extract_features(model, x, batch_size=4, cache_path=cache)
     assert features.shape == (10, 512) and cache.is_file()
-    # float16 precision (about 3 significant digits), stored as float16, handed out as float32.
+    # float16 precision (about 3 significant digits): the cache file, mapped read-only.
     np.testing.assert_allclose(features[3], np.asarray(model(x[3:4].astype("float32")))[0], rtol=1e-3, atol=1e-4)
-    assert features.dtype == np.float32 and np.load(cache).dtype == np.float16
+    assert features.dtype == np.float16 and np.load(cache).dtype == np.float16
+    assert isinstance(features, np.memmap) and not features.flags.writeable
+    assert Path(features.filename) == cache.resolve() and sorted(tmp_path.iterdir()) == [cache]  # no temporaries
     # A different model with the same cache path returns the cache: the ConvNet did not run again.
     cached = extract_features(_feature_model(seed=7), x, cache_path=cache)
     np.testing.assert_array_equal(cached, features)
+
+
+def test_features_of_a_split_of_the_pixel_cache_equal_those_computed_in_memory(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "pixels.npy", pixels)
+    mapped = np.load(tmp_path / "pixels.npy", mmap_mode="r")
+    index = np.array([9, 2, 5, 11, 0])
+    model = _feature_model()
+    on_disk = extract_features(model, Rows(mapped, index), batch_size=2, cache_path=tmp_path / "f.npy")
+    in_memory = extract_features(model, pixels[index], batch_size=2)
+    assert isinstance(on_disk, np.memmap) and type(in_memory) is np.ndarray
+    assert on_disk.dtype == in_memory.dtype == np.float16
+    np.testing.assert_array_equal(on_disk, in_memory)
+
+
+def test_features_beyond_float16_range_are_kept_as_float32(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1000.0)(inputs)))
+    x = np.full((6, 8, 8, 3), 200, np.uint8)  # features of 200,000: float16 would make them inf
+    x[:3] = 10  # the first batches fit float16; the choice is made on all of them
+    cached = extract_features(model, x, batch_size=2, cache_path=tmp_path / "f.npy")
+    assert cached.dtype == np.float32 and np.load(tmp_path / "f.npy").dtype == np.float32
+    np.testing.assert_array_equal(cached[:, 0], [10_000.0] * 3 + [200_000.0] * 3)
+    np.testing.assert_array_equal(extract_features(model, x, batch_size=2), cached)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy"]
 
 
 def test_cache_key_depends_on_images_backbone_weights_and_size():

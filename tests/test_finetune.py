@@ -6,11 +6,15 @@ MobileNets collapse to near-zero features without pretrained weights).
 
 from __future__ import annotations
 
+import shutil
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from conftest import make_toy_folder
-from tl_core import backbones
+from tl_core import backbones, finetune
+from tl_core import data as data_module
 from tl_core.config import DataConfig, TrainConfig
 from tl_core.data import decode_dataset, load_images, split_dataset
 from tl_core.features import extract_features
@@ -35,7 +39,7 @@ def _accuracy(model, x, y):
     return float((model.predict(x.astype("float32"), verbose=0).argmax(1) == y).mean())
 
 
-def _two_stage(toy, **overrides):
+def _two_stage(toy, cache_dir=None, **overrides):
     decoded, splits = toy
     spec, base, feature_model = _setup()
     data = {part: (decoded.x[idx], decoded.y[idx]) for part, idx in splits.items()}
@@ -47,16 +51,33 @@ def _two_stage(toy, **overrides):
     config = TrainConfig(**{**settings, **overrides})
     kernels = {name: base.get_layer(name).get_weights()[0].copy() for name in ("block4_conv3", "block5_conv3")}
     result = train_two_stage(
-        feature_model, lambda n: backbones.set_trainable_blocks(spec, base, n), data, 3, config, NullProgress(), features
+        feature_model, lambda n: backbones.set_trainable_blocks(spec, base, n), data, 3, config, NullProgress(), features,
+        # With a folder for its cache, stage 2 trains on cached activations; without, end to end.
+        (lambda n: backbones.split_at_block(spec, base, n, 32)) if cache_dir is not None else None, cache_dir=cache_dir,
     )
     return result, base, data, kernels
 
 
-def test_two_stage_learns_and_stage2_unfreezes_only_the_top_block(toy):
-    result, base, data, kernels = _two_stage(toy)
+def test_two_stage_learns_and_stage2_unfreezes_only_the_top_block(toy, tmp_path, monkeypatch):
+    scratch = []
+
+    def create_npy(path, shape, dtype):  # the real one, recorded
+        scratch.append((path, shape, np.dtype(dtype)))
+        return data_module.create_npy(path, shape, dtype)
+
+    monkeypatch.setattr(finetune, "create_npy", create_npy)
+    result, base, data, kernels = _two_stage(toy, cache_dir=tmp_path)
     assert set(result.history) == {"stage1", "stage2"}
     assert len(result.history["stage2"]) == 2
     assert "cached ConvNet features" in result.notes[0]
+    # Stage 2 trained on activations in scratch files on disk (VGG16's block5 input at 32 px: 2 x 2 x 512),
+    # gone once training is over.
+    assert "on disk, float16" in result.notes[1]
+    assert [(p.parent, shape, dtype) for p, shape, dtype in scratch] == [
+        (tmp_path, (len(data["train"][0]), 2, 2, 512), np.float16),
+        (tmp_path, (len(data["val"][0]), 2, 2, 512), np.float16),
+    ]
+    assert list(tmp_path.iterdir()) == []
     assert base.get_layer("block5_conv3").trainable and not base.get_layer("block4_conv3").trainable
     np.testing.assert_array_equal(base.get_layer("block4_conv3").get_weights()[0], kernels["block4_conv3"])
     assert _accuracy(result.model, *data["test"]) >= 0.7  # chance is 1/3
@@ -110,3 +131,13 @@ def test_scratch_trains_every_layer_and_fits_the_training_set(toy):
     assert not np.allclose(base.get_layer("block1_conv1").get_weights()[0], first_kernel)
     assert history[-1]["loss"] < history[0]["loss"] * 0.8
     assert _accuracy(result.model, *data["train"]) > 0.6  # chance is 1/3
+
+
+def test_stage2_caches_only_what_fits_on_disk_with_a_margin_and_under_the_limit(tmp_path, monkeypatch):
+    mb = 1024**2
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=1536 * mb))
+    assert finetune._no_room_for_cache(tmp_path, 400 * mb) is None
+    refused = finetune._no_room_for_cache(tmp_path, 600 * mb)  # 1 GB of the free space stays free
+    assert refused == f"its activation cache would take 600 MB and {tmp_path} has 1,536 MB free"
+    monkeypatch.setattr(finetune, "CACHE_LIMIT_BYTES", 100 * mb)
+    assert "(limit TL_ACTIVATION_CACHE_MB=100)" in finetune._no_room_for_cache(tmp_path, 400 * mb)

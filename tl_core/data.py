@@ -3,21 +3,27 @@
 A dataset arrives as a folder with one sub-folder per class, a ``.zip`` of the same, or a list of
 ``(filename, bytes, label)`` from an upload widget. It becomes an :class:`ImageSet` (what was
 found, what was ignored and why), then a :class:`DecodedDataset` (uint8 pixels at the model's
-input size, cached on disk so epochs and later runs never decode again).
+input size, cached on disk so epochs and later runs never decode again). The cache is a
+memory-mapped ``.npy`` file that training reads batch by batch (:func:`make_batches`,
+:class:`Rows`), so a dataset larger than memory trains from disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
+import mmap
 import os
 import re
 import stat
+import uuid
 import warnings
 import zipfile
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -43,6 +49,10 @@ IMBALANCE_RATIO = 3.0
 MIN_IMAGES_PER_CLASS = 3  # one each for train, validation and test
 # Bumped whenever decoding changes what pixels come out, so stale caches are never reused.
 DECODER_VERSION = 1
+# Images decoded ahead of the one being written: what decoding holds in memory, whatever the size.
+DECODE_AHEAD = 64
+# A pass over a memory-mapped file gives its pages back to the system after this many bytes.
+RELEASE_BYTES = 32 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,8 @@ class DecodedDataset:
     """Decoded pixels of the usable images, in the order of ``names``.
 
     Attributes:
-        x: ``(n, size, size, 3)`` uint8 pixels, or ``None`` when decoded only to inspect.
+        x: ``(n, size, size, 3)`` uint8 pixels (a read-only ``np.memmap`` of the cache file when
+            decoded with a cache folder), or ``None`` when decoded only to inspect.
         y: class index of each image (into ``class_names``).
         names: display name (``class/file``) of each image.
         hashes: sha256 of each file's bytes (duplicate detection, split groups, cache keys).
@@ -551,31 +562,61 @@ def decode_dataset(
 ) -> DecodedDataset:
     """Decode (and resize to ``image_size``) every image once, skipping the unusable ones.
 
+    With ``cache_dir``, the pixels go straight into a memory-mapped ``.npy`` file there, a few
+    dozen images at a time, so memory stays the same whatever the dataset's size; ``x`` is then
+    that file, read-only, and later calls reuse it while the files are unchanged. Without
+    ``cache_dir`` the pixels are kept in memory.
+
     Args:
         image_set: what :func:`load_images` found.
         image_size: side to resize to, or ``None`` to decode only (inspection).
         config: the pixel limit.
         progress: receives stage ``decode`` with one step per image.
-        cache_dir: when given, the result is stored there and reused while the files are unchanged.
+        cache_dir: where the pixels are stored (``decoded-<key>.npy`` and ``.json``) and reused.
 
     Returns:
         The decoded dataset. Skipped images are listed with their reason, never raised.
     """
     progress = progress or NullProgress()
+    n_items = len(image_set.items)
     cache_file = None
     if cache_dir is not None and image_size is not None:
         cache_file = Path(cache_dir) / f"decoded-{_cache_key(image_set, image_size, config.max_pixels)}"
-        cached = _read_decoded_cache(cache_file)
+        cached = _read_decoded_cache(cache_file, image_size)
         if cached is not None:
-            progress.on_stage_start("decode", len(image_set.items))
-            progress.on_step("decode", len(image_set.items), {"cached": 1.0})
+            progress.on_stage_start("decode", n_items)
+            progress.on_step("decode", n_items, {"cached": 1.0})
             progress.on_stage_end("decode", {"cached": 1.0})
             return cached
 
-    class_names = image_set.class_names
-    class_index = {name: i for i, name in enumerate(class_names)}
-    progress.on_stage_start("decode", len(image_set.items))
-    pixels, labels, names, hashes, infos, skipped = [], [], [], [], [], []
+    tmp = None if cache_file is None else temporary_path(cache_file.with_suffix(".npy"))
+    try:
+        pixels = None
+        if image_size is not None:
+            shape = (n_items, image_size, image_size, 3)
+            pixels = np.empty(shape, np.uint8) if tmp is None else create_npy(tmp, shape, np.uint8)
+        decoded = _decode_into(image_set, image_size, config, progress, pixels)
+        if tmp is not None and not progress.should_stop():
+            pixels.flush()
+            decoded.x = pixels = None  # unmapped before the file is cut down to the usable rows
+            decoded.x = _publish_decoded_cache(cache_file, tmp, decoded)
+    finally:
+        if tmp is not None:
+            # A cancelled pass keeps its rows: the mapping outlives the file's name (POSIX).
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+    return decoded
+
+
+def _decode_into(
+    image_set: ImageSet, image_size: int | None, config: DataConfig, progress: ProgressListener, pixels
+) -> DecodedDataset:
+    """Decodes every item on a few threads; usable images fill consecutive rows of ``pixels``."""
+    class_index = {name: i for i, name in enumerate(image_set.class_names)}
+    n_items = len(image_set.items)
+    progress.on_stage_start("decode", n_items)
+    labels, names, hashes, infos, skipped = [], [], [], [], []
+    pages = PageRelease(pixels)
 
     def work(item: ImageItem):
         try:
@@ -585,45 +626,65 @@ def decode_dataset(
         except OSError as err:  # an unreadable file on disk
             return item, None, f"could not read the file: {err}"
 
-    # Pillow releases the GIL while decoding, so threads overlap the work on several cores.
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) + 1)) as pool:
-        for done, (item, result, reason) in enumerate(pool.map(work, image_set.items), start=1):
+    with contextlib.closing(_map_ahead(work, image_set.items)) as results:
+        for done, (item, result, reason) in enumerate(results, start=1):
             if reason is not None:
                 skipped.append({"file": item.name, "reason": reason})
             else:
                 array, info, digest = result
-                if array is not None:
-                    pixels.append(array)
+                if pixels is not None:
+                    pixels[len(names)] = array
+                    pages.count(array.nbytes)
                 labels.append(class_index[item.label])
                 names.append(item.name)
                 hashes.append(digest)
                 infos.append(info)
-            if done % 16 == 0 or done == len(image_set.items):
+            if done % 16 == 0 or done == n_items:
                 progress.on_step("decode", done, None)
             if progress.should_stop():
                 break
+    pages.release()
     progress.on_stage_end("decode", {"skipped": float(len(skipped))})
-
-    x = None
-    if image_size is not None:
-        x = np.stack(pixels) if pixels else np.zeros((0, image_size, image_size, 3), np.uint8)
-    decoded = DecodedDataset(
-        x=x,
+    return DecodedDataset(
+        x=None if pixels is None else pixels[: len(names)],
         y=np.asarray(labels, dtype=np.int64),
         names=names,
         hashes=hashes,
-        class_names=class_names,
+        class_names=image_set.class_names,
         skipped=skipped,
         infos=infos,
         image_size=image_size,
     )
-    if cache_file is not None and not progress.should_stop():
-        _write_decoded_cache(cache_file, decoded)
-    return decoded
 
 
-def _write_decoded_cache(path: Path, decoded: DecodedDataset) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _map_ahead(work, items: Sequence):
+    """``work(item)`` for each item, in order, computed on threads at most DECODE_AHEAD items ahead.
+
+    Bounded, so a large dataset's decoded pixels never pile up waiting to be written. Closing the
+    generator early (a cancel) drops the items not started.
+    """
+    # Pillow releases the GIL while decoding, so threads overlap the work on several cores.
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) + 1)) as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(work, item))
+                if len(pending) >= DECODE_AHEAD:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _publish_decoded_cache(path: Path, tmp: Path, decoded: DecodedDataset) -> np.memmap:
+    """Moves the decoded pixels in ``tmp`` and their description to the cache entry ``path``.
+
+    Returns the pixels, mapped read-only from the cache file.
+    """
+    _truncate_npy(tmp, len(decoded.names))
+    os.replace(tmp, path.with_suffix(".npy"))
     meta = {
         "names": decoded.names,
         "hashes": decoded.hashes,
@@ -633,33 +694,215 @@ def _write_decoded_cache(path: Path, decoded: DecodedDataset) -> None:
         "image_size": decoded.image_size,
         "y": decoded.y.tolist(),
     }
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")  # unique per process: CLI and worker may race
-    np.save(tmp, decoded.x)
-    os.replace(tmp, path.with_suffix(".npy"))
-    tmp_meta = path.with_suffix(f".{os.getpid()}.tmp.json")
+    tmp_meta = temporary_path(path.with_suffix(".json"))
     tmp_meta.write_text(json.dumps(meta))
     os.replace(tmp_meta, path.with_suffix(".json"))
+    return np.load(path.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
 
 
-def _read_decoded_cache(path: Path) -> DecodedDataset | None:
+def _read_decoded_cache(path: Path, image_size: int) -> DecodedDataset | None:
+    """The cache entry at ``path``, its pixels mapped read-only; ``None`` if absent or damaged."""
     meta_path, array_path = path.with_suffix(".json"), path.with_suffix(".npy")
     if not (meta_path.exists() and array_path.exists()):
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        x = np.load(array_path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError):
+        decoded = DecodedDataset(
+            x=np.load(array_path, mmap_mode="r", allow_pickle=False),
+            y=np.asarray(meta["y"], dtype=np.int64),
+            names=meta["names"],
+            hashes=meta["hashes"],
+            class_names=meta["class_names"],
+            skipped=meta["skipped"],
+            infos=meta["infos"],
+            image_size=meta["image_size"],
+        )
+    except (OSError, ValueError, KeyError, TypeError):
         return None  # a damaged cache is rebuilt, not trusted
-    return DecodedDataset(
-        x=np.asarray(x),
-        y=np.asarray(meta["y"], dtype=np.int64),
-        names=meta["names"],
-        hashes=meta["hashes"],
-        class_names=meta["class_names"],
-        skipped=meta["skipped"],
-        infos=meta["infos"],
-        image_size=meta["image_size"],
-    )
+    if decoded.x.dtype != np.uint8 or decoded.x.shape != (len(decoded.y), image_size, image_size, 3):
+        return None  # cut short or not ours: rebuilt
+    return decoded
+
+
+# --------------------------------------------------------------------------- arrays on disk
+
+
+def temporary_path(path: Path) -> Path:
+    """A name beside ``path`` for writing it before an atomic rename; unique per process and call,
+    since the CLI, the job worker and the app's threads may write the same cache entry at once."""
+    return path.with_name(f"{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def create_npy(path: Path, shape: Sequence[int], dtype) -> np.memmap:
+    """A new ``.npy`` file of ``shape``, mapped for writing, its disk space reserved up front.
+
+    Reserving the space turns a full disk into an OSError here, rather than a crash (SIGBUS) when
+    a page of the mapping is written later.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
+    if hasattr(os, "posix_fallocate") and array.size:
+        with open(path, "r+b") as handle:
+            try:
+                os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            except OSError as err:
+                if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+                # The file system cannot reserve space: write as we go.
+    return array
+
+
+def _truncate_npy(path: Path, n_rows: int) -> None:
+    """Cuts an ``.npy`` file down to its first ``n_rows`` rows, in place."""
+    with open(path, "r+b") as handle:
+        version = np.lib.format.read_magic(handle)
+        start = handle.tell() + (2 if version == (1, 0) else 4)  # the header text follows its length
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+        else:
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+        end = handle.tell()
+        if shape[0] == n_rows:
+            return
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran_order,
+                  "shape": (n_rows, *shape[1:])}
+        # Fewer rows never take more digits, and NumPy pads the header: the new one fits in place.
+        handle.seek(start)
+        handle.write((repr(header).ljust(end - start - 1) + "\n").encode("latin1"))
+        handle.truncate(end + n_rows * int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+
+
+def release_pages(array) -> None:
+    """Drops the pages of a memory-mapped array (or :class:`Rows` of one) from this process's
+    resident memory; a no-op for an array in memory.
+
+    The pages stay in the system's file cache (dirty ones are still written back), so reading them
+    again is cheap. Without this, every page a pass has read or written counts in the process's
+    resident size, up to the whole file, although the system can take them back at any time.
+    """
+    mapping = getattr(array.array if isinstance(array, Rows) else array, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):  # closed, or not supported: only a figure changes
+            mapping.madvise(mmap.MADV_DONTNEED)
+
+
+def take_rows(array, index) -> np.ndarray:
+    """``array[index]`` as an array in memory, the rows read in ascending order (sequential on disk).
+
+    ``array`` may be :class:`Rows`. The rows of a memory-mapped ``.npy`` file are read with file
+    reads, not through the mapping: rows scattered over a file would map far more than their own
+    bytes into the process (the kernel maps whole cached blocks, megabytes on file systems with
+    large folios). Other arrays, a mapped scratch file among them, are indexed.
+    """
+    if isinstance(array, Rows):
+        return take_rows(array.array, array.index[index])
+    index = np.asarray(index, dtype=np.int64)
+    if index.ndim == 0:
+        return take_rows(array, index[None])[0]
+    order = np.argsort(index, kind="stable")
+    in_order = np.array_equal(order, np.arange(len(index)))
+    rows = np.empty((len(index), *array.shape[1:]), array.dtype)
+    sorted_rows = rows if in_order else np.empty_like(rows)
+    source = _backing_file(array)
+    if source is None or not len(index):
+        sorted_rows[...] = array[index[order]]
+    else:
+        _read_rows(source, array.offset, index[order], sorted_rows)
+    if not in_order:
+        rows[order] = sorted_rows
+    return rows
+
+
+def _backing_file(array) -> str | None:
+    """The file of a memory-mapped array that spans its whole ``.npy`` file's data (what
+    ``np.load`` and :func:`create_npy` give), else ``None``."""
+    filename = getattr(array, "filename", None)
+    if not isinstance(array, np.memmap) or filename is None or not array.flags.c_contiguous:
+        return None
+    try:
+        size = os.stat(filename).st_size
+    except OSError:
+        return None  # no name any more (a scratch file): read through the mapping
+    return filename if array.offset + array.nbytes == size else None
+
+
+def _read_rows(filename: str, offset: int, index: np.ndarray, out: np.ndarray) -> None:
+    """Reads rows ``index`` (ascending) of the array stored at ``offset`` in ``filename`` into ``out``,
+    one read per run of consecutive rows."""
+    row_bytes = out[0].nbytes
+    buffer = memoryview(out.reshape(-1).view(np.uint8))
+    starts = np.flatnonzero(np.diff(index, prepend=index[0] - 2) != 1)
+    with open(filename, "rb", buffering=0) as handle:
+        for first, end in zip(starts, [*starts[1:], len(index)]):
+            handle.seek(offset + int(index[first]) * row_bytes)
+            wanted = (end - first) * row_bytes
+            if handle.readinto(buffer[first * row_bytes : end * row_bytes]) != wanted:
+                raise OSError(f"{filename} is shorter than its header says; delete it to rebuild the cache.")
+
+
+class Rows:
+    """Some rows of an array, typically a split of a memory-mapped cache, read only when asked for.
+
+    ``rows[i:j]`` (any index) reads just those rows into memory; ``len``, ``shape`` and ``dtype``
+    are those of ``array[index]``. It stands in for the copy ``array[index]`` where that copy
+    could be larger than memory: training, evaluation and caching read it batch by batch.
+    """
+
+    def __init__(self, array, index) -> None:
+        self.array = array
+        self.index = np.asarray(index, dtype=np.int64)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.array.shape[1:])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return take_rows(self, key)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = take_rows(self.array, self.index)  # every row: for small data and tests only
+        return rows if dtype is None else rows.astype(dtype)
+
+
+def iter_chunks(x, size: int, written: Sequence = ()):
+    """``(start, rows)`` for consecutive chunks of ``size`` rows of ``x``, each read into memory.
+
+    ``x``: an array, a memory-mapped cache or :class:`Rows`. The pages of ``x`` and of the
+    arrays the pass writes to (``written``) are released as it goes (:func:`release_pages`), so a
+    pass over files larger than memory leaves the process's resident memory where it was.
+    """
+    pages = PageRelease(x, *written)
+    for start in range(0, len(x), size):
+        rows = take_rows(x, np.arange(start, min(start + size, len(x))))
+        yield start, rows
+        pages.count(rows.nbytes)
+    pages.release()
+
+
+class PageRelease:
+    """Releases the pages of memory-mapped arrays (:func:`release_pages`) once every
+    :data:`RELEASE_BYTES` read or written through them."""
+
+    def __init__(self, *arrays) -> None:
+        self.arrays = arrays
+        self.n_bytes = 0
+
+    def count(self, n_bytes: int) -> None:
+        self.n_bytes += n_bytes
+        if self.n_bytes >= RELEASE_BYTES:  # threads may race on the count: it only paces the releases
+            self.n_bytes = 0
+            self.release()
+
+    def release(self) -> None:
+        for array in self.arrays:
+            release_pages(array)
 
 
 # --------------------------------------------------------------------------- report
@@ -824,23 +1067,52 @@ def split_dataset(decoded: DecodedDataset, config: DataConfig = DataConfig()) ->
 
 
 def make_batches(
-    x: np.ndarray,
+    x,
     y: np.ndarray | None,
     batch_size: int,
     shuffle: bool = False,
     seed: int = 0,
 ):
-    """A ``tf.data`` pipeline over cached uint8 pixels: shuffle, batch, cast to float32, prefetch."""
+    """A ``tf.data`` pipeline over uint8 pixels (or features): shuffle, batch, cast to float32, prefetch.
+
+    Only row positions go through ``tf.data``; each batch's rows are read from ``x`` (an array, a
+    memory-mapped cache or :class:`Rows` of one) when the batch is made, so memory holds a few
+    batches, never the dataset. ``shuffle`` permutes all positions with ``seed``, anew each epoch.
+    """
     import tensorflow as tf
 
-    tensors = (x,) if y is None else (x, y)
-    dataset = tf.data.Dataset.from_tensor_slices(tensors)
+    n = len(x)
+    positions = tf.data.Dataset.range(n)
     if shuffle:
-        dataset = dataset.shuffle(min(len(x), 4096), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+        # A full shuffle: positions are 8 bytes each, and a partial one on class-sorted files
+        # would fill whole batches with one class.
+        positions = positions.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
+    reader = _BatchReader(x, y)
+    out_types = [tf.as_dtype(x.dtype)] + ([] if y is None else [tf.as_dtype(reader.y.dtype)])
 
-    def cast(*batch):
-        images = tf.cast(batch[0], tf.float32)
-        return images if y is None else (images, batch[1])
+    def load(batch):
+        tensors = tf.numpy_function(reader, [batch], out_types, name="read_rows")
+        images = tf.cast(tensors[0], tf.float32)
+        images.set_shape((None, *x.shape[1:]))
+        if y is None:
+            return images
+        labels = tensors[1]
+        labels.set_shape((None,))
+        return images, labels
 
-    return dataset.map(cast, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return positions.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+class _BatchReader:
+    """Reads the rows (and labels) of a batch of positions of ``x`` (:func:`take_rows`); pages an
+    array read through its mapping brought in are released after every batch (:func:`release_pages`):
+    scattered rows map far more than their own bytes."""
+
+    def __init__(self, x, y: np.ndarray | None) -> None:
+        self.x = x
+        self.y = None if y is None else np.asarray(y)
+
+    def __call__(self, positions: np.ndarray) -> list[np.ndarray]:
+        rows = take_rows(self.x, positions)
+        release_pages(self.x)
+        return [rows] if self.y is None else [rows, self.y[positions]]

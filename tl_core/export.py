@@ -173,7 +173,14 @@ def any_size_model(model, image_size: int):
 
 
 def _predict_keras(path: Path, x: np.ndarray) -> np.ndarray:
-    return load_model_file(path).predict(x.astype(np.float32), batch_size=32, verbose=0)
+    return _predict_in_batches(load_model_file(path), x)
+
+
+def _predict_in_batches(model, x: np.ndarray) -> np.ndarray:
+    """``model``'s predictions on uint8 pixels, cast to float32 a batch at a time (not all at once)."""
+    from tl_core.data import make_batches
+
+    return model.predict(make_batches(x, None, 32), verbose=0)
 
 
 def _predict_savedmodel(path: Path, x: np.ndarray) -> np.ndarray:
@@ -259,7 +266,7 @@ def export_run(run: dict[str, Any], fmt: str, out: str | Path) -> dict[str, Any]
     model = load_model_file(path)
     size = run["metrics"]["image_size"]
     x, y, files = test_split(run)
-    reference = model.predict(x.astype(np.float32), batch_size=32, verbose=0).argmax(axis=1)
+    reference = _predict_in_batches(model, x).argmax(axis=1)
     if out.is_dir():
         if any(out.iterdir()) and not (out / "saved_model.pb").exists():
             raise ExportError(f"{out} is a folder with other files in it; give a new path for the SavedModel.")

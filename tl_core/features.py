@@ -1,7 +1,12 @@
-"""Run a frozen ConvNet once over a dataset and cache the pooled features on disk."""
+"""Run a frozen ConvNet once over a dataset and cache the pooled features on disk.
+
+The features go into a memory-mapped ``.npy`` file as they are computed, so neither the pixels
+(read from their own memory-mapped cache) nor the features of a large dataset are held in memory.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -10,10 +15,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tl_core.data import create_npy, iter_chunks, temporary_path
 from tl_core.errors import CancelledError
 from tl_core.progress import NullProgress, ProgressListener
 
 FLOAT16_MAX = 60000.0  # features beyond float16's range (65,504) are kept as float32
+CONVERT_ROWS = 4096  # feature rows converted to float16 at a time
 
 
 def features_key(hashes: list[str], backbone: str, weights_identity: str, image_size: int, cut: int = 0) -> str:
@@ -28,7 +35,7 @@ def features_key(hashes: list[str], backbone: str, weights_identity: str, image_
 
 def extract_features(
     feature_model: keras.Model,
-    x: np.ndarray,
+    x,
     batch_size: int = 32,
     progress: ProgressListener | None = None,
     cache_path: Path | None = None,
@@ -38,58 +45,79 @@ def extract_features(
 
     Args:
         feature_model: raw pixels -> feature vector (see ``backbones.build_feature_model``).
-        x: ``(n, size, size, 3)`` uint8 pixels.
+        x: ``(n, size, size, 3)`` uint8 pixels: an array, a memory-mapped cache or ``data.Rows``.
         batch_size: images per forward pass.
         progress: receives ``stage`` with one step per image.
-        cache_path: an ``.npy`` file; read if present, written after a full pass.
+        cache_path: an ``.npy`` file; read if present, else written during the pass.
 
     Returns:
-        ``(n, feature_dim)`` float32 features, rounded to float16 precision: the cache keeps them
-        as float16 (half the disk and memory; pooled ConvNet features need no more), and a run
-        that computes them sees exactly what a later run reading the cache sees.
+        ``(n, feature_dim)`` float16 features (half the disk and memory; pooled ConvNet features
+        need no more), float32 if some are beyond float16's range. With ``cache_path``, the cache
+        file mapped read-only: a run that computes them sees exactly what a later run reading the
+        cache sees, and they take no memory until read.
 
     Raises:
         CancelledError: the listener asked to stop.
     """
     progress = progress or NullProgress()
     n = len(x)
-    features = _read_cache(cache_path) if cache_path is not None else None
+    cache_path = None if cache_path is None else Path(cache_path)
+    features = _read_cache(cache_path, n) if cache_path is not None else None
     if features is not None:
-        if features.shape[0] == n:
-            progress.on_stage_start(stage, n)
-            progress.on_step(stage, n, {"cached": 1.0})
-            progress.on_stage_end(stage, {"cached": 1.0})
-            return features.astype(np.float32)
+        progress.on_stage_start(stage, n)
+        progress.on_step(stage, n, {"cached": 1.0})
+        progress.on_stage_end(stage, {"cached": 1.0})
+        return features
 
+    shape = (n, feature_model.output_shape[-1])
+    if cache_path is None:
+        raw = np.empty(shape, np.float32)
+        fits_float16 = _forward_pass(feature_model, x, batch_size, progress, stage, raw)
+        return raw.astype(np.float16) if fits_float16 else raw
+    # float32 first, in a file beside the cache: whether float16 holds them is known at the end.
+    scratch, final = temporary_path(cache_path), temporary_path(cache_path)
+    try:
+        raw = create_npy(scratch, shape, np.float32)
+        fits_float16 = _forward_pass(feature_model, x, batch_size, progress, stage, raw)
+        if fits_float16:
+            features = create_npy(final, shape, np.float16)
+            for start, rows in iter_chunks(raw, CONVERT_ROWS, written=[features]):
+                features[start : start + len(rows)] = rows
+            features.flush()
+            os.replace(final, cache_path)
+        else:
+            raw.flush()
+            os.replace(scratch, cache_path)
+    finally:
+        for path in (scratch, final):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+    return np.load(cache_path, mmap_mode="r", allow_pickle=False)
+
+
+def _forward_pass(feature_model, x, batch_size: int, progress: ProgressListener, stage: str, out) -> bool:
+    """Writes the features of ``x`` into ``out``, batch by batch; whether they all fit float16."""
     forward = tf.function(lambda batch: feature_model(tf.cast(batch, tf.float32), training=False))
-    progress.on_stage_start(stage, n)
-    chunks = []
-    for start in range(0, n, batch_size):
+    progress.on_stage_start(stage, len(x))
+    fits_float16 = True
+    for start, batch in iter_chunks(x, batch_size, written=[out]):
         if progress.should_stop():
             raise CancelledError("Cancelled during feature extraction.")
-        chunks.append(np.asarray(forward(x[start : start + batch_size])))
-        progress.on_step(stage, min(start + batch_size, n), None)
-    features = np.concatenate(chunks) if chunks else np.zeros((0, feature_model.output_shape[-1]), np.float32)
-    progress.on_stage_end(stage, {"images": float(n)})
-    if features.size == 0 or float(np.abs(features).max()) < FLOAT16_MAX:
-        features = features.astype(np.float16)
-
-    if cache_path is not None:
-        cache_path = Path(cache_path)
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(f".{os.getpid()}.tmp.npy")
-        try:
-            np.save(tmp, features, allow_pickle=False)
-            os.replace(tmp, cache_path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return features.astype(np.float32)
+        values = np.asarray(forward(batch))
+        out[start : start + len(values)] = values
+        fits_float16 = fits_float16 and float(np.abs(values).max(initial=0.0)) < FLOAT16_MAX  # NaN: no
+        progress.on_step(stage, start + len(values), None)
+    progress.on_stage_end(stage, {"images": float(len(x))})
+    return fits_float16
 
 
-def _read_cache(path) -> np.ndarray | None:
-    """A cached feature array, or ``None`` when absent or damaged (it is then rebuilt). Never unpickles."""
+def _read_cache(path: Path, n: int) -> np.ndarray | None:
+    """The cached features of ``n`` images, mapped read-only; ``None`` when absent, damaged or for
+    another number of images (they are then computed again). Never unpickles."""
     try:
-        features = np.load(path, allow_pickle=False)
+        features = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError):
         return None
-    return features if features.ndim == 2 and features.dtype.kind == "f" else None
+    if features.ndim != 2 or features.dtype.kind != "f" or features.shape[0] != n:
+        return None
+    return features

@@ -9,14 +9,18 @@ The two-stage recipe (keras-io's transfer-learning guide, fastai's ``fine_tune``
 Without augmentation the frozen part of the ConvNet gives the same output every epoch, so it runs
 once: stage 1 trains the new layers on pooled features computed once, and stage 2 trains the
 unfrozen blocks and the new layers on the activations entering the first unfrozen block, computed
-once too (kept as float16). The same computation as the end-to-end recipe (``cache_stages=False``),
-without its redundant forward passes.
+once too (kept as float16, in a memory-mapped file on disk). The same computation as the end-to-end
+recipe (``cache_stages=False``), without its redundant forward passes. Every stage reads its data
+batch by batch (``data.make_batches``), so none needs the dataset in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,17 +29,19 @@ import keras
 import numpy as np
 
 from tl_core.config import TrainConfig
-from tl_core.data import make_batches
+from tl_core.data import RELEASE_BYTES, PageRelease, create_npy, iter_chunks, make_batches, temporary_path
 from tl_core.errors import CancelledError
 from tl_core.features import FLOAT16_MAX
 from tl_core.hardware import inference_batch, jit_compile
 from tl_core.progress import KerasProgressBridge, ProgressListener
 from tl_core.store import write_json_atomic
 
-# Stage 2's activation cache is kept in memory (float16 unless the activations exceed its range);
-# above this size stage 2 runs end to end instead.
+# Stage 2's activation cache is a file on disk (float16 unless the activations exceed its range);
+# above this size, or without the disk space for it (and a margin), stage 2 runs end to end.
 ACTIVATION_DTYPE = np.dtype(np.float16)
-CACHE_LIMIT_BYTES = int(float(os.environ.get("TL_ACTIVATION_CACHE_MB", "2048")) * 1024**2)
+CACHE_LIMIT_BYTES = int(float(os.environ.get("TL_ACTIVATION_CACHE_MB", "32768")) * 1024**2)
+DISK_MARGIN_BYTES = 1024**3
+MOMENT_ROWS = 4096  # feature rows read at a time for the head's standardisation
 
 
 @dataclass
@@ -74,8 +80,7 @@ def build_head(
     """
     layers: list = [keras.Input((feature_dim,))]
     if train_features is not None:
-        features = np.asarray(train_features, np.float64)
-        mean, variance = features.mean(axis=0), features.var(axis=0)
+        mean, variance = _feature_moments(train_features)
         # A feature that is (nearly) constant on the training images, say a unit that fired on one
         # image in 20,000, is not blown up by 1/its tiny standard deviation: variances are
         # floored at 1% of the average, so no feature is scaled more than 10x the typical one.
@@ -93,6 +98,20 @@ def build_head(
         keras.layers.Dense(n_classes, activation="softmax", name="predictions", dtype="float32"),
     ]
     return keras.Sequential(layers, name="head")
+
+
+def _feature_moments(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of each feature over the rows, in float64, read a chunk of rows at a time
+    (the features of a large dataset may be a file larger than memory)."""
+    n = max(len(features), 1)
+    mean = np.zeros(features.shape[1])
+    for _, rows in iter_chunks(features, MOMENT_ROWS):
+        mean += rows.sum(axis=0, dtype=np.float64)
+    mean /= n
+    variance = np.zeros(features.shape[1])
+    for _, rows in iter_chunks(features, MOMENT_ROWS):
+        variance += ((rows.astype(np.float64) - mean) ** 2).sum(axis=0)
+    return mean, variance / n
 
 
 def attach_head(feature_model: keras.Model, head: keras.Model, augment: keras.Model | None) -> keras.Model:
@@ -272,18 +291,23 @@ def train_two_stage(
     features: dict[str, np.ndarray],
     split=None,
     checkpoints: StageCheckpoints | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> TrainedModel:
     """Stage 1 (new layers on the frozen ConvNet), then stage 2 (top blocks unfrozen).
 
     Args:
         feature_model: pixels -> pooled features, its ConvNet called in inference mode.
         base_unfreeze: ``callable(n_blocks)`` that unfreezes the ConvNet's top blocks.
-        data: ``{"train": (x, y), "val": (x, y)}`` uint8 pixels and class indices.
+        data: ``{"train": (x, y), "val": (x, y)}`` uint8 pixels (arrays, memory-mapped caches or
+            ``data.Rows`` of one) and class indices.
         features: features of each split from the frozen ConvNet: they set the head's feature
             standardisation and, when augmentation is off, stage 1 trains on them directly.
         split: ``callable(n_blocks)`` -> ``(bottom, top)`` models cut below the top blocks
             (``backbones.split_at_block``), or ``None``: stage 2 then runs end to end.
         checkpoints: where each epoch is checkpointed, so an interrupted run resumes.
+        cache_dir: the folder of stage 2's activation cache (the system's temporary folder when
+            ``None``): scratch files whose names are removed at once, their disk space freed when
+            training is over, even if the process is killed.
     """
     keras.utils.set_random_seed(config.seed)
     head = build_head(feature_model.output_shape[-1], n_classes, config, features["train"])
@@ -311,18 +335,17 @@ def train_two_stage(
         parts = split(config.unfreeze_blocks) if cached and split is not None else None
         if parts is not None:
             bottom, top = parts
+            folder = Path(cache_dir if cache_dir is not None else tempfile.gettempdir())
             size = (len(data["train"][0]) + len(data["val"][0])) * int(np.prod(bottom.output_shape[1:])) * 2
-            if size <= CACHE_LIMIT_BYTES:
-                stage_model, train, val = _cached_stage2(bottom, top, head, data, config, progress)
+            refused = _no_room_for_cache(folder, size)
+            if refused is None:
+                stage_model, train, val = _cached_stage2(bottom, top, head, data, config, progress, folder)
                 result.notes.append(
                     f"Stage 2 trained on activations cached below the unfrozen blocks "
-                    f"({size / 1024**2:.0f} MB, float16): the frozen layers ran once."
+                    f"({size / 1024**2:.0f} MB on disk, float16): the frozen layers ran once."
                 )
             else:
-                result.notes.append(
-                    f"Stage 2 ran end to end: its activation cache would take {size / 1024**2:.0f} MB "
-                    f"(limit TL_ACTIVATION_CACHE_MB={CACHE_LIMIT_BYTES // 1024**2})."
-                )
+                result.notes.append(f"Stage 2 ran end to end: {refused}.")
         if train is None:
             if cached and parts is None:
                 result.notes.append("Stage 2 ran end to end: every block is unfrozen, so no frozen part could be cached.")
@@ -350,8 +373,24 @@ def train_two_stage(
     return result
 
 
-def _cached_stage2(bottom, top, head, data, config: TrainConfig, progress: ProgressListener):
-    """Stage 2's model on cut activations (sharing the classifier's layers) and its batches."""
+def _no_room_for_cache(folder: Path, size: int) -> str | None:
+    """Why stage 2's activations (``size`` bytes) cannot be cached in ``folder``; ``None`` if they can."""
+    if size > CACHE_LIMIT_BYTES:
+        return (f"its activation cache would take {size / 1024**2:,.0f} MB "
+                f"(limit TL_ACTIVATION_CACHE_MB={CACHE_LIMIT_BYTES // 1024**2})")
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if size > free - DISK_MARGIN_BYTES:
+        return (f"its activation cache would take {size / 1024**2:,.0f} MB and {folder} has "
+                f"{free / 1024**2:,.0f} MB free")
+    return None
+
+
+def _cached_stage2(bottom, top, head, data, config: TrainConfig, progress: ProgressListener, folder: Path):
+    """Stage 2's model on cut activations (sharing the classifier's layers) and its batches.
+
+    The activations go to scratch files in ``folder``, read back batch by batch while training.
+    """
     import tensorflow as tf
 
     forward = tf.function(lambda batch: bottom(tf.cast(batch, tf.float32), training=False))
@@ -360,17 +399,20 @@ def _cached_stage2(bottom, top, head, data, config: TrainConfig, progress: Progr
     done, cached = 0, {}
     for part in ("train", "val"):
         x = data[part][0]
-        out = np.empty((len(x), *bottom.output_shape[1:]), ACTIVATION_DTYPE)
-        step = inference_batch(config.batch_size)
-        for start in range(0, len(x), step):
+        out = _scratch_array(folder, (len(x), *bottom.output_shape[1:]), ACTIVATION_DTYPE)
+        pages = PageRelease(out)
+        for start, chunk in iter_chunks(x, inference_batch(config.batch_size)):
             if progress.should_stop():
                 raise CancelledError("Cancelled while caching activations for stage 2.")
-            chunk = np.asarray(forward(x[start : start + step]))
-            if out.dtype == np.float16 and float(np.abs(chunk).max(initial=0.0)) >= FLOAT16_MAX:
-                out = out.astype(np.float32)  # activations beyond float16's range: keep full precision
-            out[start : start + step] = chunk
-            done += len(x[start : start + step])
+            values = np.asarray(forward(chunk))
+            if out.dtype == np.float16 and float(np.abs(values).max(initial=0.0)) >= FLOAT16_MAX:
+                out = _widened(out, start, folder)  # activations beyond float16's range: full precision
+                pages = PageRelease(out)
+            out[start : start + len(values)] = values
+            pages.count(values.nbytes)
+            done += len(values)
             progress.on_step("cache", done, None)
+        pages.release()
         cached[part] = out
     progress.on_stage_end("cache", {"images": float(total)})
     inputs = keras.Input(bottom.output_shape[1:], name="activations")
@@ -379,6 +421,26 @@ def _cached_stage2(bottom, top, head, data, config: TrainConfig, progress: Progr
     train = make_batches(cached["train"], data["train"][1], config.batch_size, shuffle=True, seed=config.seed)
     val = make_batches(cached["val"], data["val"][1], config.batch_size)
     return stage_model, train, val
+
+
+def _scratch_array(folder: Path, shape: tuple[int, ...], dtype) -> np.memmap:
+    """A memory-mapped array in a new file of ``folder`` whose name is removed at once (POSIX): its
+    disk space comes back when the array is dropped, even if the process is killed."""
+    path = temporary_path(folder / "activations.npy")
+    try:
+        return create_npy(path, shape, dtype)
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def _widened(out: np.memmap, n_rows: int, folder: Path) -> np.memmap:
+    """A float32 scratch array like ``out``, holding its first ``n_rows`` rows."""
+    wide = _scratch_array(folder, out.shape, np.float32)
+    step = max(1, RELEASE_BYTES // (wide.itemsize * int(np.prod(out.shape[1:]))))
+    for start, rows in iter_chunks(out[:n_rows], step, written=[wide]):
+        wide[start : start + len(rows)] = rows
+    return wide
 
 
 def train_scratch(

@@ -16,9 +16,25 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from tl_core.config import HEADS
+from tl_core.data import iter_chunks
 from tl_core.errors import ConfigError, NotFittedError
 
 C_GRID = (0.001, 0.01, 0.1, 1.0)
+STANDARDISE_ROWS = 4096  # feature rows converted to float64 and standardised at a time
+
+
+def _standardised(scaler: StandardScaler, X, fit: bool = False) -> np.ndarray:
+    """``X`` in float64, standardised by ``scaler`` (first fitted on it when ``fit``), a chunk of rows
+    at a time. The same numbers as ``fit_transform`` on the whole array when it is one chunk;
+    otherwise the chunked mean and variance differ from it in the last bits."""
+    X = X if hasattr(X, "shape") else np.asarray(X, np.float64)
+    if fit:
+        for _, rows in iter_chunks(X, STANDARDISE_ROWS):
+            scaler.partial_fit(rows.astype(np.float64))
+    out = np.empty(X.shape, np.float64)
+    for start, rows in iter_chunks(X, STANDARDISE_ROWS):
+        out[start : start + len(rows)] = scaler.transform(rows.astype(np.float64))
+    return out
 
 
 class LinearHead:
@@ -36,7 +52,7 @@ class LinearHead:
         self.C = C
         self.seed = seed
 
-    def _estimator(self, C: float, y: np.ndarray):
+    def _classifier(self, C: float, y: np.ndarray):
         if self.kind == "softmax":
             model = LogisticRegression(C=C, max_iter=3000, random_state=self.seed)
         elif self.kind == "ovr":
@@ -50,27 +66,36 @@ class LinearHead:
             )
         else:
             raise ConfigError(f"Unknown head '{self.kind}'. Choose one of: {', '.join(HEADS)}.")
-        return Pipeline([("scale", StandardScaler()), ("clf", model)])
+        return model
 
     def fit(self, X, y, X_val=None, y_val=None) -> LinearHead:
-        """Fit on ``X, y``; with validation data and ``C=None``, pick C on it first."""
-        X, y = np.asarray(X, np.float64), np.asarray(y)
+        """Fit on ``X, y``; with validation data and ``C=None``, pick C on it first.
+
+        ``X`` and ``X_val`` may be arrays, memory-mapped caches or ``data.Rows``. The solvers need
+        the features in memory, in float64 (``n x feature_dim``: small beside the pixels); they are
+        standardised once for every C tried, a chunk of rows at a time, so memory holds that one
+        float64 copy and no temporaries of its size.
+        """
+        y = np.asarray(y)
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:
             raise ConfigError("A head needs at least 2 classes in its training data.")
         # Labels are re-indexed 0..k-1 so predict_proba columns match class indices.
         encoded = np.searchsorted(self.classes_, y)
+        scaler = StandardScaler()
+        X = _standardised(scaler, X, fit=True)
         scores = {}
         if self.C is None and X_val is not None and len(X_val):
             val_encoded = np.searchsorted(self.classes_, np.asarray(y_val))
+            X_val = _standardised(scaler, X_val)
             for C in C_GRID:
-                candidate = self._estimator(C, encoded).fit(X, encoded)
-                scores[C] = float((candidate.predict(np.asarray(X_val, np.float64)) == val_encoded).mean())
+                candidate = self._classifier(C, encoded).fit(X, encoded)
+                scores[C] = float((candidate.predict(X_val) == val_encoded).mean())
             self.C_ = max(C_GRID, key=lambda c: (scores[c], -abs(np.log10(c) + 1)))
         else:
             self.C_ = self.C if self.C is not None else 0.1
         self.validation_scores_ = scores
-        self.estimator_ = self._estimator(self.C_, encoded).fit(X, encoded)
+        self.estimator_ = Pipeline([("scale", scaler), ("clf", self._classifier(self.C_, encoded).fit(X, encoded))])
         return self
 
     def _check_fitted(self):

@@ -178,7 +178,8 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
         store.run_dir(run_id) / "split.json",
         {part: [decoded.names[i] for i in idx] for part, idx in splits.items()},
     )
-    split_data = {part: (decoded.x[idx], decoded.y[idx]) for part, idx in splits.items()}
+    # Each split reads its pixels from the decoded cache (a memory-mapped file) batch by batch.
+    split_data = {part: (data.Rows(decoded.x, idx), decoded.y[idx]) for part, idx in splits.items()}
     n_classes = len(decoded.class_names)
 
     # Several GPUs (or TF_CONFIG, or TL_DISTRIBUTE=all): one model copy per device, built and
@@ -215,7 +216,7 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
                 all_features = extract_features(
                     feature_model, decoded.x, inference_batch(config.batch_size), listener, cache_path
                 )
-                features = {part: all_features[idx] for part, idx in splits.items()}
+                features = {part: data.Rows(all_features, idx) for part, idx in splits.items()}
                 trained = train_two_stage(
                     feature_model,
                     lambda n: backbones.set_trainable_blocks(spec, base, n),
@@ -226,6 +227,7 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
                     features,
                     lambda n: backbones.split_at_block(spec, base, n, size),
                     checkpoints,
+                    store.cache_dir / "activations",
                 )
             else:
                 trained = train_scratch(feature_model, split_data, n_classes, fit_config, listener, checkpoints)
@@ -267,9 +269,10 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
 
 def _train_linear_head(feature_model, features, splits, decoded, config, listener):
     train, val, test = splits["train"], splits["val"], splits["test"]
+    # scikit-learn fits in memory: the split's features (n x feature_dim), not its pixels.
     listener.on_stage_start("head", 1)
     head = LinearHead(config.head, seed=config.seed).fit(
-        features[train], decoded.y[train], features[val], decoded.y[val]
+        data.Rows(features, train), decoded.y[train], data.Rows(features, val), decoded.y[val]
     )
     listener.on_step("head", 1, {"C": head.C_})
     listener.on_stage_end("head", {"C": head.C_})
@@ -282,7 +285,7 @@ def _train_linear_head(feature_model, features, splits, decoded, config, listene
     outputs = keras.layers.Activation("softmax", name="probabilities", dtype="float32")(x)
     model = keras.Model(feature_model.input, outputs, name=f"{feature_model.name}_{config.head}")
     note = f"Linear head '{config.head}' on cached features; C={head.C_:g} chosen on the validation split."
-    return TrainedModel(model, {}, [note]), head.predict_proba(features[test])
+    return TrainedModel(model, {}, [note]), head.predict_proba(data.take_rows(features, test))
 
 
 def _timing(timer: StageTimer, history, n_images: int, n_train: int, n_val: int) -> dict[str, dict[str, float]]:
