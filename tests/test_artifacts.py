@@ -157,3 +157,54 @@ def test_a_fresh_server_on_a_wiped_disk_shows_and_predicts_with_an_old_run(
     assert not page.exception and not page.error
     assert any(f"{run['metrics']['test_accuracy']:.1%}" in m.value for m in page.metric)
     assert (tmp_path / "after" / "runs" / run["id"] / "model.keras").is_file()  # the page fetched it
+
+
+@pytest.mark.timeout(600)
+def test_a_run_killed_with_its_machine_resumes_on_a_fresh_disk_from_its_mirrored_checkpoints(tmp_path, bucket, monkeypatch):
+    """A hosted app's restart kills the worker and wipes the disk mid-training: the checkpoints
+    mirrored after each epoch let the run go on from a recent epoch on the new, empty disk."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import make_toy_folder, wait_for_status
+    from tl_core.config import TrainConfig
+    from tl_core.jobs import resume, submit
+
+    database = f"sqlite:///{tmp_path / 'database' / 'runs.db'}"  # the database outlives the disk
+    (tmp_path / "database").mkdir()
+    monkeypatch.setenv("TL_CHECKPOINT_MIRROR_SECONDS", "0")  # every epoch (the default is once a minute)
+    root = make_toy_folder(tmp_path / "toy", n_per_class=8, size=32)
+    first = RunStore(tmp_path / "disk1", database_url=database, artifacts_url=bucket)
+    run_id = submit(first, root, TrainConfig(strategy="scratch", epochs=8, patience=8, backbone="vgg16",
+                                             weights="none", image_size=32, batch_size=8))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tl_core", "worker", "--data-dir", str(first.data_dir), "--quiet", "--idle-exit", "5"],
+        env={**os.environ, "PYTHONPATH": str(REPO), **first.env_vars()},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 180
+        while len(first.get_run(run_id)["epochs"].get("scratch", [])) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    done_before = len(first.get_run(run_id)["epochs"]["scratch"])
+    assert 3 <= done_before < 8, "the kill must land mid-training"
+    shutil.rmtree(first.data_dir)  # the restart wipes the disk
+
+    second = RunStore(tmp_path / "disk2", database_url=database, artifacts_url=bucket)
+    assert second.fail_interrupted("the machine went away") == [run_id]
+    resume(second, run_id)  # fetches the run's folder, checkpoints included, then trains on
+    run = wait_for_status(second, run_id, {"succeeded", "failed"})
+    assert run["status"] == "succeeded", run["error"]
+    notes = " ".join(run["metrics"]["notes"])
+    assert "went on from its last completed epoch" in notes, notes
+    restored = int(notes.split("last completed epoch (")[1].split(")")[0])
+    assert restored >= done_before - 2  # the kill may land between an epoch's end and its copy
+    assert [epoch["epoch"] for epoch in run["metrics"]["history"]["scratch"]] == list(range(1, 9))

@@ -24,6 +24,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -176,9 +177,11 @@ class StageCheckpoints:
     run keeps it, to resume.
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, on_saved: Callable[[], None] | None = None) -> None:
+        """``on_saved`` runs after each epoch's checkpoint is complete (the store mirrors it)."""
         self.folder = Path(folder)
         self.notes: list[str] = []
+        self.on_saved = on_saved
 
     def _path(self, stage: str, suffix: str) -> Path:
         return self.folder / f"{stage}{suffix}"
@@ -241,12 +244,15 @@ class StageCheckpoints:
             write_json_atomic(self._path(stage, ".history.json"), {"history": bridge.history, "stopper": state})
 
         saver = keras.callbacks.LambdaCallback(on_epoch_end=save)
-        return [
+        callbacks = [
             saver,
             # double_checkpoint: a kill while the backup is being written leaves the previous one.
             _Backup(stopped, backup_dir=str(self.folder / stage), save_freq="epoch", delete_checkpoint=False,
                     double_checkpoint=True),
         ]
+        if self.on_saved is not None:  # after the backup: the epoch's files are all written
+            callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: stopped() or self.on_saved()))
+        return callbacks
 
     def mark_done(self, stage: str, model: keras.Model, history: list[dict[str, float]]) -> None:
         tmp = self._path(stage, ".tmp.weights.h5")

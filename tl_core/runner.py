@@ -108,6 +108,9 @@ def run_training(
         run_id = store.create_run(payload, status="running", name=name)
     else:
         store.set_status(run_id, "running")
+        # A resumed run's folder comes back from the artifacts location; on a fresh disk without
+        # one (or killed before its first copy) the run starts again in a new, empty folder.
+        store.run_dir(run_id).mkdir(parents=True, exist_ok=True)
     timer = StageTimer()
     listener = MultiProgress(progress or NullProgress(), StoreProgress(store, run_id), timer)
     started = time.perf_counter()
@@ -135,6 +138,25 @@ def run_training(
         _write_error_log(store, run_id)
         store.finish(run_id, "failed", error=f"Unexpected error: {err.__class__.__name__}: {err}")
     return store.get_run(run_id)
+
+
+# With an artifacts location, checkpoints are copied there at most this often, so a run whose
+# machine disappears (a hosted app's restart wipes its disk) resumes elsewhere from a recent epoch.
+CHECKPOINT_MIRROR_SECONDS = float(os.environ.get("TL_CHECKPOINT_MIRROR_SECONDS", "60"))
+
+
+def _checkpoint_mirror(store: RunStore, run_id: str):
+    """An ``on_saved`` hook that mirrors the run's folder (checkpoints included), rate-limited."""
+    if store.artifacts is None:
+        return None
+    last = [0.0]
+
+    def mirror() -> None:
+        if time.monotonic() - last[0] >= CHECKPOINT_MIRROR_SECONDS:
+            last[0] = time.monotonic()
+            store.publish_quietly(run_id)
+
+    return mirror
 
 
 def _write_error_log(store: RunStore, run_id: str) -> None:
@@ -205,7 +227,7 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
                          config.feature_cut) + ".npy"
         )
 
-        checkpoints = StageCheckpoints(store.run_dir(run_id) / "checkpoints")
+        checkpoints = StageCheckpoints(store.run_dir(run_id) / "checkpoints", _checkpoint_mirror(store, run_id))
         if config.strategy == "feature_extractor":
             features = extract_features(feature_model, decoded.x, inference_batch(config.batch_size), listener, cache_path)
             trained, probabilities = _train_linear_head(feature_model, features, splits, decoded, config, listener)

@@ -375,7 +375,7 @@ class RunStore:
             raise ConfigError(f"Could not copy run {run_id}'s files to {self.artifacts.location} "
                               f"({err.__class__.__name__}: {err}). They are still in {folder}.") from err
 
-    def _publish_quietly(self, run_id: str) -> None:
+    def publish_quietly(self, run_id: str) -> None:
         folder = self._local_dir(run_id)
         if self.artifacts is not None and folder.is_dir():  # a failure is logged: the run itself is stored
             self.artifacts.try_upload(folder, f"runs/{run_id}")
@@ -476,7 +476,7 @@ class RunStore:
         if metrics is not None:
             write_json_atomic(self.run_dir(run_id) / "metrics.json", metrics)
         self._update(run_id, status=status, error=error, metrics=json.dumps(metrics) if metrics else None)
-        self._publish_quietly(run_id)
+        self.publish_quietly(run_id)
 
     # ----------------------------------------------------------------- queue
 
@@ -560,7 +560,7 @@ class RunStore:
                 if result.rowcount:
                     failed.append(row.id)
         for run_id in failed:  # checkpoints and logs, to resume from on another disk
-            self._publish_quietly(run_id)
+            self.publish_quietly(run_id)
         return failed
 
     def requeue(self, run_id: str) -> None:
