@@ -125,3 +125,21 @@ def postgres_url():
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.dispose()
+
+
+def sigkill_after_epochs(worker, store, run_id: str, epochs: int, stage: str = "scratch", timeout: float = 180) -> int:
+    """SIGKILL a training worker process once ``epochs`` epochs of ``stage`` are stored; returns
+    how many epochs were stored when it died."""
+    import signal
+    import time
+
+    try:
+        deadline = time.time() + timeout
+        while len(store.get_run(run_id)["epochs"].get(stage, [])) < epochs and time.time() < deadline:
+            time.sleep(0.05)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    return len(store.get_run(run_id)["epochs"][stage])

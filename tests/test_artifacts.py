@@ -164,12 +164,11 @@ def test_a_run_killed_with_its_machine_resumes_on_a_fresh_disk_from_its_mirrored
     """A hosted app's restart kills the worker and wipes the disk mid-training: the checkpoints
     mirrored after each epoch let the run go on from a recent epoch on the new, empty disk."""
     import os
-    import signal
     import subprocess
     import sys
-    import time
 
-    from conftest import make_toy_folder, wait_for_status
+    from conftest import make_toy_folder, sigkill_after_epochs, wait_for_status
+
     from tl_core.config import TrainConfig
     from tl_core.jobs import resume, submit
 
@@ -185,16 +184,7 @@ def test_a_run_killed_with_its_machine_resumes_on_a_fresh_disk_from_its_mirrored
         env={**os.environ, "PYTHONPATH": str(REPO), **first.env_vars()},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    try:
-        deadline = time.time() + 180
-        while len(first.get_run(run_id)["epochs"].get("scratch", [])) < 3 and time.time() < deadline:
-            time.sleep(0.05)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(10)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-    done_before = len(first.get_run(run_id)["epochs"]["scratch"])
+    done_before = sigkill_after_epochs(worker, first, run_id, 3)
     assert 3 <= done_before < 8, "the kill must land mid-training"
     shutil.rmtree(first.data_dir)  # the restart wipes the disk
 

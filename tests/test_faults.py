@@ -14,11 +14,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
+from conftest import REPO, make_toy_folder, sigkill_after_epochs, wait_for_status
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, make_toy_folder, wait_for_status
 from tl_core.config import TrainConfig
 from tl_core.jobs import INTERRUPTED, queue_snapshot, resume, submit
 from tl_core.progress import NullProgress
@@ -42,16 +41,7 @@ def test_a_sigkilled_worker_is_noticed_within_seconds_and_the_run_resumes_from_i
     config = TrainConfig(strategy="scratch", epochs=8, patience=8, **FAST)
     run_id = submit(store, root, config)
     worker = _worker(store)
-    try:
-        deadline = time.time() + 180
-        while len(store.get_run(run_id)["epochs"].get("scratch", [])) < 2 and time.time() < deadline:
-            time.sleep(0.05)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(10)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-    done_before = len(store.get_run(run_id)["epochs"]["scratch"])
+    done_before = sigkill_after_epochs(worker, store, run_id, 2)
     assert 2 <= done_before < 8, "the kill must land mid-training"
 
     assert store.get_run(run_id)["status"] == "running"  # nobody has looked yet
