@@ -198,3 +198,25 @@ def test_a_run_killed_with_its_machine_resumes_on_a_fresh_disk_from_its_mirrored
     restored = int(notes.split("last completed epoch (")[1].split(")")[0])
     assert restored >= done_before - 2  # the kill may land between an epoch's end and its copy
     assert [epoch["epoch"] for epoch in run["metrics"]["history"]["scratch"]] == list(range(1, 9))
+
+
+def test_a_run_trained_on_another_machine_replaces_the_stale_copy_here_once_it_ends(tmp_path, bucket):
+    """A Ray node trains the run: the app's folder from when it was queued (only config.json) is
+    replaced by the finished run's copy, once; a run trained here keeps its own folder."""
+    database = f"sqlite:///{tmp_path / 'runs.db'}"
+    app = RunStore(tmp_path / "app", database_url=database, artifacts_url=bucket)
+    node = RunStore(tmp_path / "node", database_url=database, artifacts_url=bucket)
+    run_id = app.create_run({"train": {}}, executor="ray")
+    assert app.run_dir(run_id).is_dir()  # made when it was queued
+    assert node.claim_run(run_id)
+    app.get_run(run_id)  # while it trains: nothing to replace yet
+    node.run_dir(run_id).mkdir(parents=True)  # as the runner makes it
+    (node.run_dir(run_id) / "model.keras").write_bytes(b"model")
+    node._update(run_id, owner_host="gpu-node-1")  # as a Ray node on another machine records it
+    node.finish(run_id, "succeeded", {"test_accuracy": 0.9})
+
+    app.get_run(run_id)
+    assert (app.run_dir(run_id) / "model.keras").read_bytes() == b"model"
+    (app.run_dir(run_id) / "gradcam").mkdir()  # drawn here later: never replaced again
+    app.get_run(run_id)
+    assert (app.run_dir(run_id) / "gradcam").is_dir()

@@ -1105,14 +1105,15 @@ def make_batches(
 
 class _BatchReader:
     """Reads the rows (and labels) of a batch of positions of ``x`` (:func:`take_rows`); pages an
-    array read through its mapping brought in are released after every batch (:func:`release_pages`):
+    array read through its mapping brought in are released as reading goes (:class:`PageRelease`):
     scattered rows map far more than their own bytes."""
 
     def __init__(self, x, y: np.ndarray | None) -> None:
         self.x = x
         self.y = None if y is None else np.asarray(y)
+        self.pages = PageRelease(x)
 
     def __call__(self, positions: np.ndarray) -> list[np.ndarray]:
         rows = take_rows(self.x, positions)
-        release_pages(self.x)
+        self.pages.count(rows.nbytes)
         return [rows] if self.y is None else [rows, self.y[positions]]

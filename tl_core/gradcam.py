@@ -64,25 +64,34 @@ def grad_cam(model, pixels: np.ndarray, classes: Sequence[int] | int | None = No
     Returns:
         ``(heat maps (n, h, w) in [0, 1] at the feature maps' resolution, probabilities (n, classes))``.
     """
+    (cams,), probabilities = grad_cams(model, pixels, [classes])
+    return cams, probabilities
+
+
+def grad_cams(model, pixels: np.ndarray, class_sets: Sequence) -> tuple[list[np.ndarray], np.ndarray]:
+    """:func:`grad_cam` for several choices of class per image (e.g. predicted and true), with one
+    pass of the ConvNet: ``([heat maps (n, h, w) per choice], probabilities (n, classes))``."""
     import tensorflow as tf
 
     conv_model, head = split_classifier(model)
     x = tf.convert_to_tensor(np.asarray(pixels, dtype=np.float32))
     maps = tf.cast(conv_model(x, training=False), tf.float32)
     pooled = tf.reduce_mean(maps, axis=(1, 2))
-    with tf.GradientTape() as tape:
-        tape.watch(pooled)
-        probabilities = tf.cast(head(pooled), tf.float32)
-        if classes is None:
-            chosen = tf.argmax(probabilities, axis=-1)
-        else:
-            chosen = tf.constant(np.broadcast_to(np.asarray(classes), (len(pixels),)), dtype=tf.int64)
-        score = tf.math.log(tf.gather(probabilities, chosen, batch_dims=1) + 1e-9)
-    weights = tape.gradient(score, pooled)  # (n, channels): each map's mean gradient, up to its area
-    cams = tf.nn.relu(tf.einsum("nhwk,nk->nhw", maps, weights)).numpy()
-    peaks = cams.reshape(len(cams), -1).max(axis=1).reshape(-1, 1, 1)
-    cams = np.divide(cams, peaks, out=np.zeros_like(cams), where=peaks > 0)
-    return cams, probabilities.numpy()
+    all_cams = []
+    for classes in class_sets:
+        with tf.GradientTape() as tape:
+            tape.watch(pooled)
+            probabilities = tf.cast(head(pooled), tf.float32)
+            if classes is None:
+                chosen = tf.argmax(probabilities, axis=-1)
+            else:
+                chosen = tf.constant(np.broadcast_to(np.asarray(classes), (len(pixels),)), dtype=tf.int64)
+            score = tf.math.log(tf.gather(probabilities, chosen, batch_dims=1) + 1e-9)
+        weights = tape.gradient(score, pooled)  # (n, channels): each map's mean gradient, up to its area
+        cams = tf.nn.relu(tf.einsum("nhwk,nk->nhw", maps, weights)).numpy()
+        peaks = cams.reshape(len(cams), -1).max(axis=1).reshape(-1, 1, 1)
+        all_cams.append(np.divide(cams, peaks, out=np.zeros_like(cams), where=peaks > 0))
+    return all_cams, probabilities.numpy()
 
 
 def colorize(cam: np.ndarray) -> np.ndarray:
@@ -162,10 +171,8 @@ def explain_mistakes(run: dict, folder, max_side: int = 256, model=None, items: 
         return []
     out.mkdir(parents=True, exist_ok=True)
     x = np.stack(pixels)
-    maps = {
-        "predicted": grad_cam(model, x, [classes[m["predicted"]] for m in kept])[0],
-        "true": grad_cam(model, x, [classes[m["true"]] for m in kept])[0],
-    }
+    (predicted, true), _ = grad_cams(model, x, [[classes[m[which]] for m in kept] for which in ("predicted", "true")])
+    maps = {"predicted": predicted, "true": true}
     index, written = {}, []
     for n, (mistake, picture) in enumerate(zip(kept, pictures)):
         entry = {}

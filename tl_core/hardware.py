@@ -135,7 +135,9 @@ def _patch_keras_for_multi_worker() -> None:
     model from a distributed batch (it all-reduces the *input* batch across machines: "Attempt to
     convert a value (PerReplica...)"), and averaging the step's scalar loss and metrics with
     ``axis=0`` ("Invalid reduction dimension 0"). Build from this worker's own batch instead, and
-    average scalars without an axis. Nothing changes for one device or ``MirroredStrategy``.
+    average scalars without an axis. The reduction is unchanged for one device and
+    ``MirroredStrategy``; the build from a local batch, installed for the rest of the process, gives
+    the same shapes under any strategy.
     """
     global _PATCHED
     if _PATCHED:

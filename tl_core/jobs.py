@@ -95,12 +95,11 @@ def resume(store: RunStore, run_id: str) -> None:
     It goes on from its last completed epoch when it has checkpoints (runs that train epochs);
     decoding and feature extraction come back from their caches.
     """
-    store.requeue(run_id)
-    if ray_jobs.enabled():
-        store.set_executor(run_id, "ray")
+    on_ray = ray_jobs.enabled()
+    store.requeue(run_id, executor="ray" if on_ray else None)
+    if on_ray:
         _dispatch_to_ray(store, run_id)
     else:
-        store.set_executor(run_id, None)
         ensure_worker(store)
 
 
@@ -225,10 +224,8 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
                 return 0
             time.sleep(0.05)
     try:
-        # TensorFlow is imported only once the lock is held, so a second worker started by mistake
-        # exits in a fraction of a second instead of loading it.
-        from tl_core.runner import run_training
-
+        # TensorFlow is imported with the first run (_train_claimed), so a second worker started by
+        # mistake exits in a fraction of a second instead of loading it.
         store.fail_interrupted(INTERRUPTED)
         executed, idle_since = 0, time.monotonic()
         while True:
@@ -238,7 +235,7 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
                     return executed
                 time.sleep(poll_seconds)
                 continue
-            _train_claimed(store, run_id, run_training)
+            _train_claimed(store, run_id)
             executed += 1
             idle_since = time.monotonic()
     finally:
@@ -246,7 +243,9 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
         handle.close()
 
 
-def _train_claimed(store: RunStore, run_id: str, run_training) -> None:
+def _train_claimed(store: RunStore, run_id: str) -> None:
+    from tl_core.runner import run_training  # TensorFlow: only in the process that trains
+
     payload = store.get_run(run_id)["config"]
     run_training(
         local_source(store, payload["source"]),  # a saved upload comes back from the artifacts location
@@ -266,7 +265,5 @@ def execute_run(store: RunStore, run_id: str) -> str:
     """
     if not store.claim_run(run_id):
         return store.get_run(run_id)["status"]
-    from tl_core.runner import run_training
-
-    _train_claimed(store, run_id, run_training)
+    _train_claimed(store, run_id)
     return store.get_run(run_id)["status"]

@@ -358,6 +358,22 @@ class RunStore:
         else:
             self._missing[run_id] = time.monotonic()
 
+    def _refresh(self, run_id: str, folder: Path) -> None:
+        """Once, replace the local copy of a run that another machine trained (a Ray node): the copy
+        here may be older than the run's end (the folder made when it was queued, or a checkpoint
+        copy fetched while it trained)."""
+        done = folder.with_name(f".final-{run_id}")
+        if done.exists():
+            return
+        fresh = folder.with_name(f".refresh-{run_id}-{secrets.token_hex(4)}")
+        if not self.artifacts.try_download(f"runs/{run_id}", fresh):
+            return
+        stale = folder.with_name(f".stale-{run_id}-{secrets.token_hex(4)}")
+        folder.rename(stale)
+        fresh.rename(folder)
+        shutil.rmtree(stale, ignore_errors=True)
+        done.touch()
+
     def publish(self, run_id: str) -> None:
         """Copy the run's folder to the artifacts location (only what changed); nothing without one.
 
@@ -563,8 +579,11 @@ class RunStore:
             self.publish_quietly(run_id)
         return failed
 
-    def requeue(self, run_id: str) -> None:
+    def requeue(self, run_id: str, executor: str | None = None) -> None:
         """Queue a failed or cancelled run again; it resumes from its checkpoints when it has any.
+
+        Args:
+            executor: who runs it now (see :meth:`create_run`), set in the same statement.
 
         Raises:
             RunNotFoundError: no such run. ConfigError: the run is queued, running or succeeded.
@@ -573,10 +592,11 @@ class RunStore:
             result = conn.execute(
                 update(RUNS).where(RUNS.c.id == run_id, RUNS.c.status.in_(("failed", "cancelled")))
                 .values(status="queued", error=None, cancel_requested=0, owner_pid=None, owner_host=None,
-                        progress=None, updated_at=time.time())
+                        progress=None, executor=executor, updated_at=time.time())
             )
             if result.rowcount == 0:
                 raise self._refusal(conn, run_id, "Only a failed or cancelled run can be resumed")
+        self._local_dir(run_id).with_name(f".final-{run_id}").unlink(missing_ok=True)  # it will end again
 
     def delete_run(self, run_id: str) -> None:
         """Delete the run, its epochs, its folder and the folder's copy at the artifacts location."""
@@ -584,6 +604,7 @@ class RunStore:
         with self._transaction() as conn:
             conn.execute(RUNS.delete().where(RUNS.c.id == run_id))
         shutil.rmtree(folder, ignore_errors=True)
+        folder.with_name(f".final-{run_id}").unlink(missing_ok=True)
         if self.artifacts is not None:
             self.artifacts.delete(f"runs/{run_id}")
 
@@ -609,8 +630,11 @@ class RunStore:
                 raise RunNotFoundError(f"No run with id '{run_id}'.")
             run = self._row_to_run(row)
             run["epochs"] = self._epochs(conn, run_id)
-        if self.artifacts is not None and not folder.is_dir():
-            self._fetch(run_id, folder)
+        if self.artifacts is not None:
+            if not folder.is_dir():
+                self._fetch(run_id, folder)
+            elif run["status"] in FINAL_STATUSES and run.get("owner_host") not in (None, _host()):
+                self._refresh(run_id, folder)
         return run
 
     @staticmethod
