@@ -17,11 +17,13 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 from tl_core.errors import ConfigError
 
 ARTIFACTS_ENV = "TL_ARTIFACTS_URL"
+MISSING_RECHECK_SECONDS = 30.0
 MANIFEST = ".tl-manifest.json"
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class ArtifactMirror:
                 "Give a folder path or an fsspec URL (s3:// needs s3fs, gs:// needs gcsfs installed)."
             ) from err
         self.url, self.root = url, root.rstrip("/")
+        self._missing: dict[str, float] = {}  # key -> when it was last found absent
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         self.location = f"{protocol}://{self.root}"
 
@@ -131,12 +134,23 @@ class ArtifactMirror:
         return True
 
     def try_download(self, key: str, folder: Path) -> bool:
-        """:meth:`download`, a failure logged and answered False: the caller reports the missing folder."""
+        """:meth:`download`, a failure logged and answered False: the caller reports the missing folder.
+
+        A key found absent is not asked for again for :data:`MISSING_RECHECK_SECONDS`: pages that
+        look for a missing run or dataset on every render do not query the bucket each time.
+        """
+        if time.monotonic() - self._missing.get(key, -MISSING_RECHECK_SECONDS) < MISSING_RECHECK_SECONDS:
+            return False
         try:
-            return self.download(key, folder)
+            found = self.download(key, folder)
         except Exception as err:  # noqa: BLE001
             log.warning("Could not fetch %s from %s: %s: %s", folder.name, self._remote(key), err.__class__.__name__, err)
-            return False
+            found = False
+        if found:
+            self._missing.pop(key, None)
+        else:
+            self._missing[key] = time.monotonic()
+        return found
 
     def delete(self, key: str) -> None:
         """Remove the mirror of ``key`` (nothing happens when there is none)."""

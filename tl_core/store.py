@@ -60,8 +60,6 @@ FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")
 # A running run of another machine is judged interrupted when it has not written for this long.
 STALE_SECONDS = 900.0
-# How long a run folder found on neither the local disk nor the artifacts location is not looked up again.
-_MISSING_RECHECK_SECONDS = 30.0
 _SCHEMA_LOCK = 0x544C5354  # PostgreSQL advisory lock: one process creates or migrates the tables
 
 METADATA = MetaData()
@@ -277,7 +275,6 @@ class RunStore:
         self.db_path = Path(sqlite_file) if sqlite_file else None
         self.artifacts: ArtifactMirror | None = mirror_from_env(artifacts_url)
         self.artifacts_url = self.artifacts.url if self.artifacts else None
-        self._missing: dict[str, float] = {}  # run id -> when it was found on neither side
         self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         with self._transaction() as conn:
             _schema(conn)
@@ -351,12 +348,7 @@ class RunStore:
         return folder
 
     def _fetch(self, run_id: str, folder: Path) -> None:
-        if time.monotonic() - self._missing.get(run_id, -_MISSING_RECHECK_SECONDS) < _MISSING_RECHECK_SECONDS:
-            return
-        if self.artifacts.try_download(f"runs/{run_id}", folder):
-            self._missing.pop(run_id, None)
-        else:
-            self._missing[run_id] = time.monotonic()
+        self.artifacts.try_download(f"runs/{run_id}", folder)
 
     def _refresh(self, run_id: str, folder: Path) -> None:
         """Once, replace the local copy of a run that another machine trained (a Ray node): the copy
