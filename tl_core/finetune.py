@@ -345,12 +345,16 @@ def train_two_stage(
             size = (len(data["train"][0]) + len(data["val"][0])) * int(np.prod(bottom.output_shape[1:])) * 2
             refused = _no_room_for_cache(folder, size)
             if refused is None:
-                stage_model, train, val = _cached_stage2(bottom, top, head, data, config, progress, folder)
-                result.notes.append(
-                    f"Stage 2 trained on activations cached below the unfrozen blocks "
-                    f"({size / 1024**2:.0f} MB on disk, float16): the frozen layers ran once."
-                )
-            else:
+                try:
+                    stage_model, train, val = _cached_stage2(bottom, top, head, data, config, progress, folder)
+                except OSError as err:  # the disk filled up meanwhile (or float32 activations need twice the room)
+                    refused = f"its activation cache could not be written ({err.strerror or err})"
+                else:
+                    result.notes.append(
+                        f"Stage 2 trained on activations cached below the unfrozen blocks "
+                        f"({size / 1024**2:.0f} MB on disk, float16): the frozen layers ran once."
+                    )
+            if refused is not None:
                 result.notes.append(f"Stage 2 ran end to end: {refused}.")
         if train is None:
             if cached and parts is None:
