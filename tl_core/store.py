@@ -139,7 +139,7 @@ def is_valid_workspace_key(key: str) -> bool:
 
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write JSON to a temporary name and rename it, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # unique per thread too
     tmp.write_text(json.dumps(value, indent=2, default=str))
     os.replace(tmp, path)
 
