@@ -2,22 +2,37 @@
 
     python bench/extraction_throughput.py [--data ../shared/datasets/clipart8] [--backbones mobilenet vgg16]
 
-For each backbone (224 px, ImageNet weights from TL_WEIGHTS_DIR when present, else random), in
-one process: (1) raw forward throughput on pre-decoded uint8 tensors already in memory; (2) the
-engine's path from the files (decode + resize, no cache, then the forward pass); (3) the same
-with the decoded-pixel cache warm. Prints images/s and each path's ratio to the raw forward pass.
+For each backbone (224 px, ImageNet weights from TL_WEIGHTS_DIR when present, else random: the
+same cost), in one process, the same images each time, ``--reps`` rounds of these timed passes:
+
+1. raw forward: the network on pre-decoded uint8 tensors already in memory (the baseline, timed
+   at the start and at the end of the round, its mean speed);
+2. from files: the engine's path for a run on files not seen before (``runner.decode_and_extract``:
+   decoding on lowest-priority threads, overlapped with the forward pass, then the feature cache);
+3. decode, then extract: the same work one after the other (what the engine did before);
+4. decoded cache warm: the pixels read from the uint8 cache, then the forward pass.
+
+Prints images/s and each path's ratio to the raw pass of the same round, then the median ratio
+over the rounds (a shared machine's speed drifts; a ratio within one round does not).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
+from pathlib import Path
 
 from _common import DEFAULT_DATA, machine
 
 from tl_core import backbones, data
+from tl_core.config import DataConfig
 from tl_core.features import extract_features
+from tl_core.progress import NullProgress
+from tl_core.runner import decode_and_extract
+
+PATHS = ("from files", "decode, then extract", "decoded cache warm")
 
 
 def main() -> None:
@@ -26,6 +41,7 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=["mobilenet", "vgg16"])
     parser.add_argument("--limit", type=int, default=320, help="images used (the same for every path)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=5, help="rounds of the passes")
     args = parser.parse_args()
 
     image_set = data.load_images(args.data)
@@ -39,22 +55,37 @@ def main() -> None:
         model = backbones.build_feature_model(spec, backbones.build_base(spec, weights, 224), 224)
         pixels = data.decode_dataset(image_set, 224).x
         extract_features(model, pixels[: args.batch_size], args.batch_size)  # warm-up: tracing
+        n = len(pixels)
+        ratios: dict[str, list[float]] = {path: [] for path in PATHS}
+        for rep in range(1, args.reps + 1):
+            raw_seconds = [timed(lambda: extract_features(model, pixels, args.batch_size))]
+            speeds = {}
+            with tempfile.TemporaryDirectory() as cache:
+                cache = Path(cache)
+                features_path = lambda hashes, cache=cache: cache / "features" / f"{time.monotonic_ns()}.npy"  # noqa: E731
+                speeds["from files"] = n / timed(lambda: decode_and_extract(
+                    image_set, 224, DataConfig(), cache, model, features_path, args.batch_size, NullProgress()))
+            with tempfile.TemporaryDirectory() as cache:
+                speeds["decode, then extract"] = n / timed(lambda: extract_features(
+                    model, data.decode_dataset(image_set, 224, cache_dir=Path(cache)).x, args.batch_size))
+                speeds["decoded cache warm"] = n / timed(lambda: extract_features(
+                    model, data.decode_dataset(image_set, 224, cache_dir=Path(cache)).x, args.batch_size))
+            raw_seconds.append(timed(lambda: extract_features(model, pixels, args.batch_size)))
+            raw = speeds["raw forward"] = n / statistics.mean(raw_seconds)
+            for path in PATHS:
+                ratios[path].append(speeds[path] / raw)
+            print(f"{spec.title:<14} round {rep}: " + " | ".join(
+                f"{path} {speed:6.1f} img/s" + ("" if path == "raw forward" else f" ({speed / raw:.2f}x)")
+                for path, speed in speeds.items()))
+        print(f"{spec.title:<14} median over {args.reps} rounds: " + " | ".join(
+            f"{path} {statistics.median(values):.2f}x" for path, values in ratios.items())
+            + f" of raw forward | weights: {weights.description}")
 
-        start = time.perf_counter()
-        extract_features(model, pixels, args.batch_size)
-        raw = len(pixels) / (time.perf_counter() - start)
 
-        with tempfile.TemporaryDirectory() as cache:
-            start = time.perf_counter()
-            decoded = data.decode_dataset(image_set, 224, cache_dir=cache)
-            extract_features(model, decoded.x, args.batch_size)
-            cold = len(pixels) / (time.perf_counter() - start)
-            start = time.perf_counter()
-            decoded = data.decode_dataset(image_set, 224, cache_dir=cache)
-            extract_features(model, decoded.x, args.batch_size)
-            warm = len(pixels) / (time.perf_counter() - start)
-        print(f"{spec.title:<14} raw forward {raw:7.1f} img/s | from files {cold:7.1f} img/s ({cold / raw:.2f}x) | "
-              f"decoded cache warm {warm:7.1f} img/s ({warm / raw:.2f}x) | weights: {weights.description}")
+def timed(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

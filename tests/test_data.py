@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import TOY_COLORS, make_toy_folder, png_bytes, toy_image, zip_folder
+from tl_core import data as data_module
 from tl_core.config import DataConfig
 from tl_core.data import (
     Rows,
@@ -19,6 +23,7 @@ from tl_core.data import (
     inspect_dataset,
     load_images,
     make_batches,
+    prepare_image,
     split_dataset,
     take_rows,
 )
@@ -135,6 +140,40 @@ def test_transparency_is_composited_on_white(mode):
     assert pixels[0, 0].tolist() != [255, 255, 255]
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "RGB", "CMYK"])
+def test_model_pixels_equal_resizing_the_finished_picture(mode):
+    """Training resizes before compositing on white (or turning gray into RGB): a fraction of the
+    work, and the pixels of resizing the finished picture, to rounding."""
+    rng = np.random.default_rng(3)
+    rgba = Image.fromarray(rng.integers(0, 256, (90, 130, 4), dtype=np.uint8), "RGBA")
+    rgba.paste((0, 0, 0, 0), (0, 0, 40, 90))  # a fully transparent band: white in the model's input
+    if mode == "P":
+        image = rgba.convert("RGB").quantize(64)
+        image.info["transparency"] = image.getpixel((5, 5))
+    else:
+        image = rgba if mode == "RGBA" else rgba.convert(mode)
+    data = png_bytes(image, "JPEG" if mode == "CMYK" else "PNG")
+    pixels, picture = prepare_image(data, 32, LIMIT)
+    finished, _ = decode_image(data, LIMIT, draft_size=32)  # JPEG decodes at a reduced size
+    assert picture.mode == "RGB" and np.array_equal(np.asarray(picture), np.asarray(finished))
+    reference = np.asarray(finished.resize((32, 32), Image.Resampling.BILINEAR, reducing_gap=3.0)).astype(int)
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+    assert np.abs(pixels.astype(int) - reference).max() <= 3
+    if mode in ("RGBA", "LA"):
+        assert (pixels[:, :8] == 255).all()
+
+
+def test_training_and_prediction_decode_to_the_same_pixels(tmp_path):
+    rgba = Image.fromarray(np.random.default_rng(4).integers(0, 256, (50, 70, 4), dtype=np.uint8), "RGBA")
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            rgba.rotate(30 * i).save(tmp_path / label / f"{i}.png")
+    decoded = decode_dataset(load_images(tmp_path), 32)
+    for row, name in zip(decoded.x, decoded.names, strict=True):
+        np.testing.assert_array_equal(row, prepare_image((tmp_path / name).read_bytes(), 32)[0])
+
+
 def test_sixteen_bit_grayscale_is_scaled_not_clipped():
     values = np.array([[0, 32768, 65535]], dtype=np.uint16)
     image = Image.fromarray(values)
@@ -242,6 +281,34 @@ def test_the_decoded_cache_is_a_memory_mapped_npy_file_of_the_usable_images(tmp_
     rebuilt = decode_dataset(image_set, 32, cache_dir=cache)
     np.testing.assert_array_equal(rebuilt.x, in_memory.x)
     assert np.load(files[1]).shape == (15, 32, 32, 3)
+
+
+def test_decoding_hands_on_each_row_it_writes_and_then_runs_at_the_lowest_priority(tmp_path, monkeypatch):
+    """``on_rows`` lets feature extraction run on the rows decoded so far; the decoding threads
+    then give way to it (nice 19 on Linux), and only then."""
+    root = make_toy_folder(tmp_path / "set", n_per_class=5)
+    (root / "green" / "broken.png").write_bytes(b"not an image")
+    image_set = load_images(root)
+    priorities = []
+    decode_one = data_module._decode_one
+
+    def recording(*args):
+        priorities.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return decode_one(*args)
+
+    monkeypatch.setattr(data_module, "_decode_one", recording)
+    seen = []
+    decoded = decode_dataset(image_set, 32, cache_dir=tmp_path / "cache",
+                             on_rows=lambda pixels, n: seen.append((n, np.array(pixels[n - 1]))))
+    assert [n for n, _ in seen] == list(range(1, 16))  # 16 files, the broken one skipped
+    for n, row in seen:  # each row was complete when handed on
+        np.testing.assert_array_equal(row, decoded.x[n - 1])
+    if sys.platform.startswith("linux"):
+        assert set(priorities) == {19}
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    priorities.clear()
+    decode_dataset(image_set, 32)  # nothing to overlap with: the usual priority
+    assert set(priorities) == {own} and own < 19
 
 
 def test_a_cancelled_decode_stores_nothing_and_keeps_what_it_decoded(tmp_path, toy_folder):

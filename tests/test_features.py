@@ -11,7 +11,7 @@ import pytest
 from tl_core import backbones
 from tl_core.data import Rows
 from tl_core.errors import CancelledError
-from tl_core.features import extract_features, features_key
+from tl_core.features import FeaturePass, extract_features, features_key
 from tl_core.progress import CancelToken
 
 
@@ -75,3 +75,43 @@ def test_extraction_can_be_cancelled():
     token.cancel()
     with pytest.raises(CancelledError):
         extract_features(_feature_model(), np.zeros((4, 32, 32, 3), np.uint8), progress=token)
+
+
+class _Steps(CancelToken):
+    """Records the extraction's progress steps; cancels after ``cancel_at`` images when given."""
+
+    def __init__(self, cancel_at: int | None = None) -> None:
+        super().__init__()
+        self.steps: list[int] = []
+        self.cancel_at = cancel_at
+
+    def on_step(self, stage, step, logs=None):
+        self.steps.append(step)
+        if self.cancel_at is not None and step >= self.cancel_at:
+            self.cancel()
+
+
+def test_a_pass_fed_rows_as_they_are_decoded_gives_the_features_of_one_pass(tmp_path):
+    x = np.random.default_rng(2).integers(0, 255, (23, 32, 32, 3), dtype=np.uint8)
+    model = _feature_model()
+    whole = extract_features(model, x, batch_size=4)
+    progress = _Steps()
+    # 30 files listed, 23 decoded: rows arrive one at a time, as decoding writes them.
+    with FeaturePass(model, 30, 4, progress, tmp_path) as feature_pass:
+        for n_ready in range(1, 24):
+            feature_pass.feed(x, n_ready)
+        assert feature_pass.done == 20  # whole batches only, until the rows are all there
+        features = feature_pass.finish(x, 23, tmp_path / "f.npy")
+    np.testing.assert_array_equal(features, whole)
+    assert features.dtype == np.float16 and isinstance(features, np.memmap)
+    assert progress.steps == [4, 8, 12, 16, 20, 23]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy"]  # the scratch file is gone
+
+
+def test_a_fed_pass_stops_at_a_cancel_and_leaves_no_files(tmp_path):
+    x = np.zeros((12, 32, 32, 3), np.uint8)
+    progress = _Steps(cancel_at=4)
+    with pytest.raises(CancelledError), FeaturePass(_feature_model(), 12, 4, progress, tmp_path) as feature_pass:
+        for n_ready in range(1, 13):
+            feature_pass.feed(x, n_ready)
+    assert progress.steps == [4] and list(tmp_path.iterdir()) == []

@@ -73,6 +73,28 @@ print(json.dumps({"growth": memory("VmHWM") - before, "n": n_seen, "n_train": le
 """
 
 
+OVERLAPPED = PRELUDE + """
+import keras
+from tl_core.config import DataConfig
+from tl_core.features import extract_features
+from tl_core.progress import NullProgress
+from tl_core.runner import decode_and_extract
+size = int(sys.argv[3])
+inputs = keras.Input((size, size, 3))
+model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))  # per-channel means: cheap
+extract_features(model, np.zeros((64, size, size, 3), np.uint8), 16)  # TensorFlow's start-up is not the data's
+cache = Path(sys.argv[2])
+before = start()
+decoded, features = decode_and_extract(image_set, size, DataConfig(), cache, model, lambda hashes: cache / "f.npy",
+                                       16, NullProgress())
+growth = memory("VmHWM") - before
+rows = [0, 1234, len(decoded.x) - 1]
+expected = np.asarray(decoded.x[rows], np.float32).mean(axis=(1, 2))
+print(json.dumps({"growth": growth, "n": len(decoded.names), "n_features": len(features),
+                  "error": float(np.abs(np.asarray(features[rows], np.float32) - expected).max())}))
+"""
+
+
 @pytest.fixture(scope="module")
 def many_images(tmp_path_factory) -> Path:
     """6,000 random 16 x 16 PNGs in 3 classes (the decoded size comes from the resize)."""
@@ -102,4 +124,12 @@ def test_decoding_into_the_cache_takes_far_less_memory_than_the_pixels(many_imag
 def test_an_epoch_of_batches_from_the_cache_takes_far_less_memory_than_the_pixels(many_images, tmp_path):
     result = _measure(BATCHES, many_images, tmp_path)
     assert result["n"] == result["n_train"] > 0.6 * N_IMAGES
+    assert result["growth"] < MAX_GROWTH, f"{result['growth'] / 1e6:.0f} MB for {DECODED_BYTES / 1e6:.0f} MB of pixels"
+
+
+def test_extraction_overlapped_with_decoding_takes_far_less_memory_than_the_pixels(many_images, tmp_path):
+    """Decoding from files with the forward pass running on each batch as it is decoded."""
+    result = _measure(OVERLAPPED, many_images, tmp_path)
+    assert result["n"] == result["n_features"] == N_IMAGES
+    assert result["error"] < 0.5  # float16 features of the right rows (channel means 0-255)
     assert result["growth"] < MAX_GROWTH, f"{result['growth'] / 1e6:.0f} MB for {DECODED_BYTES / 1e6:.0f} MB of pixels"

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import keras
 import numpy as np
 import pytest
 
 from conftest import CLIPART8, SHARED_WEIGHTS, make_toy_folder, needs_clipart8, needs_shared_weights
+from tl_core import backbones
 from tl_core.config import DataConfig, TrainConfig
 from tl_core.data import decode_dataset, load_images
 from tl_core.errors import ConfigError
+from tl_core.features import extract_features
 from tl_core.progress import NullProgress
 from tl_core.runner import run_training
 
@@ -99,6 +102,68 @@ def test_gpu_acceleration_path_trains_and_saves_a_float32_output_model(tmp_path,
     monkeypatch.delenv("TL_FORCE_ACCELERATION")
     run = run_training(root, TrainConfig(strategy="feature_extractor", **FAST), store=store)
     assert run["metrics"]["acceleration"] == []  # a CPU: off
+
+
+class _Events(NullProgress):
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_stage_start(self, stage, total):
+        self.events.append(("start", stage))
+
+    def on_step(self, stage, step, logs=None):
+        self.events.append(("step", stage, logs))
+
+    def on_stage_end(self, stage, logs=None):
+        self.events.append(("end", stage))
+
+    def of(self, stage: str) -> list[tuple]:
+        return [event for event in self.events if event[1] == stage]
+
+
+def test_extraction_overlaps_decoding_and_the_features_are_never_computed_twice(tmp_path, store):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=10)
+    (root / "red" / "broken.png").write_bytes(b"not an image")
+    config = TrainConfig(strategy="feature_extractor", **FAST)
+    cold = _Events()
+    run = run_training(root, config, store=store, progress=cold)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["metrics"]["test_accuracy"] >= 0.8  # chance is 1/3
+    # From files, the ConvNet ran on the first batches while the rest were still being decoded.
+    first_extract = next(i for i, e in enumerate(cold.events) if e[:2] == ("step", "extract"))
+    assert first_extract < cold.events.index(("end", "decode"))
+    # Its features are those of one pass over the decoded pixels, and cached under their key.
+    decoded = decode_dataset(load_images(root), 32, cache_dir=store.cache_dir / "decoded")
+    assert len(decoded.x) == 30
+    spec = backbones.get_spec("vgg16")
+    model = backbones.build_feature_model(spec, backbones.build_base(spec, backbones.resolve_weights(
+        spec, "none", config.seed), 32, config.seed), 32)
+    cached = sorted((store.cache_dir / "features").iterdir())
+    assert len(cached) == 1  # no scratch file left
+    np.testing.assert_allclose(np.load(cached[0]), extract_features(model, decoded.x, 8), rtol=1e-3, atol=1e-4)
+
+    def rerun(folder):
+        events = _Events()
+        again = run_training(folder, config, store=store, progress=events)
+        assert again["status"] == "succeeded", again["error"]
+        assert again["metrics"]["test_accuracy"] == run["metrics"]["test_accuracy"]
+        return events
+
+    # Pixels cached: extraction reads the features' cache.
+    warm = rerun(root)
+    assert warm.of("extract")[1] == ("step", "extract", {"cached": 1.0})
+    # The same files uploaded again (new folder, new times): decoded again, the features read from the
+    # cache; known before decoding when every file decodes.
+    shutil.copytree(root, tmp_path / "again", copy_function=shutil.copy)
+    (tmp_path / "again" / "red" / "broken.png").unlink()
+    again = rerun(tmp_path / "again")
+    assert ("step", "decode", {"cached": 1.0}) not in again.events
+    assert again.of("extract") == [("start", "extract"), ("step", "extract", {"cached": 1.0}), ("end", "extract")]
+    # With a file that fails to decode, that is known after decoding: the cached features still stand.
+    shutil.copytree(root, tmp_path / "third", copy_function=shutil.copy)
+    third = rerun(tmp_path / "third")
+    assert ("step", "extract", {"cached": 1.0}) in third.events
+    assert len(list((store.cache_dir / "features").iterdir())) == 1
 
 
 def test_bad_images_are_skipped_and_the_run_goes_on(tmp_path, store):

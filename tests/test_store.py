@@ -11,7 +11,7 @@ import pytest
 
 from tl_core import store as store_module
 from tl_core.errors import ConfigError, RunNotFoundError
-from tl_core.store import RunStore, is_valid_run_id, parse_database_url
+from tl_core.store import RunStore, is_valid_run_id, new_run_id, parse_database_url
 
 NO_SUCH_PID = 2**22 + 12345  # above Linux's largest pid
 
@@ -68,6 +68,8 @@ def test_run_ids_are_unguessable_and_never_become_paths(store):
             store.run_dir(bad)
     with pytest.raises(RunNotFoundError, match="No run with id"):
         store.get_run("A" * 22)
+    # One random id in 64 used to start with "-", which the command line took for an option.
+    assert not any(new_run_id().startswith("-") for _ in range(2000))
 
 
 def test_delete_run_removes_rows_and_folder(store):

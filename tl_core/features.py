@@ -2,6 +2,8 @@
 
 The features go into a memory-mapped ``.npy`` file as they are computed, so neither the pixels
 (read from their own memory-mapped cache) nor the features of a large dataset are held in memory.
+A :class:`FeaturePass` can also be fed the rows of a decoding pass as they are written, so the
+network runs while the next images are decoded (``runner.decode_and_extract``).
 """
 
 from __future__ import annotations
@@ -10,12 +12,21 @@ import contextlib
 import hashlib
 import os
 from pathlib import Path
+from typing import Self
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tl_core.data import create_npy, iter_chunks, temporary_path
+from tl_core.data import (
+    DECODER_VERSION,
+    RELEASE_BYTES,
+    create_npy,
+    iter_chunks,
+    release_pages,
+    take_rows,
+    temporary_path,
+)
 from tl_core.errors import CancelledError
 from tl_core.progress import NullProgress, ProgressListener
 
@@ -24,10 +35,10 @@ CONVERT_ROWS = 4096  # feature rows converted to float16 at a time
 
 
 def features_key(hashes: list[str], backbone: str, weights_identity: str, image_size: int, cut: int = 0) -> str:
-    """Cache key: the images (in order), the backbone, its exact weights, the input size and the
-    block the features come from."""
+    """Cache key: the images (in order), how they were decoded, the backbone, its exact weights, the
+    input size and the block the features come from."""
     layer = f"|cut{cut}" if cut else ""
-    digest = hashlib.sha256(f"{backbone}|{weights_identity}|{image_size}{layer}\n".encode())
+    digest = hashlib.sha256(f"{backbone}|{weights_identity}|{image_size}{layer}|decoder{DECODER_VERSION}\n".encode())
     for h in hashes:
         digest.update(h.encode())
     return digest.hexdigest()[:32]
@@ -62,53 +73,119 @@ def extract_features(
     progress = progress or NullProgress()
     n = len(x)
     cache_path = None if cache_path is None else Path(cache_path)
-    features = _read_cache(cache_path, n) if cache_path is not None else None
+    features = read_cached_features(cache_path, n, progress, stage) if cache_path is not None else None
+    if features is not None:
+        return features
+    with FeaturePass(feature_model, n, batch_size, progress, None if cache_path is None else cache_path.parent,
+                     stage) as feature_pass:
+        return feature_pass.finish(x, n, cache_path)
+
+
+def read_cached_features(cache_path: Path, n: int, progress: ProgressListener, stage: str = "extract"):
+    """The cached features of ``n`` images at ``cache_path`` (reported as a finished stage), or ``None``."""
+    features = _read_cache(Path(cache_path), n)
     if features is not None:
         progress.on_stage_start(stage, n)
         progress.on_step(stage, n, {"cached": 1.0})
         progress.on_stage_end(stage, {"cached": 1.0})
-        return features
+    return features
 
-    shape = (n, feature_model.output_shape[-1])
-    if cache_path is None:
-        raw = np.empty(shape, np.float32)
-        fits_float16 = _forward_pass(feature_model, x, batch_size, progress, stage, raw)
-        return raw.astype(np.float16) if fits_float16 else raw
-    # float32 first, in a file beside the cache: whether float16 holds them is known at the end.
-    scratch, final = temporary_path(cache_path), temporary_path(cache_path)
-    try:
-        raw = create_npy(scratch, shape, np.float32)
-        fits_float16 = _forward_pass(feature_model, x, batch_size, progress, stage, raw)
-        if fits_float16:
-            features = create_npy(final, shape, np.float16)
-            for start, rows in iter_chunks(raw, CONVERT_ROWS, written=[features]):
+
+class FeaturePass:
+    """One forward pass of the frozen ConvNet, fed rows as they become available.
+
+    ``feed(x, n_ready)`` runs every whole batch among the first ``n_ready`` rows of ``x`` not yet
+    run, so it can be handed to ``data.decode_dataset(on_rows=...)``: the network then works on
+    the images decoded so far while the decoding threads go on with the next ones.
+    ``finish(x, n)`` runs what is left and returns the features of the ``n`` rows. Use it as a
+    context manager: its scratch file is removed however the pass ends.
+
+    Args:
+        feature_model: raw pixels -> feature vector.
+        n_max: the most rows there can be (the number of images before any is skipped).
+        batch_size: images per forward pass.
+        progress: receives ``stage`` with one step per image (on the calling thread).
+        folder: where the float32 scratch file goes; ``None`` keeps the features in memory.
+        stage: the progress stage's name.
+    """
+
+    def __init__(self, feature_model, n_max: int, batch_size: int, progress: ProgressListener,
+                 folder: Path | None = None, stage: str = "extract") -> None:
+        self.batch_size, self.progress, self.stage = batch_size, progress, stage
+        self.forward = tf.function(lambda batch: feature_model(tf.cast(batch, tf.float32), training=False))
+        shape = (n_max, feature_model.output_shape[-1])
+        self.scratch = None if folder is None else temporary_path(Path(folder) / "features.npy")
+        # float32 first: whether float16 holds the features is known at the end.
+        self.raw = np.empty(shape, np.float32) if self.scratch is None else create_npy(self.scratch, shape, np.float32)
+        self.n_max = n_max
+        self.done = 0
+        self.fits_float16 = True
+        self.bytes_since_release = 0
+        self.stage_open = False  # the stage starts with the first batch, after the pass feeding it
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.stage_open:  # cancelled, failed or left unfinished: the stage still ends
+            self._end_stage(None)
+        self.raw = None
+        if self.scratch is not None:
+            with contextlib.suppress(OSError):
+                self.scratch.unlink(missing_ok=True)
+
+    def feed(self, x, n_ready: int, last: bool = False) -> None:
+        """Runs the whole batches among rows ``done..n_ready`` of ``x`` (with ``last``, the rest too)."""
+        while n_ready - self.done >= (1 if last else self.batch_size):
+            if not self.stage_open:
+                self.stage_open = True
+                self.progress.on_stage_start(self.stage, self.n_max)
+            if self.progress.should_stop():
+                raise CancelledError("Cancelled during feature extraction.")
+            end = min(self.done + self.batch_size, n_ready)
+            batch = take_rows(x, np.arange(self.done, end))
+            values = np.asarray(self.forward(batch))
+            self.raw[self.done : end] = values
+            self.fits_float16 = self.fits_float16 and float(np.abs(values).max(initial=0.0)) < FLOAT16_MAX  # NaN: no
+            self.bytes_since_release += batch.nbytes + values.nbytes
+            if self.bytes_since_release >= RELEASE_BYTES:
+                self._release_pages(x)
+            self.done = end
+            self.progress.on_step(self.stage, end, None)
+
+    def _end_stage(self, logs: dict | None) -> None:
+        if not self.stage_open:
+            self.progress.on_stage_start(self.stage, self.n_max)
+        self.stage_open = False
+        self.progress.on_stage_end(self.stage, logs)
+
+    def _release_pages(self, x) -> None:
+        """Gives back the pages read from ``x`` and written to the scratch file (see ``data.release_pages``)."""
+        self.bytes_since_release = 0
+        release_pages(x)
+        release_pages(self.raw)
+
+    def finish(self, x, n: int, cache_path: Path | None = None) -> np.ndarray:
+        """The features of the ``n`` rows of ``x``: float16 when they fit (else float32), written to
+        ``cache_path`` and mapped read-only from it when given."""
+        self.feed(x, n, last=True)
+        self._release_pages(x)
+        self._end_stage({"images": float(n)})
+        dtype = np.float16 if self.fits_float16 else np.float32
+        if cache_path is None:
+            return self.raw[:n].astype(dtype)
+        final = temporary_path(Path(cache_path))
+        try:
+            features = create_npy(final, (n, self.raw.shape[1]), dtype)
+            for start, rows in iter_chunks(self.raw[:n], CONVERT_ROWS, written=[features]):
                 features[start : start + len(rows)] = rows
             features.flush()
+            del features
             os.replace(final, cache_path)
-        else:
-            raw.flush()
-            os.replace(scratch, cache_path)
-    finally:
-        for path in (scratch, final):
+        finally:
             with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)
-    return np.load(cache_path, mmap_mode="r", allow_pickle=False)
-
-
-def _forward_pass(feature_model, x, batch_size: int, progress: ProgressListener, stage: str, out) -> bool:
-    """Writes the features of ``x`` into ``out``, batch by batch; whether they all fit float16."""
-    forward = tf.function(lambda batch: feature_model(tf.cast(batch, tf.float32), training=False))
-    progress.on_stage_start(stage, len(x))
-    fits_float16 = True
-    for start, batch in iter_chunks(x, batch_size, written=[out]):
-        if progress.should_stop():
-            raise CancelledError("Cancelled during feature extraction.")
-        values = np.asarray(forward(batch))
-        out[start : start + len(values)] = values
-        fits_float16 = fits_float16 and float(np.abs(values).max(initial=0.0)) < FLOAT16_MAX  # NaN: no
-        progress.on_step(stage, start + len(values), None)
-    progress.on_stage_end(stage, {"images": float(len(x))})
-    return fits_float16
+                final.unlink(missing_ok=True)
+        return np.load(cache_path, mmap_mode="r", allow_pickle=False)
 
 
 def _read_cache(path: Path, n: int) -> np.ndarray | None:

@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import keras
 from tl_core import backbones, data
 from tl_core.config import DataConfig, TrainConfig, run_payload
 from tl_core.errors import CancelledError, TLCoreError
-from tl_core.features import extract_features, features_key
+from tl_core.features import FeaturePass, extract_features, features_key
 from tl_core.finetune import StageCheckpoints, TrainedModel, train_scratch, train_two_stage
 from tl_core.gradcam import explain_mistakes
 from tl_core.hardware import (
@@ -190,20 +191,6 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
     keras.utils.set_random_seed(config.seed)
 
     image_set = data.load_images(source)
-    decoded = data.decode_dataset(image_set, size, data_config, listener, store.cache_dir / "decoded")
-    report = data.build_report(image_set, decoded)
-    store.set_dataset(run_id, report)
-    if listener.should_stop():
-        raise CancelledError("Cancelled while decoding images.")
-    splits = data.split_dataset(decoded, data_config)
-    write_json_atomic(
-        store.run_dir(run_id) / "split.json",
-        {part: [decoded.names[i] for i in idx] for part, idx in splits.items()},
-    )
-    # Each split reads its pixels from the decoded cache (a memory-mapped file) batch by batch.
-    split_data = {part: (data.Rows(decoded.x, idx), decoded.y[idx]) for part, idx in splits.items()}
-    n_classes = len(decoded.class_names)
-
     # Several GPUs (or TF_CONFIG, or TL_DISTRIBUTE=all): one model copy per device, built and
     # trained in the strategy's scope; each device takes `batch_size` images per step.
     strategy = distribution_strategy()
@@ -222,23 +209,38 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
         feature_model = backbones.build_feature_model(
             spec, base, size, inference_mode=config.strategy != "scratch", cut=config.feature_cut
         )
-        cache_path = store.cache_dir / "features" / (
-            features_key(decoded.hashes, spec.name, weights.identity + ("|mixed" if jit_compile() else ""), size,
-                         config.feature_cut) + ".npy"
+
+        def features_path(hashes) -> Path:
+            identity = weights.identity + ("|mixed" if jit_compile() else "")
+            return store.cache_dir / "features" / (features_key(hashes, spec.name, identity, size, config.feature_cut) + ".npy")
+
+        decoded, features = decode_and_extract(
+            image_set, size, data_config, store.cache_dir, feature_model, features_path,
+            inference_batch(config.batch_size), listener, config.strategy in ("feature_extractor", "finetune"),
         )
+        report = data.build_report(image_set, decoded)
+        store.set_dataset(run_id, report)
+        if listener.should_stop():
+            raise CancelledError("Cancelled while decoding images.")
+        splits = data.split_dataset(decoded, data_config)
+        write_json_atomic(
+            store.run_dir(run_id) / "split.json",
+            {part: [decoded.names[i] for i in idx] for part, idx in splits.items()},
+        )
+        # Each split reads its pixels from the decoded cache (a memory-mapped file) batch by batch.
+        split_data = {part: (data.Rows(decoded.x, idx), decoded.y[idx]) for part, idx in splits.items()}
+        n_classes = len(decoded.class_names)
+        if features is None and config.strategy in ("feature_extractor", "finetune"):
+            features = extract_features(feature_model, decoded.x, inference_batch(config.batch_size), listener,
+                                        features_path(decoded.hashes))
 
         checkpoints = StageCheckpoints(store.run_dir(run_id) / "checkpoints", _checkpoint_mirror(store, run_id))
         if config.strategy == "feature_extractor":
-            features = extract_features(feature_model, decoded.x, inference_batch(config.batch_size), listener, cache_path)
             trained, probabilities = _train_linear_head(feature_model, features, splits, decoded, config, listener)
         else:
             if config.strategy == "finetune":
                 # One pass of the frozen ConvNet (cached): it sets the head's feature standardisation
                 # and, without augmentation, is all stage 1 needs.
-                all_features = extract_features(
-                    feature_model, decoded.x, inference_batch(config.batch_size), listener, cache_path
-                )
-                features = {part: data.Rows(all_features, idx) for part, idx in splits.items()}
                 trained = train_two_stage(
                     feature_model,
                     lambda n: backbones.set_trainable_blocks(spec, base, n),
@@ -246,7 +248,7 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
                     n_classes,
                     fit_config,
                     listener,
-                    features,
+                    {part: data.Rows(features, idx) for part, idx in splits.items()},
                     lambda n: backbones.split_at_block(spec, base, n, size),
                     checkpoints,
                     store.cache_dir / "activations",
@@ -287,6 +289,47 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
         metrics["notes"].append(f"No Grad-CAM heat maps: {err.__class__.__name__}: {err}")
     listener.on_stage_end("explain", None)
     return metrics
+
+
+def decode_and_extract(
+    image_set: data.ImageSet,
+    size: int,
+    data_config: DataConfig,
+    cache_dir: Path,
+    feature_model: keras.Model,
+    features_path: Callable[[list], Path],
+    batch_size: int,
+    progress: ProgressListener,
+    need_features: bool = True,
+) -> tuple[data.DecodedDataset, Any]:
+    """The decoded images and, when they are decoded from files, their features from the same pass.
+
+    Decoding overlaps the frozen ConvNet's forward pass: the network runs on each batch as soon as
+    it is decoded, while lowest-priority threads decode the next images on the cores it leaves
+    idle. Not done when the pixels are cached (extraction then reads them), when no features are
+    needed, or when the features of these files are cached (their hashes, read first, say so).
+
+    Args:
+        cache_dir: holds ``decoded/`` (pixels) and ``features/`` (the pass's scratch file).
+        features_path: the features' cache file for a list of image hashes.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(decoded, features)``; ``features`` is ``None`` where the caller is to extract them
+        (``extract_features`` with ``features_path(decoded.hashes)``).
+    """
+    decoded_dir = Path(cache_dir) / "decoded"
+    if not need_features or data.is_decoded(image_set, size, data_config, decoded_dir):
+        return data.decode_dataset(image_set, size, data_config, progress, decoded_dir), None
+    hashes = data.file_hashes(image_set)
+    if None not in hashes and features_path(hashes).exists():  # the usual case: every image decodes
+        return data.decode_dataset(image_set, size, data_config, progress, decoded_dir), None
+    with FeaturePass(feature_model, len(image_set.items), batch_size, progress, Path(cache_dir) / "features") as feature_pass:
+        decoded = data.decode_dataset(image_set, size, data_config, progress, decoded_dir, on_rows=feature_pass.feed)
+        path = features_path(decoded.hashes)
+        if progress.should_stop() or path.exists():  # cancelled; or images were skipped and the others' are cached
+            return decoded, None
+        return decoded, feature_pass.finish(decoded.x, len(decoded.x), path)
 
 
 def _train_linear_head(feature_model, features, splits, decoded, config, listener):

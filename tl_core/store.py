@@ -120,8 +120,12 @@ def default_data_dir() -> Path:
 
 
 def new_run_id() -> str:
-    """22 URL-safe characters carrying 128 random bits."""
-    return secrets.token_urlsafe(16)
+    """22 URL-safe characters carrying 128 random bits, never starting with "-" (a command line
+    would take it for an option: ``python -m tl_core show -abc...``)."""
+    while True:
+        run_id = secrets.token_urlsafe(16)
+        if not run_id.startswith("-"):
+            return run_id
 
 
 def is_valid_run_id(run_id: str) -> bool:
@@ -130,7 +134,7 @@ def is_valid_run_id(run_id: str) -> bool:
 
 def new_workspace_key() -> str:
     """A private workspace key for a visitor of a hosted app: 128 random bits, like a run id."""
-    return secrets.token_urlsafe(16)
+    return new_run_id()
 
 
 def is_valid_workspace_key(key: str) -> bool:
