@@ -321,9 +321,10 @@ def decode_and_extract(
     decoded_dir = Path(cache_dir) / "decoded"
     if not need_features or data.is_decoded(image_set, size, data_config, decoded_dir):
         return data.decode_dataset(image_set, size, data_config, progress, decoded_dir), None
-    hashes = data.file_hashes(image_set)
-    if None not in hashes and features_path(hashes).exists():  # the usual case: every image decodes
-        return data.decode_dataset(image_set, size, data_config, progress, decoded_dir), None
+    if any((Path(cache_dir) / "features").glob("*.npy")):  # else there is nothing to find: no need to read the files
+        hashes = data.file_hashes(image_set)
+        if None not in hashes and features_path(hashes).exists():  # the usual case: every image decodes
+            return data.decode_dataset(image_set, size, data_config, progress, decoded_dir), None
     with FeaturePass(feature_model, len(image_set.items), batch_size, progress, Path(cache_dir) / "features") as feature_pass:
         decoded = data.decode_dataset(image_set, size, data_config, progress, decoded_dir, on_rows=feature_pass.feed)
         path = features_path(decoded.hashes)
