@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, SHARED_WEIGHTS, needs_shared_weights
 from PIL import Image
 
-from conftest import SHARED_WEIGHTS, needs_shared_weights
 from tl_core import backbones
 from tl_core.config import TrainConfig
 from tl_core.export import load_model_file
@@ -118,6 +122,41 @@ def test_images_go_through_the_convnet_a_few_at_a_time_with_the_same_maps(monkey
         np.testing.assert_allclose(for_chosen[i], one[0], atol=1e-5)
         np.testing.assert_allclose(probabilities[i], p[0], atol=1e-6)
         np.testing.assert_allclose(predicted[i], grad_cam(model, x[i : i + 1])[0][0], atol=1e-5)
+
+
+GRADCAM_MEMORY = """
+from pathlib import Path
+import keras, numpy as np
+from tl_core import backbones
+from tl_core.gradcam import grad_cams
+
+def memory(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+spec = backbones.get_spec("mobilenetv2")
+features = backbones.build_feature_model(spec, backbones.build_base(spec, backbones.resolve_weights(spec, "none"), 224), 224)
+model = keras.Model(features.input, keras.layers.Dense(10, activation="softmax")(features.output))
+x = np.random.default_rng(0).integers(0, 255, (12, 224, 224, 3)).astype(np.uint8)
+grad_cams(model, x[:1], [None])  # TensorFlow's first eager call is not the batch's
+Path("/proc/self/clear_refs").write_text("5")
+before = memory("VmRSS")
+grad_cams(model, x, [[i % 10 for i in range(12)], None])
+print(memory("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads /proc (Linux)")
+def test_the_heat_maps_of_a_runs_mistakes_fit_a_small_cloud_box():
+    """12 mistakes at 224 px through MobileNetV2, as a finished run draws them in the job worker:
+    1.1 GB in one call, which put server + worker over the 2.0 GB budget; now about 0.2 GB."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", GRADCAM_MEMORY], env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    growth = int(out.stdout.strip().splitlines()[-1])
+    assert growth < 450e6, f"{growth / 1e6:.0f} MB"
 
 
 def test_colours_and_overlay():

@@ -11,8 +11,8 @@ of the class (its evidence against the other classes).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import reduce
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
