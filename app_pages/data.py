@@ -8,7 +8,7 @@ import streamlit as st
 from tl_core import charts
 from tl_core.config import DataConfig
 from tl_core.data import load_images
-from tl_core.datasets import digits_sample, flowers_sample, list_datasets, save_image_set
+from tl_core.datasets import digits_sample, flowers_sample, list_datasets, local_source, save_image_set
 from tl_core.errors import TLCoreError
 from ui.gallery import class_thumbnails
 from ui.state import (
@@ -103,7 +103,8 @@ with saved_tab:
         labels = {f"{d['name']} ({d['n_files']} files)": d for d in saved}
         choice = st.selectbox("Saved dataset", list(labels))
         if st.button("Use it"):
-            set_dataset(labels[choice]["path"], labels[choice]["name"])
+            # An upload saved before this server's disk was wiped comes back from the artifacts location.
+            set_dataset(local_source(store, labels[choice]["path"]), labels[choice]["name"])
             st.rerun()
 
 dataset = current_dataset()

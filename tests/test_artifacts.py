@@ -12,7 +12,7 @@ from conftest import REPO
 
 from tl_core.artifacts import MANIFEST, ArtifactMirror
 from tl_core.data import load_images
-from tl_core.datasets import local_source, read_image_bytes, save_image_set
+from tl_core.datasets import list_datasets, local_source, read_image_bytes, save_image_set
 from tl_core.errors import ConfigError
 from tl_core.store import RunStore
 
@@ -112,6 +112,40 @@ def test_a_saved_upload_is_copied_and_found_again_after_a_wipe(tmp_path, bucket,
     digits = local_source(fresh, str(tmp_path / "before" / "datasets" / "sample-digits-3"))
     assert load_images(digits).class_names == ["digit_0", "digit_1", "digit_2"]
     assert local_source(fresh, str(tmp_path / "elsewhere" / "photos")) == str(tmp_path / "elsewhere" / "photos")
+
+
+def test_a_new_server_lists_the_uploads_saved_before_its_disk_was_wiped(tmp_path, bucket, toy_folder, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    before = RunStore(tmp_path / "before", artifacts_url=bucket)
+    mine = save_image_set(before, load_images(toy_folder), "my upload")
+    save_image_set(before, load_images(toy_folder), "someone else's", workspace="other")
+    shutil.rmtree(tmp_path / "before")
+
+    after = RunStore(tmp_path / "after", artifacts_url=bucket)
+    listed = list_datasets(after)
+    assert sorted(d["name"] for d in listed) == ["my upload", "someone else's"]
+    assert [d["name"] for d in list_datasets(after, workspace="other")] == ["someone else's"]  # private stays private
+    entry = next(d for d in listed if d["name"] == "my upload")
+    assert entry["path"] == str(tmp_path / "after" / "datasets" / mine.name) and entry["n_files"] == 42
+    assert not (tmp_path / "after" / "datasets" / mine.name).exists()  # listed, not fetched
+
+    # The Data page of a new server process lists it, and "Use it" brings it back.
+    monkeypatch.setenv("TL_DATA_DIR", str(tmp_path / "third"))
+    monkeypatch.setenv("TL_ARTIFACTS_URL", bucket)
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=60)
+    app.run()
+    app.switch_page("app_pages/data.py")
+    app.run()
+    assert not app.exception
+    choice = next(s for s in app.selectbox if s.label == "Saved dataset")
+    assert "my upload (42 files)" in choice.options
+    choice.set_value("my upload (42 files)")
+    next(b for b in app.button if b.label == "Use it").click()
+    app.run()
+    assert not app.exception and not app.error
+    assert {m.label: m.value for m in app.metric}["Images"] == "42"
+    assert (tmp_path / "third" / "datasets" / mine.name / "red").is_dir()
 
 
 @pytest.mark.timeout(600)

@@ -61,6 +61,7 @@ class ArtifactMirror:
             ) from err
         self.url, self.root = url, root.rstrip("/")
         self._missing: dict[str, float] = {}  # key -> when it was last found absent
+        self._listed: dict[str, tuple[float, list[str]]] = {}  # prefix -> (when, names)
         protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         self.location = f"{protocol}://{self.root}"
 
@@ -151,6 +152,33 @@ class ArtifactMirror:
         else:
             self._missing[key] = time.monotonic()
         return found
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """The names of the folders mirrored under ``prefix`` (e.g. ``datasets``), asked of the
+        location at most once per :data:`MISSING_RECHECK_SECONDS`; ``[]`` when it cannot be read."""
+        cached = self._listed.get(prefix)
+        if cached is not None and time.monotonic() - cached[0] < MISSING_RECHECK_SECONDS:
+            return cached[1]
+        try:
+            names = sorted(path.rstrip("/").rsplit("/", 1)[-1]
+                           for path in self.fs.ls(self._remote(prefix), detail=False))
+        except FileNotFoundError:
+            names = []
+        except Exception as err:  # noqa: BLE001
+            log.warning("Could not list %s: %s: %s", self._remote(prefix), err.__class__.__name__, err)
+            names = []
+        self._listed[prefix] = (time.monotonic(), names)
+        return names
+
+    def read_file(self, key: str, relative: str) -> bytes | None:
+        """One mirrored file's bytes; ``None`` when it is absent or cannot be read."""
+        try:
+            return self.fs.cat_file(self._remote(key, relative))
+        except FileNotFoundError:
+            return None
+        except Exception as err:  # noqa: BLE001
+            log.warning("Could not read %s: %s: %s", self._remote(key, relative), err.__class__.__name__, err)
+            return None
 
     def delete(self, key: str) -> None:
         """Remove the mirror of ``key`` (nothing happens when there is none)."""

@@ -179,22 +179,51 @@ def _remove_stale_partials(root: Path) -> None:
 def list_datasets(store: RunStore, workspace: str | None = None) -> list[dict[str, Any]]:
     """Saved datasets, newest first: ``{path, name, created_at, n_files}``.
 
+    With an artifacts location, the uploads mirrored there are listed too (after a wiped disk, a
+    new server lists what the old one saved); their ``path`` is where :func:`local_source` brings
+    them when one is used.
+
     Args:
         workspace: only the datasets saved in this private workspace (hosted mode); all when ``None``.
     """
-    found = []
+    found = {}
     root = datasets_dir(store)
     for meta_path in root.glob(f"*/{DATASET_META}") if root.exists() else []:
         if meta_path.parent.name.startswith("."):
             continue  # a save in progress, or one that failed
         try:
-            meta = json.loads(meta_path.read_text())
+            found[meta_path.parent.name] = json.loads(meta_path.read_text())
         except (OSError, ValueError):
             continue
-        if workspace is not None and meta.get("workspace") != workspace:
-            continue
-        found.append({**meta, "path": str(meta_path.parent)})
-    return sorted(found, key=lambda d: d.get("created_at", 0), reverse=True)
+    if store.artifacts is not None:
+        for name in store.artifacts.list_keys("datasets"):
+            if name not in found and _SAVED_NAME.match(name):
+                meta = _mirrored_meta(store, name)
+                if meta is not None:
+                    found[name] = meta
+    listed = [
+        {**meta, "path": str(root / name)}
+        for name, meta in found.items()
+        if workspace is None or meta.get("workspace") == workspace
+    ]
+    return sorted(listed, key=lambda d: d.get("created_at", 0), reverse=True)
+
+
+_MIRRORED_META: dict[tuple[str, str], dict] = {}  # a saved upload never changes: read once per process
+
+
+def _mirrored_meta(store: RunStore, name: str) -> dict | None:
+    key = (store.artifacts.location, name)
+    if key not in _MIRRORED_META:
+        raw = store.artifacts.read_file(f"datasets/{name}", DATASET_META)
+        try:
+            meta = json.loads(raw) if raw is not None else None
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict):
+            return None
+        _MIRRORED_META[key] = meta
+    return _MIRRORED_META[key]
 
 
 def digits_sample(store: RunStore, n_classes: int = 10) -> Path:
