@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import REPO, SHARED_WEIGHTS, make_toy_folder, needs_shared_weights
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, SHARED_WEIGHTS, make_toy_folder, needs_shared_weights
-from tl_core.config import TrainConfig
+from tl_core.config import DataConfig, TrainConfig
+from tl_core.data import decode_dataset, load_images
+from tl_core.progress import NullProgress
 from tl_core.runner import run_training
 
 APP = str(REPO / "app.py")
@@ -40,7 +42,15 @@ def _dataset(folder):
     return {"dataset": {"path": str(folder), "name": "toy"}}
 
 
-def test_data_page_loads_a_local_folder_and_reports_its_health(app, folder):
+class _Logs(NullProgress):
+    def __init__(self) -> None:
+        self.logs = []
+
+    def on_step(self, stage, step, logs=None):
+        self.logs.append(logs)
+
+
+def test_data_page_loads_a_local_folder_and_reports_its_health(app, folder, store):
     (folder / "red" / "broken.png").write_bytes(b"not an image")
     try:
         next(t for t in app.text_input if t.label == "Folder path").set_value(str(folder))
@@ -52,6 +62,10 @@ def test_data_page_loads_a_local_folder_and_reports_its_health(app, folder):
         assert metrics["Images"] == "24" and metrics["Classes"] == "3" and metrics["Skipped"] == "1"
         assert "broken.png" in app.dataframe[0].value.to_string()
         assert app.session_state["dataset"]["path"] == str(folder)
+        # The health check decoded the images into the pixel cache a training run reads (224 px).
+        recorder = _Logs()
+        decoded = decode_dataset(load_images(folder), 224, DataConfig(), recorder, store.cache_dir / "decoded")
+        assert recorder.logs == [{"cached": 1.0}] and len(decoded.x) == 24
     finally:
         (folder / "red" / "broken.png").unlink()
 

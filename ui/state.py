@@ -9,9 +9,17 @@ from typing import Any
 
 import streamlit as st
 
+from tl_core.backbones import get_spec
+from tl_core.config import TrainConfig
 from tl_core.data import DataConfig, build_report, decode_dataset, load_images
 from tl_core.errors import TLCoreError
-from tl_core.store import RunStore, default_data_dir, is_valid_workspace_key, new_workspace_key, write_json_atomic
+from tl_core.store import (
+    RunStore,
+    default_data_dir,
+    is_valid_workspace_key,
+    new_workspace_key,
+    write_json_atomic,
+)
 from ui.progress import StreamlitProgress
 
 LAST_DATASET = "last_dataset.json"
@@ -142,7 +150,8 @@ def dataset_stamp(path: Path) -> float:
 
 
 def dataset_report(path: str) -> dict[str, Any] | None:
-    """The dataset's health report, decoded once per session with a progress bar.
+    """The dataset's health report, decoded once per session with a progress bar (and into the
+    decoded-pixel cache that training reads).
 
     Errors become an ``st.error`` and ``None``.
     """
@@ -151,7 +160,10 @@ def dataset_report(path: str) -> dict[str, Any] | None:
     if key not in cache:
         try:
             image_set = load_images(path)
-            decoded = decode_dataset(image_set, None, DataConfig(), StreamlitProgress("Checking images"))
+            # Decoded at the backbones' input size into the run's pixel cache: the first training
+            # run then reads its pixels at memory speed instead of decoding the files again.
+            decoded = decode_dataset(image_set, get_spec(TrainConfig().backbone).input_size, DataConfig(),
+                                     StreamlitProgress("Checking images"), get_store().cache_dir / "decoded")
         except TLCoreError as err:
             st.error(str(err))
             return None
