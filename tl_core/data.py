@@ -26,10 +26,10 @@ import warnings
 import zipfile
 import zlib
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -610,13 +610,10 @@ def decode_dataset(
     n_items = len(image_set.items)
     cache_file = None
     if cache_dir is not None and image_size is not None:
-        cache_file = Path(cache_dir) / f"decoded-{_cache_key(image_set, image_size, config.max_pixels)}"
-        cached = _read_decoded_cache(cache_file, image_size)
+        cached = cached_decode(image_set, image_size, config, cache_dir, progress)
         if cached is not None:
-            progress.on_stage_start("decode", n_items)
-            progress.on_step("decode", n_items, {"cached": 1.0})
-            progress.on_stage_end("decode", {"cached": 1.0})
             return cached
+        cache_file = _cache_file(image_set, image_size, config, cache_dir)
 
     tmp = None if cache_file is None else temporary_path(cache_file.with_suffix(".npy"))
     try:
@@ -637,10 +634,23 @@ def decode_dataset(
     return decoded
 
 
-def is_decoded(image_set: ImageSet, image_size: int, config: DataConfig, cache_dir: Path) -> bool:
-    """Whether :func:`decode_dataset` with these arguments would read its cache, not decode."""
-    cache_file = Path(cache_dir) / f"decoded-{_cache_key(image_set, image_size, config.max_pixels)}"
-    return _read_decoded_cache(cache_file, image_size) is not None
+def cached_decode(
+    image_set: ImageSet, image_size: int, config: DataConfig, cache_dir: Path, progress: ProgressListener | None = None
+) -> DecodedDataset | None:
+    """What :func:`decode_dataset` with these arguments reads from its cache (reported to
+    ``progress`` as a decode done from the cache), or ``None`` when it would have to decode."""
+    cached = _read_decoded_cache(_cache_file(image_set, image_size, config, cache_dir), image_size)
+    if cached is not None and progress is not None:
+        n_items = len(image_set.items)
+        progress.on_stage_start("decode", n_items)
+        progress.on_step("decode", n_items, {"cached": 1.0})
+        progress.on_stage_end("decode", {"cached": 1.0})
+    return cached
+
+
+def _cache_file(image_set: ImageSet, image_size: int, config: DataConfig, cache_dir: Path) -> Path:
+    """The decoded-pixel cache entry's path, without suffix (``.npy`` and ``.json`` beside it)."""
+    return Path(cache_dir) / f"decoded-{_cache_key(image_set, image_size, config.max_pixels)}"
 
 
 def file_hashes(image_set: ImageSet) -> list[str | None]:

@@ -22,9 +22,9 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import keras
 import numpy as np
@@ -34,6 +34,7 @@ from tl_core.data import RELEASE_BYTES, PageRelease, create_npy, iter_chunks, ma
 from tl_core.errors import CancelledError
 from tl_core.features import FLOAT16_MAX
 from tl_core.hardware import inference_batch, jit_compile
+from tl_core.heads import fitted_scaler
 from tl_core.progress import KerasProgressBridge, ProgressListener
 from tl_core.store import write_json_atomic
 
@@ -42,7 +43,6 @@ from tl_core.store import write_json_atomic
 ACTIVATION_DTYPE = np.dtype(np.float16)
 CACHE_LIMIT_BYTES = int(float(os.environ.get("TL_ACTIVATION_CACHE_MB", "32768")) * 1024**2)
 DISK_MARGIN_BYTES = 1024**3
-MOMENT_ROWS = 4096  # feature rows read at a time for the head's standardisation
 
 
 @dataclass
@@ -81,7 +81,8 @@ def build_head(
     """
     layers: list = [keras.Input((feature_dim,))]
     if train_features is not None:
-        mean, variance = _feature_moments(train_features)
+        scaler = fitted_scaler(train_features)
+        mean, variance = scaler.mean_, scaler.var_
         # A feature that is (nearly) constant on the training images, say a unit that fired on one
         # image in 20,000, is not blown up by 1/its tiny standard deviation: variances are
         # floored at 1% of the average, so no feature is scaled more than 10x the typical one.
@@ -99,20 +100,6 @@ def build_head(
         keras.layers.Dense(n_classes, activation="softmax", name="predictions", dtype="float32"),
     ]
     return keras.Sequential(layers, name="head")
-
-
-def _feature_moments(features) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance of each feature over the rows, in float64, read a chunk of rows at a time
-    (the features of a large dataset may be a file larger than memory)."""
-    n = max(len(features), 1)
-    mean = np.zeros(features.shape[1])
-    for _, rows in iter_chunks(features, MOMENT_ROWS):
-        mean += rows.sum(axis=0, dtype=np.float64)
-    mean /= n
-    variance = np.zeros(features.shape[1])
-    for _, rows in iter_chunks(features, MOMENT_ROWS):
-        variance += ((rows.astype(np.float64) - mean) ** 2).sum(axis=0)
-    return mean, variance / n
 
 
 def attach_head(feature_model: keras.Model, head: keras.Model, augment: keras.Model | None) -> keras.Model:

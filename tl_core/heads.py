@@ -23,14 +23,22 @@ C_GRID = (0.001, 0.01, 0.1, 1.0)
 STANDARDISE_ROWS = 4096  # feature rows converted to float64 and standardised at a time
 
 
+def fitted_scaler(X, scaler: StandardScaler | None = None) -> StandardScaler:
+    """A ``StandardScaler`` fitted on the rows of ``X`` (an array, a memory-mapped cache or
+    ``data.Rows``) in float64, a chunk of rows at a time: the same numbers as ``fit`` on the whole
+    array when it is one chunk; otherwise its mean and variance differ in the last bits."""
+    scaler = scaler or StandardScaler()
+    for _, rows in iter_chunks(X, STANDARDISE_ROWS):
+        scaler.partial_fit(rows.astype(np.float64))
+    return scaler
+
+
 def _standardised(scaler: StandardScaler, X, fit: bool = False) -> np.ndarray:
     """``X`` in float64, standardised by ``scaler`` (first fitted on it when ``fit``), a chunk of rows
-    at a time. The same numbers as ``fit_transform`` on the whole array when it is one chunk;
-    otherwise the chunked mean and variance differ from it in the last bits."""
+    at a time."""
     X = X if hasattr(X, "shape") else np.asarray(X, np.float64)
     if fit:
-        for _, rows in iter_chunks(X, STANDARDISE_ROWS):
-            scaler.partial_fit(rows.astype(np.float64))
+        fitted_scaler(X, scaler)
     out = np.empty(X.shape, np.float64)
     for start, rows in iter_chunks(X, STANDARDISE_ROWS):
         out[start : start + len(rows)] = scaler.transform(rows.astype(np.float64))

@@ -230,9 +230,6 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
         # Each split reads its pixels from the decoded cache (a memory-mapped file) batch by batch.
         split_data = {part: (data.Rows(decoded.x, idx), decoded.y[idx]) for part, idx in splits.items()}
         n_classes = len(decoded.class_names)
-        if features is None and config.strategy in ("feature_extractor", "finetune"):
-            features = extract_features(feature_model, decoded.x, inference_batch(config.batch_size), listener,
-                                        features_path(decoded.hashes))
 
         checkpoints = StageCheckpoints(store.run_dir(run_id) / "checkpoints", _checkpoint_mirror(store, run_id))
         if config.strategy == "feature_extractor":
@@ -302,35 +299,43 @@ def decode_and_extract(
     progress: ProgressListener,
     need_features: bool = True,
 ) -> tuple[data.DecodedDataset, Any]:
-    """The decoded images and, when they are decoded from files, their features from the same pass.
+    """The decoded images and (with ``need_features``) their features, each from its cache if there.
 
-    Decoding overlaps the frozen ConvNet's forward pass: the network runs on each batch as soon as
-    it is decoded, while lowest-priority threads decode the next images on the cores it leaves
-    idle. Not done when the pixels are cached (extraction then reads them), when no features are
-    needed, or when the features of these files are cached (their hashes, read first, say so).
+    Images decoded from files go through the frozen ConvNet as they are decoded: the network runs
+    on each batch as soon as it exists, while lowest-priority threads decode the next images on the
+    cores it leaves idle. Not when the features of these files are cached already (their hashes,
+    read first, say so: a re-upload of the same files).
 
     Args:
-        cache_dir: holds ``decoded/`` (pixels) and ``features/`` (the pass's scratch file).
+        cache_dir: holds ``decoded/`` (pixels) and ``features/`` (features and the pass's scratch file).
         features_path: the features' cache file for a list of image hashes.
         batch_size: images per forward pass.
 
     Returns:
-        ``(decoded, features)``; ``features`` is ``None`` where the caller is to extract them
-        (``extract_features`` with ``features_path(decoded.hashes)``).
+        ``(decoded, features)``; ``features`` is ``None`` without ``need_features`` or after a cancel.
     """
     decoded_dir = Path(cache_dir) / "decoded"
-    if not need_features or data.is_decoded(image_set, size, data_config, decoded_dir):
-        return data.decode_dataset(image_set, size, data_config, progress, decoded_dir), None
-    if any((Path(cache_dir) / "features").glob("*.npy")):  # else there is nothing to find: no need to read the files
-        hashes = data.file_hashes(image_set)
-        if None not in hashes and features_path(hashes).exists():  # the usual case: every image decodes
-            return data.decode_dataset(image_set, size, data_config, progress, decoded_dir), None
-    with FeaturePass(feature_model, len(image_set.items), batch_size, progress, Path(cache_dir) / "features") as feature_pass:
-        decoded = data.decode_dataset(image_set, size, data_config, progress, decoded_dir, on_rows=feature_pass.feed)
-        path = features_path(decoded.hashes)
-        if progress.should_stop() or path.exists():  # cancelled; or images were skipped and the others' are cached
-            return decoded, None
-        return decoded, feature_pass.finish(decoded.x, len(decoded.x), path)
+    decoded = data.cached_decode(image_set, size, data_config, decoded_dir, progress)
+    if decoded is None and need_features and not _features_of_files_cached(image_set, cache_dir, features_path):
+        with FeaturePass(feature_model, len(image_set.items), batch_size, progress, Path(cache_dir) / "features") as feature_pass:
+            decoded = data.decode_dataset(image_set, size, data_config, progress, decoded_dir, on_rows=feature_pass.feed)
+            path = features_path(decoded.hashes)
+            if not progress.should_stop() and not path.exists():  # else: cancelled; or skipped images, the rest cached
+                return decoded, feature_pass.finish(decoded.x, len(decoded.x), path)
+    if decoded is None:
+        decoded = data.decode_dataset(image_set, size, data_config, progress, decoded_dir)
+    if not need_features or progress.should_stop():
+        return decoded, None
+    return decoded, extract_features(feature_model, decoded.x, batch_size, progress, features_path(decoded.hashes))
+
+
+def _features_of_files_cached(image_set: data.ImageSet, cache_dir: Path, features_path) -> bool:
+    """Whether the features of every file of ``image_set`` are cached (when every image decodes:
+    the usual case). Reads the files only when some features are cached at all."""
+    if not any((Path(cache_dir) / "features").glob("*.npy")):
+        return False
+    hashes = data.file_hashes(image_set)
+    return None not in hashes and features_path(hashes).exists()
 
 
 def _train_linear_head(feature_model, features, splits, decoded, config, listener):
