@@ -20,10 +20,9 @@ import tensorflow as tf
 
 from tl_core.data import (
     DECODER_VERSION,
-    RELEASE_BYTES,
+    PageRelease,
     create_npy,
     iter_chunks,
-    release_pages,
     take_rows,
     temporary_path,
 )
@@ -120,7 +119,7 @@ class FeaturePass:
         self.n_max = n_max
         self.done = 0
         self.fits_float16 = True
-        self.bytes_since_release = 0
+        self.pages: PageRelease | None = None  # of the rows read (the array fed changes once, at finish) and raw
         self.stage_open = False  # the stage starts with the first batch, after the pass feeding it
 
     def __enter__(self) -> Self:
@@ -147,9 +146,9 @@ class FeaturePass:
             values = np.asarray(self.forward(batch))
             self.raw[self.done : end] = values
             self.fits_float16 = self.fits_float16 and float(np.abs(values).max(initial=0.0)) < FLOAT16_MAX  # NaN: no
-            self.bytes_since_release += batch.nbytes + values.nbytes
-            if self.bytes_since_release >= RELEASE_BYTES:
-                self._release_pages(x)
+            if self.pages is None or self.pages.arrays[0] is not x:
+                self.pages = PageRelease(x, self.raw)
+            self.pages.count(batch.nbytes + values.nbytes)
             self.done = end
             self.progress.on_step(self.stage, end, None)
 
@@ -159,17 +158,11 @@ class FeaturePass:
         self.stage_open = False
         self.progress.on_stage_end(self.stage, logs)
 
-    def _release_pages(self, x) -> None:
-        """Gives back the pages read from ``x`` and written to the scratch file (see ``data.release_pages``)."""
-        self.bytes_since_release = 0
-        release_pages(x)
-        release_pages(self.raw)
-
     def finish(self, x, n: int, cache_path: Path | None = None) -> np.ndarray:
         """The features of the ``n`` rows of ``x``: float16 when they fit (else float32), written to
         ``cache_path`` and mapped read-only from it when given."""
         self.feed(x, n, last=True)
-        self._release_pages(x)
+        PageRelease(x, self.raw).release()
         self._end_stage({"images": float(n)})
         dtype = np.float16 if self.fits_float16 else np.float32
         if cache_path is None:
