@@ -14,11 +14,18 @@ same cost), in one process, the same images each time, ``--reps`` rounds of thes
 
 Prints images/s and each path's ratio to the raw pass of the same round, then the median ratio
 over the rounds (a shared machine's speed drifts; a ratio within one round does not).
+
+Each round also prints the CPU budget: the CPU seconds per image of the raw forward pass and of
+decoding alone (``process_time``, all threads), and the best ratio any overlap can reach on this
+machine when the two together need more CPU than its cores give: raw wall time divided by
+max(raw wall time, (forward CPU + decode CPU) / cores). ``--forward-threads 1`` leaves the network
+one core and the decoding the others, as on a GPU machine where the network does not use the CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -42,11 +49,20 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=320, help="images used (the same for every path)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--reps", type=int, default=5, help="rounds of the passes")
+    parser.add_argument("--forward-threads", type=int, default=0,
+                        help="TensorFlow's threads for the network (0: its default, every core)")
     args = parser.parse_args()
+    if args.forward_threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.forward_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.forward_threads)
+    cores = os.cpu_count() or 1
 
     image_set = data.load_images(args.data)
     image_set.items = image_set.items[: args.limit]
-    print(f"{len(image_set.items)} images from {args.data} on {machine()}")
+    print(f"{len(image_set.items)} images from {args.data} on {machine()}"
+          + (f", network on {args.forward_threads} thread(s)" if args.forward_threads else ""))
     for name in args.backbones:
         spec = backbones.get_spec(name)
         weights = backbones.resolve_weights(spec, "imagenet")
@@ -56,9 +72,14 @@ def main() -> None:
         pixels = data.decode_dataset(image_set, 224).x
         extract_features(model, pixels[: args.batch_size], args.batch_size)  # warm-up: tracing
         n = len(pixels)
-        ratios: dict[str, list[float]] = {path: [] for path in PATHS}
+        ratios: dict[str, list[float]] = {path: [] for path in (*PATHS, "ceiling")}
         for rep in range(1, args.reps + 1):
+            raw_cpu = time.process_time()
             raw_seconds = [timed(lambda: extract_features(model, pixels, args.batch_size))]
+            raw_cpu = (time.process_time() - raw_cpu) / n
+            decode_cpu = time.process_time()
+            data.decode_dataset(image_set, 224)
+            decode_cpu = (time.process_time() - decode_cpu) / n
             speeds = {}
             with tempfile.TemporaryDirectory() as cache:
                 cache = Path(cache)
@@ -74,9 +95,13 @@ def main() -> None:
             raw = speeds["raw forward"] = n / statistics.mean(raw_seconds)
             for path in PATHS:
                 ratios[path].append(speeds[path] / raw)
+            raw_wall = raw_seconds[0] / n
+            ratios["ceiling"].append(raw_wall / max(raw_wall, (raw_cpu + decode_cpu) / cores))
             print(f"{spec.title:<14} round {rep}: " + " | ".join(
                 f"{path} {speed:6.1f} img/s" + ("" if path == "raw forward" else f" ({speed / raw:.2f}x)")
-                for path, speed in speeds.items()))
+                for path, speed in speeds.items())
+                + f" | CPU per image: forward {raw_cpu * 1e3:.1f} ms, decoding {decode_cpu * 1e3:.1f} ms"
+                + f" on {cores} cores: ceiling {ratios['ceiling'][-1]:.2f}x")
         print(f"{spec.title:<14} median over {args.reps} rounds: " + " | ".join(
             f"{path} {statistics.median(values):.2f}x" for path, values in ratios.items())
             + f" of raw forward | weights: {weights.description}")

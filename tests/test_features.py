@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import keras
@@ -9,9 +11,10 @@ import numpy as np
 import pytest
 
 from tl_core import backbones
+from tl_core import features as features_module
 from tl_core.data import Rows
 from tl_core.errors import CancelledError
-from tl_core.features import FeaturePass, extract_features, features_key
+from tl_core.features import FeaturePass, extract_features, features_key, inference_function
 from tl_core.progress import CancelToken
 
 
@@ -60,6 +63,24 @@ def test_features_beyond_float16_range_are_kept_as_float32(tmp_path):
     np.testing.assert_array_equal(cached[:, 0], [10_000.0] * 3 + [200_000.0] * 3)
     np.testing.assert_array_equal(extract_features(model, x, batch_size=2), cached)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy"]
+
+
+def test_the_network_is_traced_once_per_model_whatever_the_batch_sizes_and_passes():
+    model = _feature_model()
+    x = np.random.default_rng(2).integers(0, 255, (7, 32, 32, 3), dtype=np.uint8)
+    first = extract_features(model, x, batch_size=3)  # batches of 3, 3 and 1
+    second = extract_features(model, x[:5], batch_size=4)  # 4 and 1, in a new pass
+    np.testing.assert_array_equal(second, first[:5])
+    forward = inference_function(model, np.uint8)
+    assert forward is inference_function(model, "uint8")
+    assert forward.experimental_get_tracing_count() == 1  # tracing costs as much as ~40 images
+    # Float pixels get their own function; the cache never keeps a model alive.
+    np.testing.assert_allclose(np.asarray(inference_function(model, np.float32)(x[:2].astype(np.float32))),
+                               first[:2], rtol=1e-3, atol=1e-4)
+    alive, cached_models = weakref.ref(model), len(features_module._INFERENCE_FUNCTIONS)
+    del model, forward
+    gc.collect()
+    assert alive() is None and len(features_module._INFERENCE_FUNCTIONS) == cached_models - 1
 
 
 def test_cache_key_depends_on_images_backbone_weights_and_size():

@@ -32,7 +32,7 @@ import numpy as np
 from tl_core.config import TrainConfig
 from tl_core.data import RELEASE_BYTES, PageRelease, create_npy, iter_chunks, make_batches, temporary_path
 from tl_core.errors import CancelledError
-from tl_core.features import FLOAT16_MAX
+from tl_core.features import FLOAT16_MAX, inference_function
 from tl_core.hardware import inference_batch, jit_compile
 from tl_core.heads import fitted_scaler
 from tl_core.progress import KerasProgressBridge, ProgressListener
@@ -388,9 +388,6 @@ def _cached_stage2(bottom, top, head, data, config: TrainConfig, progress: Progr
 
     The activations go to scratch files in ``folder``, read back batch by batch while training.
     """
-    import tensorflow as tf
-
-    forward = tf.function(lambda batch: bottom(tf.cast(batch, tf.float32), training=False))
     total = len(data["train"][0]) + len(data["val"][0])
     progress.on_stage_start("cache", total)
     done, cached = 0, {}
@@ -401,7 +398,7 @@ def _cached_stage2(bottom, top, head, data, config: TrainConfig, progress: Progr
         for start, chunk in iter_chunks(x, inference_batch(config.batch_size)):
             if progress.should_stop():
                 raise CancelledError("Cancelled while caching activations for stage 2.")
-            values = np.asarray(forward(chunk))
+            values = np.asarray(inference_function(bottom, chunk.dtype)(chunk))
             if out.dtype == np.float16 and float(np.abs(values).max(initial=0.0)) >= FLOAT16_MAX:
                 out = _widened(out, start, folder)  # activations beyond float16's range: full precision
                 pages = PageRelease(out)
