@@ -14,7 +14,7 @@ from tl_core import backbones
 from tl_core import features as features_module
 from tl_core.data import Rows
 from tl_core.errors import CancelledError
-from tl_core.features import FeaturePass, extract_features, features_key, inference_function
+from tl_core.features import FeaturePass, OutputRows, extract_features, features_key, inference_function
 from tl_core.progress import CancelToken
 
 
@@ -77,10 +77,35 @@ def test_the_network_is_traced_once_per_model_whatever_the_batch_sizes_and_passe
     # Float pixels get their own function; the cache never keeps a model alive.
     np.testing.assert_allclose(np.asarray(inference_function(model, np.float32)(x[:2].astype(np.float32))),
                                first[:2], rtol=1e-3, atol=1e-4)
+    gc.collect()  # the models of earlier tests go first
     alive, cached_models = weakref.ref(model), len(features_module._INFERENCE_FUNCTIONS)
     del model, forward
     gc.collect()
     assert alive() is None and len(features_module._INFERENCE_FUNCTIONS) == cached_models - 1
+
+
+@pytest.mark.parametrize("where", ["memory", "named file", "anonymous file"])
+def test_output_rows_are_float16_until_a_value_is_beyond_its_range_then_float32(tmp_path, where):
+    file = None if where == "memory" else tmp_path / "rows.npy"
+    rows = OutputRows((5, 2, 3), file, anonymous=where == "anonymous file")
+    assert rows.array.dtype == np.float16
+    small = np.full((2, 2, 3), 0.1234567, np.float32)
+    rows.write(0, small)
+    rows.write(2, np.full((1, 2, 3), np.nan, np.float32))  # NaN is not out of range
+    assert rows.array.dtype == np.float16
+    rows.write(3, np.full((2, 2, 3), 1e6, np.float32))
+    assert rows.array.dtype == np.float32
+    np.testing.assert_array_equal(rows.array[:2], small.astype(np.float16).astype(np.float32))  # copied once
+    assert np.isnan(rows.array[2]).all() and (rows.array[3:] == 1e6).all()
+    if where == "named file":
+        assert sorted(tmp_path.iterdir()) == [file]  # widened in place of the file, no temporaries left
+        published = rows.publish(4, tmp_path / "final.npy")  # cut to 4 rows and moved
+        assert sorted(tmp_path.iterdir()) == [tmp_path / "final.npy"]
+        assert isinstance(published, np.memmap) and published.shape == (4, 2, 3) and not published.flags.writeable
+        assert published.dtype == np.float32 and (published[3] == 1e6).all()
+    else:
+        assert list(tmp_path.iterdir()) == []  # in memory, or files whose names are gone
+        assert rows.publish(4).shape == (4, 2, 3)
 
 
 def test_cache_key_depends_on_images_backbone_weights_and_size():

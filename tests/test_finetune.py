@@ -15,6 +15,7 @@ import pytest
 from conftest import make_toy_folder
 from tl_core import backbones, finetune
 from tl_core import data as data_module
+from tl_core import features as features_module
 from tl_core.config import DataConfig, TrainConfig
 from tl_core.data import decode_dataset, load_images, split_dataset
 from tl_core.features import extract_features
@@ -65,7 +66,7 @@ def test_two_stage_learns_and_stage2_unfreezes_only_the_top_block(toy, tmp_path,
         scratch.append((path, shape, np.dtype(dtype)))
         return data_module.create_npy(path, shape, dtype)
 
-    monkeypatch.setattr(finetune, "create_npy", create_npy)
+    monkeypatch.setattr(features_module, "create_npy", create_npy)
     result, base, data, kernels = _two_stage(toy, cache_dir=tmp_path)
     assert set(result.history) == {"stage1", "stage2"}
     assert len(result.history["stage2"]) == 2

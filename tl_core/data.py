@@ -753,7 +753,7 @@ def _publish_decoded_cache(path: Path, tmp: Path, decoded: DecodedDataset) -> np
 
     Returns the pixels, mapped read-only from the cache file.
     """
-    _truncate_npy(tmp, len(decoded.names))
+    truncate_npy(tmp, len(decoded.names))
     os.replace(tmp, path.with_suffix(".npy"))
     meta = {
         "names": decoded.names,
@@ -822,7 +822,7 @@ def create_npy(path: Path, shape: Sequence[int], dtype) -> np.memmap:
     return array
 
 
-def _truncate_npy(path: Path, n_rows: int) -> None:
+def truncate_npy(path: Path, n_rows: int) -> None:
     """Cuts an ``.npy`` file down to its first ``n_rows`` rows, in place."""
     with open(path, "r+b") as handle:
         version = np.lib.format.read_magic(handle)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import weakref
 from pathlib import Path
 from typing import Self
@@ -21,17 +22,19 @@ import tensorflow as tf
 
 from tl_core.data import (
     DECODER_VERSION,
+    RELEASE_BYTES,
     PageRelease,
     create_npy,
     iter_chunks,
+    release_pages,
     take_rows,
     temporary_path,
+    truncate_npy,
 )
 from tl_core.errors import CancelledError
 from tl_core.progress import NullProgress, ProgressListener
 
-FLOAT16_MAX = 60000.0  # features beyond float16's range (65,504) are kept as float32
-CONVERT_ROWS = 4096  # feature rows converted to float16 at a time
+FLOAT16_MAX = 60000.0  # outputs beyond float16's range (65,504) are kept as float32
 
 # model -> {pixel dtype: its traced inference function}; an entry goes with its model.
 _INFERENCE_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -110,6 +113,67 @@ def read_cached_features(cache_path: Path, n: int, progress: ProgressListener, s
     return features
 
 
+class OutputRows:
+    """A network's outputs for ``shape[0]`` inputs, written a batch at a time: float16 (half the
+    memory and disk; pooled ConvNet features and activations need no more) while every value fits
+    its range, float32 from the first batch with a value that does not (the rows written so far are
+    copied once, with their float16 precision). NaN does not count as out of range.
+
+    Args:
+        shape: the rows' shape, the first axis the number of inputs.
+        file: the ``.npy`` file the rows are mapped from; ``None`` keeps them in memory.
+        anonymous: the file's name is removed as soon as it is created (POSIX): its disk space comes
+            back when the array is dropped, even if the process is killed.
+    """
+
+    def __init__(self, shape: tuple[int, ...], file: Path | None = None, anonymous: bool = False) -> None:
+        self.shape, self.file, self.anonymous = tuple(shape), file, anonymous
+        self.array = self._new(np.float16)
+        self.pages = PageRelease(self.array)
+
+    def _new(self, dtype) -> np.ndarray:
+        if self.file is None:
+            return np.empty(self.shape, dtype)
+        path = temporary_path(self.file) if self.anonymous else self.file
+        array = create_npy(path, self.shape, dtype)
+        if self.anonymous:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        return array
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        """Rows ``start..start + len(values)``."""
+        if self.array.dtype == np.float16 and bool(np.any(np.abs(values) >= FLOAT16_MAX)):
+            self._widen(start)
+        self.array[start : start + len(values)] = values
+        self.pages.count(values.nbytes)
+
+    def _widen(self, n_rows: int) -> None:
+        named = self.file is not None and not self.anonymous
+        if named:  # the float32 rows are written beside the file, then take its name
+            self.file, final = temporary_path(self.file), self.file
+        wide = self._new(np.float32)
+        step = max(1, RELEASE_BYTES // (wide.itemsize * int(np.prod(self.shape[1:]))))
+        for start, rows in iter_chunks(self.array[:n_rows], step, written=[wide]):
+            wide[start : start + len(rows)] = rows
+        if named:
+            os.replace(self.file, final)
+            self.file = final
+        self.array, self.pages = wide, PageRelease(wide)
+
+    def publish(self, n: int, path: Path | None = None) -> np.ndarray:
+        """The first ``n`` rows. With ``path`` (a named ``file`` only), the file cut to them and moved
+        there, then mapped read-only from it; without, in memory."""
+        self.pages.release()
+        if path is None:
+            return self.array[:n] if self.file is None and n == len(self.array) else np.array(self.array[:n])
+        self.array.flush()
+        self.array = None  # the mapping closes before the file changes
+        truncate_npy(self.file, n)
+        shutil.move(self.file, path)  # a rename on the same file system
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
 class FeaturePass:
     """One forward pass of the frozen ConvNet, fed rows as they become available.
 
@@ -124,7 +188,8 @@ class FeaturePass:
         n_max: the most rows there can be (the number of images before any is skipped).
         batch_size: images per forward pass.
         progress: receives ``stage`` with one step per image (on the calling thread).
-        folder: where the float32 scratch file goes; ``None`` keeps the features in memory.
+        folder: where the features are written (:class:`OutputRows`) before they take their cache
+            file's name; ``None`` keeps them in memory.
         stage: the progress stage's name.
     """
 
@@ -132,14 +197,11 @@ class FeaturePass:
                  folder: Path | None = None, stage: str = "extract") -> None:
         self.batch_size, self.progress, self.stage = batch_size, progress, stage
         self.feature_model = feature_model
-        shape = (n_max, feature_model.output_shape[-1])
         self.scratch = None if folder is None else temporary_path(Path(folder) / "features.npy")
-        # float32 first: whether float16 holds the features is known at the end.
-        self.raw = np.empty(shape, np.float32) if self.scratch is None else create_npy(self.scratch, shape, np.float32)
+        self.rows: OutputRows | None = OutputRows((n_max, feature_model.output_shape[-1]), self.scratch)
         self.n_max = n_max
         self.done = 0
-        self.fits_float16 = True
-        self.pages: PageRelease | None = None  # of the rows read (the array fed changes once, at finish) and raw
+        self.pages: PageRelease | None = None  # of the rows read (the array fed changes once, at finish)
         self.stage_open = False  # the stage starts with the first batch, after the pass feeding it
 
     def __enter__(self) -> Self:
@@ -148,8 +210,8 @@ class FeaturePass:
     def __exit__(self, *exc) -> None:
         if self.stage_open:  # cancelled, failed or left unfinished: the stage still ends
             self._end_stage(None)
-        self.raw = None
-        if self.scratch is not None:
+        self.rows = None
+        if self.scratch is not None:  # gone already when the features were published
             with contextlib.suppress(OSError):
                 self.scratch.unlink(missing_ok=True)
 
@@ -163,12 +225,10 @@ class FeaturePass:
                 raise CancelledError("Cancelled during feature extraction.")
             end = min(self.done + self.batch_size, n_ready)
             batch = take_rows(x, np.arange(self.done, end))
-            values = np.asarray(inference_function(self.feature_model, batch.dtype)(batch))
-            self.raw[self.done : end] = values
-            self.fits_float16 = self.fits_float16 and float(np.abs(values).max(initial=0.0)) < FLOAT16_MAX  # NaN: no
+            self.rows.write(self.done, np.asarray(inference_function(self.feature_model, batch.dtype)(batch)))
             if self.pages is None or self.pages.arrays[0] is not x:
-                self.pages = PageRelease(x, self.raw)
-            self.pages.count(batch.nbytes + values.nbytes)
+                self.pages = PageRelease(x)
+            self.pages.count(batch.nbytes)
             self.done = end
             self.progress.on_step(self.stage, end, None)
 
@@ -179,26 +239,19 @@ class FeaturePass:
         self.progress.on_stage_end(self.stage, logs)
 
     def finish(self, x, n: int, cache_path: Path | None = None) -> np.ndarray:
-        """The features of the ``n`` rows of ``x``: float16 when they fit (else float32), written to
-        ``cache_path`` and mapped read-only from it when given."""
+        """The features of the ``n`` rows of ``x`` (float16 when they fit, else float32); with
+        ``cache_path``, moved to that file and mapped read-only from it."""
         self.feed(x, n, last=True)
-        PageRelease(x, self.raw).release()
+        release_pages(x)
         self._end_stage({"images": float(n)})
-        dtype = np.float16 if self.fits_float16 else np.float32
         if cache_path is None:
-            return self.raw[:n].astype(dtype)
-        final = temporary_path(Path(cache_path))
-        try:
-            features = create_npy(final, (n, self.raw.shape[1]), dtype)
-            for start, rows in iter_chunks(self.raw[:n], CONVERT_ROWS, written=[features]):
-                features[start : start + len(rows)] = rows
-            features.flush()
-            del features
-            os.replace(final, cache_path)
-        finally:
-            with contextlib.suppress(OSError):
-                final.unlink(missing_ok=True)
-        return np.load(cache_path, mmap_mode="r", allow_pickle=False)
+            return self.rows.publish(n)
+        if self.scratch is None:  # computed in memory: saved to the cache file
+            tmp = temporary_path(Path(cache_path))
+            np.save(tmp, self.rows.publish(n))
+            os.replace(tmp, cache_path)
+            return np.load(cache_path, mmap_mode="r", allow_pickle=False)
+        return self.rows.publish(n, Path(cache_path))
 
 
 def _read_cache(path: Path, n: int) -> np.ndarray | None:

@@ -16,7 +16,6 @@ batch by batch (``data.make_batches``), so none needs the dataset in memory.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -30,9 +29,9 @@ import keras
 import numpy as np
 
 from tl_core.config import TrainConfig
-from tl_core.data import RELEASE_BYTES, PageRelease, create_npy, iter_chunks, make_batches, temporary_path
+from tl_core.data import iter_chunks, make_batches
 from tl_core.errors import CancelledError
-from tl_core.features import FLOAT16_MAX, inference_function
+from tl_core.features import OutputRows, inference_function
 from tl_core.hardware import inference_batch, jit_compile
 from tl_core.heads import fitted_scaler
 from tl_core.progress import KerasProgressBridge, ProgressListener
@@ -40,7 +39,6 @@ from tl_core.store import write_json_atomic
 
 # Stage 2's activation cache is a file on disk (float16 unless the activations exceed its range);
 # above this size, or without the disk space for it (and a margin), stage 2 runs end to end.
-ACTIVATION_DTYPE = np.dtype(np.float16)
 CACHE_LIMIT_BYTES = int(float(os.environ.get("TL_ACTIVATION_CACHE_MB", "32768")) * 1024**2)
 DISK_MARGIN_BYTES = 1024**3
 
@@ -393,21 +391,16 @@ def _cached_stage2(bottom, top, head, data, config: TrainConfig, progress: Progr
     done, cached = 0, {}
     for part in ("train", "val"):
         x = data[part][0]
-        out = _scratch_array(folder, (len(x), *bottom.output_shape[1:]), ACTIVATION_DTYPE)
-        pages = PageRelease(out)
+        # float16 unless some activation is beyond its range; the file's name is gone at once.
+        out = OutputRows((len(x), *bottom.output_shape[1:]), folder / "activations.npy", anonymous=True)
         for start, chunk in iter_chunks(x, inference_batch(config.batch_size)):
             if progress.should_stop():
                 raise CancelledError("Cancelled while caching activations for stage 2.")
-            values = np.asarray(inference_function(bottom, chunk.dtype)(chunk))
-            if out.dtype == np.float16 and float(np.abs(values).max(initial=0.0)) >= FLOAT16_MAX:
-                out = _widened(out, start, folder)  # activations beyond float16's range: full precision
-                pages = PageRelease(out)
-            out[start : start + len(values)] = values
-            pages.count(values.nbytes)
-            done += len(values)
+            out.write(start, np.asarray(inference_function(bottom, chunk.dtype)(chunk)))
+            done += len(chunk)
             progress.on_step("cache", done, None)
-        pages.release()
-        cached[part] = out
+        out.pages.release()
+        cached[part] = out.array
     progress.on_stage_end("cache", {"images": float(total)})
     inputs = keras.Input(bottom.output_shape[1:], name="activations")
     x = keras.layers.GlobalAveragePooling2D()(top(inputs, training=False))
@@ -415,26 +408,6 @@ def _cached_stage2(bottom, top, head, data, config: TrainConfig, progress: Progr
     train = make_batches(cached["train"], data["train"][1], config.batch_size, shuffle=True, seed=config.seed)
     val = make_batches(cached["val"], data["val"][1], config.batch_size)
     return stage_model, train, val
-
-
-def _scratch_array(folder: Path, shape: tuple[int, ...], dtype) -> np.memmap:
-    """A memory-mapped array in a new file of ``folder`` whose name is removed at once (POSIX): its
-    disk space comes back when the array is dropped, even if the process is killed."""
-    path = temporary_path(folder / "activations.npy")
-    try:
-        return create_npy(path, shape, dtype)
-    finally:
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
-
-
-def _widened(out: np.memmap, n_rows: int, folder: Path) -> np.memmap:
-    """A float32 scratch array like ``out``, holding its first ``n_rows`` rows."""
-    wide = _scratch_array(folder, out.shape, np.float32)
-    step = max(1, RELEASE_BYTES // (wide.itemsize * int(np.prod(out.shape[1:]))))
-    for start, rows in iter_chunks(out[:n_rows], step, written=[wide]):
-        wide[start : start + len(rows)] = rows
-    return wide
 
 
 def train_scratch(
