@@ -1,9 +1,11 @@
 """Exports of a run: the HTML report, and model files in every format checked against the app's model."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from conftest import REPO
 from tl_core.config import TrainConfig
 from tl_core.errors import ExportError
 from tl_core.export import FORMATS, export_run, html_report, load_model_file, model_file, tflite_interpreter
+from tl_core.export import test_split as run_test_split  # not collected as a test
 from tl_core.runner import run_training
 
 
@@ -63,6 +66,19 @@ def test_every_format_is_exported_loaded_back_and_checked(trained, fmt, tmp_path
     assert card["metrics"]["confusion_matrix"] == run["metrics"]["confusion_matrix"]
     assert card["export"]["agreement"] == result["agreement"] and card["versions"]["tensorflow"]
     assert "## Use it" in open(result["card"]).read()
+
+
+def test_an_exports_test_split_can_stay_on_disk_and_its_files_are_read_only_when_needed(trained, tmp_path):
+    _, run = trained
+    x, y, items = run_test_split(run)
+    mapped, y_mapped, items_mapped = run_test_split(run, tmp_path)  # what an export uses
+    assert type(x) is np.ndarray and isinstance(mapped, np.memmap)
+    assert Path(mapped.filename).parent == tmp_path.resolve()
+    np.testing.assert_array_equal(mapped, x)
+    np.testing.assert_array_equal(y_mapped, y)
+    names = [item.name for item in items]
+    assert names == [item.name for item in items_mapped] and len(names) == run["metrics"]["n_test"]
+    assert Image.open(io.BytesIO(items[0].read_bytes())).size == (40, 40)  # the original file
 
 
 def test_the_keras_export_takes_pixels_of_any_size(trained, tmp_path, toy_folder):

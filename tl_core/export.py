@@ -105,8 +105,12 @@ REQUIRED_AGREEMENT = {"keras": 1.0, "savedmodel": 1.0, "tflite": 0.99, "tflite-i
 EXTENSIONS = {"keras": ".keras", "savedmodel": "", "tflite": ".tflite", "tflite-int8": ".tflite"}
 
 
-def test_split(run: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
-    """The run's test images as its model takes them, their class indices, and their files' bytes.
+def test_split(run: dict[str, Any], cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, list]:
+    """The run's test images as its model takes them, their class indices, and their dataset items
+    (``item.read_bytes()``: a file's bytes, read when needed).
+
+    With ``cache_dir``, the pixels are decoded into a cache file there and mapped from it, so a
+    large test split stays on disk; without, they are held in memory.
 
     Raises:
         ExportError: the dataset the run trained on is gone or changed (nothing to check against).
@@ -123,26 +127,26 @@ def test_split(run: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, list[bytes]
         raise ExportError(f"The run's test images cannot be read ({err}), so an export cannot be checked.") from err
     wanted = set(names)
     image_set.items = [item for item in image_set.items if item.name in wanted]
-    decoded = decode_dataset(image_set, metrics["image_size"], data_config)
+    decoded = decode_dataset(image_set, metrics["image_size"], data_config, cache_dir=cache_dir)
     if sorted(decoded.names) != sorted(names):
         raise ExportError("The run's dataset changed since it trained: its test images are not all there.")
     index = {name: i for i, name in enumerate(metrics["class_names"])}
     y = np.asarray([index[decoded.class_names[label]] for label in decoded.y])
     files = {item.name: item for item in image_set.items}
-    return decoded.x, y, [files[name].read_bytes() for name in decoded.names]
+    return decoded.x, y, [files[name] for name in decoded.names]
 
 
 # At most this many test images are also run at their own size through an any-size export.
 ANY_SIZE_CHECKS = 40
 
 
-def _any_size_agreement(fmt: str, out: Path, files: list[bytes], reference: np.ndarray) -> float | None:
+def _any_size_agreement(fmt: str, out: Path, items: list, reference: np.ndarray) -> float | None:
     """Top-1 agreement when the export resizes the original pictures itself (keras, SavedModel).
 
     The app resizes with Pillow (and decodes JPEGs at reduced size first); the export resizes with
     TensorFlow's antialiased bilinear filter, so this can be slightly below the exact check.
     """
-    if fmt not in ("keras", "savedmodel") or not files:
+    if fmt not in ("keras", "savedmodel") or not items:
         return None
     import tensorflow as tf
 
@@ -155,8 +159,8 @@ def _any_size_agreement(fmt: str, out: Path, files: list[bytes], reference: np.n
         serve = tf.saved_model.load(str(out)).signatures["serving_default"]
         predict = lambda image: list(serve(image).values())[0]  # noqa: E731
     agree = []
-    for data, expected in list(zip(files, reference))[:ANY_SIZE_CHECKS]:
-        picture, _ = decode_image(data, max_pixels=10**12)  # already accepted by the run's own limit
+    for item, expected in list(zip(items, reference))[:ANY_SIZE_CHECKS]:
+        picture, _ = decode_image(item.read_bytes(), max_pixels=10**12)  # already accepted by the run's own limit
         pixels = tf.constant(np.asarray(picture, dtype=np.float32)[None])
         agree.append(int(np.asarray(predict(pixels)).argmax()) == int(expected))
     return float(np.mean(agree))
@@ -254,6 +258,7 @@ def export_run(run: dict[str, Any], fmt: str, out: str | Path) -> dict[str, Any]
         ExportError: unknown format, an unfinished run, or an export that cannot be written or read.
     """
     import shutil
+    import tempfile
 
     if fmt not in FORMATS:
         raise ExportError(f"Unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}.")
@@ -263,26 +268,29 @@ def export_run(run: dict[str, Any], fmt: str, out: str | Path) -> dict[str, Any]
     out = Path(out)
     if EXTENSIONS[fmt] and out.suffix != EXTENSIONS[fmt]:
         out = out.with_name(out.name + EXTENSIONS[fmt])
+    if out.is_dir() and any(out.iterdir()) and not (out / "saved_model.pb").exists():
+        raise ExportError(f"{out} is a folder with other files in it; give a new path for the SavedModel.")
     model = load_model_file(path)
     size = run["metrics"]["image_size"]
-    x, y, files = test_split(run)
-    reference = _predict_in_batches(model, x).argmax(axis=1)
-    if out.is_dir():
-        if any(out.iterdir()) and not (out / "saved_model.pb").exists():
-            raise ExportError(f"{out} is a folder with other files in it; give a new path for the SavedModel.")
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        _write_export(model, fmt, out, size)
-        predict = {"keras": _predict_keras, "savedmodel": _predict_savedmodel}.get(fmt, _predict_tflite)
-        predicted = predict(out, x).argmax(axis=1)  # the file, loaded back into a fresh object
-        any_size = _any_size_agreement(fmt, out, files, reference)
-    except ExportError:
-        raise
-    except Exception as err:  # noqa: BLE001 - a converter's failure is the user's answer, not a crash
-        raise ExportError(f"The {fmt} export failed: {err.__class__.__name__}: {err}") from err
+    # The test pixels are mapped from a scratch file: a large test split does not fill memory.
+    with tempfile.TemporaryDirectory(prefix="tl-export-") as scratch:
+        x, y, items = test_split(run, Path(scratch))
+        reference = _predict_in_batches(model, x).argmax(axis=1)
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _write_export(model, fmt, out, size)
+            predict = {"keras": _predict_keras, "savedmodel": _predict_savedmodel}.get(fmt, _predict_tflite)
+            predicted = predict(out, x).argmax(axis=1)  # the file, loaded back into a fresh object
+            any_size = _any_size_agreement(fmt, out, items, reference)
+        except ExportError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a converter's failure is the user's answer, not a crash
+            raise ExportError(f"The {fmt} export failed: {err.__class__.__name__}: {err}") from err
+        del x  # the mapping closes before its scratch folder is removed
     agreement = float((predicted == reference).mean()) if len(y) else 1.0
     required = REQUIRED_AGREEMENT[fmt]
     result = {
