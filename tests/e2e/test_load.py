@@ -15,9 +15,11 @@ import time
 
 import pytest
 
-from conftest import make_toy_folder, zip_folder
+from conftest import REPO, make_toy_folder, zip_folder
 from tl_core.store import RunStore
 
+PlaywrightTimeout = pytest.importorskip("playwright.sync_api").TimeoutError
+SCREENSHOTS = REPO / "artifacts" / "screenshots"
 pytestmark = pytest.mark.e2e
 TIMEOUT = 60_000
 VISITORS = 5
@@ -29,11 +31,21 @@ CONTENT = {"Runs": '[data-testid="stDataFrame"], [data-testid^="stAlert"]', "Tra
 
 
 def _nav(page, title: str) -> float:
-    """Click a page in the sidebar; seconds until its heading and its main content are shown."""
+    """Click a page in the sidebar; seconds until its heading and its main content are shown.
+
+    On a timeout the tab is saved (``artifacts/screenshots/load-timeout-<page>.png`` and ``.html``)
+    before the error goes on: what the browser showed is what tells a lost click from a stuck server.
+    """
     start = time.perf_counter()
     page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
-    page.get_by_role("heading", name=re.compile(title)).first.wait_for(timeout=TIMEOUT)
-    page.locator(CONTENT[title]).first.wait_for(timeout=TIMEOUT)
+    try:
+        page.get_by_role("heading", name=re.compile(title)).first.wait_for(timeout=TIMEOUT)
+        page.locator(CONTENT[title]).first.wait_for(timeout=TIMEOUT)
+    except PlaywrightTimeout:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"load-timeout-{title}.png"), full_page=True)
+        (SCREENSHOTS / f"load-timeout-{title}.html").write_text(page.content(), encoding="utf-8")
+        raise
     return time.perf_counter() - start
 
 
