@@ -128,13 +128,14 @@ class OutputRows:
 
     def __init__(self, shape: tuple[int, ...], file: Path | None = None, anonymous: bool = False) -> None:
         self.shape, self.file, self.anonymous = tuple(shape), file, anonymous
-        self.array = self._new(np.float16)
+        self.array = self._new(np.float16, file)
         self.pages = PageRelease(self.array)
 
-    def _new(self, dtype) -> np.ndarray:
-        if self.file is None:
+    def _new(self, dtype, path: Path | None) -> np.ndarray:
+        if path is None:
             return np.empty(self.shape, dtype)
-        path = temporary_path(self.file) if self.anonymous else self.file
+        if self.anonymous:
+            path = temporary_path(path)
         array = create_npy(path, self.shape, dtype)
         if self.anonymous:
             with contextlib.suppress(OSError):
@@ -150,15 +151,14 @@ class OutputRows:
 
     def _widen(self, n_rows: int) -> None:
         named = self.file is not None and not self.anonymous
-        if named:  # the float32 rows are written beside the file, then take its name
-            self.file, final = temporary_path(self.file), self.file
-        wide = self._new(np.float32)
+        # A named file's float32 rows are written beside it, then take its name.
+        beside = temporary_path(self.file) if named else self.file
+        wide = self._new(np.float32, beside)
         step = max(1, RELEASE_BYTES // (wide.itemsize * int(np.prod(self.shape[1:]))))
         for start, rows in iter_chunks(self.array[:n_rows], step, written=[wide]):
             wide[start : start + len(rows)] = rows
         if named:
-            os.replace(self.file, final)
-            self.file = final
+            os.replace(beside, self.file)
         self.array, self.pages = wide, PageRelease(wide)
 
     def publish(self, n: int, path: Path | None = None) -> np.ndarray:
@@ -240,18 +240,12 @@ class FeaturePass:
 
     def finish(self, x, n: int, cache_path: Path | None = None) -> np.ndarray:
         """The features of the ``n`` rows of ``x`` (float16 when they fit, else float32); with
-        ``cache_path``, moved to that file and mapped read-only from it."""
+        ``cache_path`` (a pass given a ``folder``, on the same file system), moved to that file
+        and mapped read-only from it."""
         self.feed(x, n, last=True)
         release_pages(x)
         self._end_stage({"images": float(n)})
-        if cache_path is None:
-            return self.rows.publish(n)
-        if self.scratch is None:  # computed in memory: saved to the cache file
-            tmp = temporary_path(Path(cache_path))
-            np.save(tmp, self.rows.publish(n))
-            os.replace(tmp, cache_path)
-            return np.load(cache_path, mmap_mode="r", allow_pickle=False)
-        return self.rows.publish(n, Path(cache_path))
+        return self.rows.publish(n, None if cache_path is None else Path(cache_path))
 
 
 def _read_cache(path: Path, n: int) -> np.ndarray | None:
