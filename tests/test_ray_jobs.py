@@ -3,14 +3,18 @@ at once, each in its own Ray worker process, and both land in the shared store."
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import secrets
+import signal
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from conftest import make_toy_folder, wait_for_status
@@ -32,37 +36,102 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ray_address():
-    """A one-node Ray cluster with 2 CPUs and no GPU, started and stopped by this module."""
-    # Token authentication, Ray's default: `ray start` writes the token, this process sends it. Ray
-    # reads the mode when it is first imported, so this comes before any `import ray` here.
-    assert "ray" not in sys.modules, "Ray was imported before its authentication mode was set"
-    previous = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "token"
-    port = _free_port()
+@contextlib.contextmanager
+def _local_cluster(env: dict[str, str]):
+    """A one-node Ray cluster on loopback with 2 CPUs and no GPU, in a process group of its own;
+    yields its address. Stopping it kills that group only: other Ray clusters on the machine stay."""
     temp = tempfile.mkdtemp(prefix="tlray", dir="/tmp")  # Ray's socket paths must stay short
-    command = ["ray", "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-               "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
-               "--object-store-memory=200000000"]
-    started = subprocess.run(command, env=engine_env(), capture_output=True, text=True, timeout=180)
-    assert started.returncode == 0, started.stdout + started.stderr
+    port = _free_port()
+    command = ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+               f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
+               "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+               f"--temp-dir={temp}", "--object-store-memory=200000000"]
+    log = Path(temp) / "start.log"
+    with open(log, "wb") as out:  # a file, not a pipe: the cluster's daemons may hold it open
+        started = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # every process of the cluster inherits this group
     try:
+        assert started.wait(timeout=180) == 0, log.read_text()
         yield f"127.0.0.1:{port}"
     finally:
-        _disconnect()
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(started.pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
-        if previous is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = previous
+
+
+def _cluster_env(**settings: str) -> dict[str, str]:
+    """The engine's environment without any Ray authentication setting of the machine's own."""
+    env = {k: v for k, v in engine_env().items() if not k.startswith("RAY_AUTH_")}
+    return {**env, **settings}
+
+
+@pytest.fixture(scope="module")
+def ray_token(tmp_path_factory) -> Path:
+    """A fresh authentication token in a temporary file (never the user's ``~/.ray``)."""
+    path = tmp_path_factory.mktemp("ray_auth") / "auth_token"
+    path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_address(ray_token):
+    """A cluster with token authentication (Ray's default) whose token this process sends.
+
+    Ray reads the mode when it is first imported, so the settings come before any ``import ray`` here.
+    """
+    assert "ray" not in sys.modules, "Ray was imported before its authentication mode was set"
+    settings = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(ray_token)}
+    previous = {name: os.environ.get(name) for name in (*settings, "RAY_AUTH_TOKEN")}
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the file
+    os.environ.update(settings)
+    try:
+        with _local_cluster(_cluster_env(**settings)) as address:
+            try:
+                yield address
+            finally:
+                _disconnect()
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _disconnect() -> None:
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+_PROBE = (
+    "from tl_core import ray_jobs\n"
+    "ray = ray_jobs.connect()\n"
+    "print('answer', ray.get(ray.remote(lambda: 41 + 1).remote()))\n"
+)
+
+
+def _probe(address: str, home: Path, **settings: str) -> subprocess.CompletedProcess:
+    """The app's own connection (``ray_jobs.connect``) from a fresh process with an empty home."""
+    env = _cluster_env(TL_RAY_ADDRESS=address, HOME=str(home), **settings)
+    return subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_the_app_reaches_a_token_cluster_with_its_token_and_explains_a_missing_one(ray_address, ray_token, tmp_path):
+    with_token = _probe(ray_address, tmp_path, RAY_AUTH_TOKEN=ray_token.read_text())
+    assert "answer 42" in with_token.stdout, with_token.stdout + with_token.stderr
+    from_file = _probe(ray_address, tmp_path, RAY_AUTH_TOKEN_PATH=str(ray_token))
+    assert "answer 42" in from_file.stdout, from_file.stdout + from_file.stderr
+    without = _probe(ray_address, tmp_path)
+    assert without.returncode != 0 and "answer" not in without.stdout
+    assert "Could not reach the Ray cluster" in without.stderr and "RAY_AUTH_TOKEN" in without.stderr
+
+
+def test_the_app_reaches_a_cluster_without_authentication(tmp_path):
+    with _local_cluster(_cluster_env(RAY_AUTH_MODE="disabled", HOME=str(tmp_path))) as address:
+        reached = _probe(address, tmp_path)
+    assert "answer 42" in reached.stdout, reached.stdout + reached.stderr
 
 
 @pytest.fixture
