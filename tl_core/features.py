@@ -14,7 +14,6 @@ import os
 import shutil
 import weakref
 from pathlib import Path
-from typing import Self
 
 import keras
 import numpy as np
@@ -204,7 +203,7 @@ class FeaturePass:
         self.pages: PageRelease | None = None  # of the rows read (the array fed changes once, at finish)
         self.stage_open = False  # the stage starts with the first batch, after the pass feeding it
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> FeaturePass:
         return self
 
     def __exit__(self, *exc) -> None:
