@@ -12,6 +12,7 @@ from tl_core.errors import ImageDecodeError, TLCoreError
 from tl_core.export import load_model_file, model_file
 from tl_core.gradcam import grad_cam, overlay
 from tl_core.hardware import keep_off_gpu
+from ui.reliability import interval_text, plain, show_flags
 from ui.state import PAGES, get_store, workspace
 
 keep_off_gpu()  # the server predicts on the CPU; the GPU and its memory are the training worker's
@@ -30,11 +31,13 @@ def load_model(path: str):
     return load_model_file(path)  # Keras safe mode: no Python code from a file ever runs
 
 
-labels = {run_label(r): r for r in finished}
+labels = {f"{run_label(r)} · test accuracy {r['metrics']['test_accuracy']:.1%} ({interval_text(r['metrics'])})": r
+          for r in finished}
 choice = st.selectbox("Model", list(labels))
 run = labels[choice]
 metrics = run["metrics"]
-st.caption(f"Test accuracy {metrics['test_accuracy']:.1%} on {metrics['n_test']} images · classes: {', '.join(metrics['class_names'])}")
+st.caption("Classes: " + plain(", ".join(metrics["class_names"])))
+show_flags(metrics)
 uploads = st.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"], accept_multiple_files=True)
 store.run_dir(run["id"])  # after a wiped disk: fetches the run's folder from the artifacts location
 path = model_file(run)

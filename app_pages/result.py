@@ -10,9 +10,11 @@ from tl_core.charts import run_label
 from tl_core.errors import TLCoreError
 from tl_core.export import html_report, model_file
 from tl_core.jobs import resume
+from tl_core.metrics import reliability
 from tl_core.store import is_valid_run_id
 from ui.export_panel import export_panel
 from ui.gallery import mistakes_gallery
+from ui.reliability import show_flags
 from ui.state import get_store, may_show_images, owns, workspace
 
 store = get_store()
@@ -59,12 +61,21 @@ if run["status"] != "succeeded":
         else:
             st.success("Queued again: it goes on from its last completed epoch. Follow it on the Train page.")
 
-if metrics.get("test_accuracy") is not None:
+if metrics.get("confusion_matrix"):
+    facts = reliability(metrics)
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Test accuracy", f"{metrics['test_accuracy']:.1%}")
-    c2.metric("Macro F1", f"{metrics['macro_f1']:.3f}")
-    c3.metric("Training time", f"{metrics['seconds']:.1f} s")
-    c4.metric("Test images", metrics["n_test"])
+    c1.metric("Test accuracy", f"{metrics['test_accuracy']:.1%}",
+              help="The share of the held-out test images it classifies right, with its 95% (Wilson) interval: "
+                   "on a small test split one image moves it by several points.")
+    c1.caption(f"95% CI {facts['test_accuracy_ci'][0]:.1%}-{facts['test_accuracy_ci'][1]:.1%}")
+    c2.metric("Macro F1", f"{metrics['macro_f1']:.3f}",
+              help="The mean of the per-class F1 scores, with a 95% bootstrap interval over the test images.")
+    c2.caption(f"95% CI {facts['macro_f1_ci'][0]:.3f}-{facts['macro_f1_ci'][1]:.3f}")
+    c3.metric("Largest class alone", f"{facts['majority_baseline']:.1%}",
+              help="The accuracy of always guessing the test split's largest class: a model must clearly beat it.")
+    c3.caption(f"{facts['n_test']} test images")
+    c4.metric("Training time", f"{metrics['seconds']:.1f} s")
+    show_flags(metrics)
 
 base = (st.context.url or "").split("?")[0]
 st.markdown("**Share this result** (read-only):")

@@ -7,6 +7,7 @@ import streamlit as st
 
 from tl_core import charts
 from tl_core.charts import STRATEGY_LABELS, run_label
+from tl_core.metrics import reliability
 from ui.state import PAGES, get_store, workspace
 
 st.title("📊 Runs")
@@ -24,6 +25,7 @@ for run in runs:
     metrics = run.get("metrics") or {}
     timing = metrics.get("timing") or {}
     speeds = [t["images_per_second"] for t in timing.values() if t.get("images_per_second")]
+    facts = reliability(metrics) if metrics.get("confusion_matrix") else None
     rows.append(
         {
             "run": run_label(run),
@@ -32,6 +34,10 @@ for run in runs:
             "weights": train.get("weights"),
             "status": run["status"],
             "test accuracy": metrics.get("test_accuracy"),
+            "95% CI": "{:.1%}-{:.1%}".format(*facts["test_accuracy_ci"]) if facts else None,
+            "test images": facts["n_test"] if facts else None,
+            "largest class alone": facts["majority_baseline"] if facts else None,
+            "warning": " ".join(facts["flags"]) if facts else None,
             "macro F1": metrics.get("macro_f1"),
             "training time (s)": metrics.get("seconds"),
             "images/s (slowest stage)": min(speeds) if speeds else None,
@@ -45,6 +51,9 @@ st.dataframe(
     hide_index=True,
     column_config={
         "test accuracy": st.column_config.ProgressColumn(format="%.3f", min_value=0, max_value=1),
+        "95% CI": st.column_config.TextColumn(help="95% Wilson interval of the test accuracy"),
+        "largest class alone": st.column_config.NumberColumn(
+            format="%.3f", help="Accuracy of always guessing the test split's largest class"),
         "macro F1": st.column_config.NumberColumn(format="%.3f"),
         "training time (s)": st.column_config.NumberColumn(format="%.1f"),
         "images/s (slowest stage)": st.column_config.NumberColumn(format="%.1f"),

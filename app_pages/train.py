@@ -13,6 +13,8 @@ from tl_core.config import HEADS, STRATEGIES, DataConfig, TrainConfig
 from tl_core.errors import TLCoreError
 from tl_core.hardware import describe_machine
 from tl_core.jobs import ensure_worker, queue_snapshot, refresh_seconds, resume, submit
+from tl_core.metrics import reliability
+from ui.reliability import interval_text, plain
 from ui.run_view import live_run
 from ui.state import PAGES, get_store, hosted, require_dataset, workspace
 
@@ -50,10 +52,14 @@ def live_panel(interval: float) -> None:
             metrics = run.get("metrics") or {}
             left, right = st.columns([5, 1])
             if run["status"] == "succeeded":
-                left.markdown(f"✅ {run_label(run)} on {run.get('name') or 'a dataset'} — test accuracy "
-                              f"**{metrics['test_accuracy']:.1%}** in {metrics['seconds']:.0f} s")
+                flags = reliability(metrics)["flags"]
+                flagged = " ⚠️ " + plain(" ".join(flags)) if flags else ""
+                left.markdown(f"✅ {run_label(run)} on {plain(run.get('name') or 'a dataset')} — test accuracy "
+                              f"**{metrics['test_accuracy']:.1%}** ({interval_text(metrics)}) in "
+                              f"{metrics['seconds']:.0f} s{flagged}")
             else:
-                left.markdown(f"{'⛔' if run['status'] == 'failed' else '⏹'} {run_label(run)} — {run['status']}: {run.get('error') or ''}")
+                left.markdown(f"{'⛔' if run['status'] == 'failed' else '⏹'} {run_label(run)} — {run['status']}: "
+                              f"{plain(run.get('error') or '')}")
             with right:
                 st.page_link(PAGES["result"], label="Open", query_params={"run": run["id"]})
                 if run["status"] != "succeeded" and st.button("Resume", key=f"resume_{run['id']}",

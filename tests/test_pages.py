@@ -187,10 +187,14 @@ def test_runs_result_and_predict_pages_render_a_finished_run(app, finished_run):
     _open(app, "result")
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Test accuracy"] == f"{finished_run['metrics']['test_accuracy']:.1%}"
+    low, high = finished_run["metrics"]["test_accuracy_ci"]
+    assert f"95% CI {low:.1%}-{high:.1%}" in [c.value for c in app.caption]
+    assert metrics["Largest class alone"] == f"{finished_run['metrics']['majority_baseline']:.1%}"
     assert f"?run={finished_run['id']}" in app.code[0].value
 
     _open(app, "predict")
-    assert "Test accuracy" in app.caption[0].value
+    n_test = finished_run["metrics"]["n_test"]
+    assert f"(95% CI {low:.1%}-{high:.1%} · {n_test} test images · largest class alone" in app.selectbox[0].value
 
 
 def test_result_page_refuses_bad_links(app, store):

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from tl_core.config import HEADS, STRATEGIES, DataConfig, TrainConfig
 from tl_core.datasets import with_local_source
 from tl_core.errors import TLCoreError
+from tl_core.metrics import accuracy_text, reliability
 from tl_core.progress import EPOCH_STAGES, STAGE_TITLES
 
 
@@ -116,7 +117,7 @@ def _train_config(args) -> TrainConfig:
 
 def _summary(run: dict[str, Any]) -> dict[str, Any]:
     metrics = run.get("metrics") or {}
-    return {
+    summary = {
         "run_id": run["id"],
         "status": run["status"],
         "error": run.get("error"),
@@ -125,6 +126,16 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
         "seconds": metrics.get("seconds"),
         "model_path": run["model_path"] if run["status"] == "succeeded" else None,
     }
+    if metrics.get("confusion_matrix"):  # n_test, test_accuracy_ci, macro_f1_ci, majority_baseline, flags
+        summary.update(reliability(metrics))
+    return summary
+
+
+def _print_accuracy(run: dict[str, Any]) -> None:
+    metrics = run["metrics"]
+    print(f"test accuracy {accuracy_text(metrics)}, macro F1 {metrics['macro_f1']:.3f}")
+    for flag in reliability(metrics)["flags"]:
+        print(f"  warning: {flag}")
 
 
 def cmd_train(args) -> dict[str, Any]:
@@ -135,10 +146,8 @@ def cmd_train(args) -> dict[str, Any]:
     result = _summary(run)
     if not args.json:
         if run["status"] == "succeeded":
-            print(
-                f"run {run['id']} succeeded: test accuracy {result['test_accuracy']:.3f}, "
-                f"macro F1 {result['macro_f1']:.3f}, {result['seconds']:.1f} s"
-            )
+            print(f"run {run['id']} succeeded in {result['seconds']:.1f} s")
+            _print_accuracy(run)
         else:
             print(f"run {run['id']} {run['status']}: {run.get('error')}")
     if run["status"] != "succeeded":
@@ -196,9 +205,8 @@ def cmd_show(args) -> dict[str, Any]:
     run = _store(args).get_run(args.run_id)
     if not args.json:
         print(json.dumps({k: run[k] for k in ("id", "status", "error", "config")}, indent=2))
-        if run.get("metrics"):
-            m = run["metrics"]
-            print(f"test accuracy {m['test_accuracy']:.3f}, macro F1 {m['macro_f1']:.3f}")
+        if (run.get("metrics") or {}).get("confusion_matrix"):
+            _print_accuracy(run)
     return run
 
 

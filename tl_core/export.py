@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from tl_core import charts
+from tl_core import charts, escape
 from tl_core.errors import ExportError, TLCoreError
+from tl_core.metrics import reliability
 
 
 def model_file(run: dict[str, Any]) -> Path | None:
@@ -72,16 +73,15 @@ def html_report(run: dict[str, Any], files: bool = True) -> str:
         for m in (metrics.get("top_mistakes") or [] if files else [])
     )
     headline = (
-        f"<p class='big'>Test accuracy <b>{metrics['test_accuracy']:.1%}</b> · macro F1 "
-        f"<b>{metrics['macro_f1']:.3f}</b> · {metrics.get('seconds', 0):.0f} s on {html.escape(str(metrics.get('hardware')))}</p>"
-        if metrics.get("test_accuracy") is not None
+        _html_headline(metrics)
+        if metrics.get("confusion_matrix")
         else f"<p class='big'>Status: {html.escape(run['status'])} {html.escape(run.get('error') or '')}</p>"
     )
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>Transfer Learning Studio · run {html.escape(run['id'])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#111}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;padding:4px 8px;text-align:left}}
-.big{{font-size:1.3em}}</style></head><body>
+.big{{font-size:1.3em}}.flag{{color:#8a4b00;font-weight:600}}</style></head><body>
 <h1>{html.escape(charts.run_label(run))}</h1>
 <p>Run <code>{html.escape(run['id'])}</code> · {html.escape(run['status'])} ·
 {time.strftime('%Y-%m-%d %H:%M', time.localtime(run['created_at']))}</p>
@@ -94,6 +94,19 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;paddi
 <h2>Settings</h2><table>{rows}</table>
 <p>{'<br>'.join(html.escape(n) for n in metrics.get('notes', []))}</p>
 </body></html>"""
+
+
+def _html_headline(metrics: dict[str, Any]) -> str:
+    facts = reliability(metrics)
+    (low, high), (f1_low, f1_high) = facts["test_accuracy_ci"], facts["macro_f1_ci"]
+    flags = "".join(f"<p class='flag'>⚠ {html.escape(flag)}</p>" for flag in facts["flags"])
+    return (
+        f"<p class='big'>Test accuracy <b>{metrics['test_accuracy']:.1%}</b> (95% CI {low:.1%}-{high:.1%}) · "
+        f"macro F1 <b>{metrics['macro_f1']:.3f}</b> ({f1_low:.3f}-{f1_high:.3f}) · "
+        f"{metrics.get('seconds', 0):.0f} s on {html.escape(str(metrics.get('hardware')))}</p>"
+        f"<p>On {facts['n_test']} test images; always guessing the largest class scores "
+        f"{facts['majority_baseline']:.1%}.</p>{flags}"
+    )
 
 
 # --------------------------------------------------------------------------- checked exports
@@ -381,7 +394,8 @@ def model_card(run: dict[str, Any], export: dict[str, Any]) -> tuple[str, dict[s
         "split": {"sizes": metrics.get("split"), **config.get("data", {})},
         "model": {"backbone": train.get("backbone"), "weights": metrics.get("weights"),
                   "strategy": train.get("strategy"), "settings": train},
-        "metrics": {k: metrics.get(k) for k in ("test_accuracy", "macro_f1", "per_class", "confusion_matrix")},
+        "metrics": {**{k: metrics.get(k) for k in ("test_accuracy", "macro_f1", "per_class", "confusion_matrix")},
+                    **reliability(metrics)},
         "trained_on": metrics.get("hardware"),
         "versions": versions,
         "usage": usage,
@@ -419,7 +433,7 @@ Backbone **{train.get('backbone')}**, weights: {metrics.get('weights')}. Strateg
 Settings: `{json.dumps(train)}`.
 
 ## Metrics (test split)
-Accuracy {metrics.get('test_accuracy', 0):.3f}, macro F1 {metrics.get('macro_f1', 0):.3f}.
+{_card_metrics(metrics)}
 
 {confusion}
 
@@ -432,3 +446,13 @@ Accuracy {metrics.get('test_accuracy', 0):.3f}, macro F1 {metrics.get('macro_f1'
 ```
 """
     return md, card
+
+
+def _card_metrics(metrics: dict[str, Any]) -> str:
+    facts = reliability(metrics)
+    (low, high), (f1_low, f1_high) = facts["test_accuracy_ci"], facts["macro_f1_ci"]
+    lines = [f"Accuracy {metrics['test_accuracy']:.3f} (95% CI {low:.3f}-{high:.3f}), macro F1 {metrics['macro_f1']:.3f} "
+             f"(95% CI {f1_low:.3f}-{f1_high:.3f}), on {facts['n_test']} test images. Always guessing the "
+             f"largest class scores {facts['majority_baseline']:.3f}."]
+    lines += [f"**Warning:** {escape.markdown(flag)}" for flag in facts["flags"]]
+    return "\n\n".join(lines)

@@ -32,7 +32,7 @@ from tl_core.hardware import (
     use_acceleration,
 )
 from tl_core.heads import LinearHead
-from tl_core.metrics import evaluate
+from tl_core.metrics import evaluate, reliability
 from tl_core.progress import EPOCH_STAGES, MultiProgress, NullProgress, ProgressListener, StageTimer
 from tl_core.store import RunStore, write_json_atomic
 
@@ -275,6 +275,7 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
             "timing": _timing(timer, trained.history, len(decoded.y), len(splits["train"]), len(splits["val"])),
         }
     )
+    metrics.update(reliability(metrics))  # intervals, the largest-class baseline, flags
     _save_model(trained.model, store.run_dir(run_id) / "model.keras")
     shutil.rmtree(checkpoints.folder, ignore_errors=True)  # the run is complete: nothing to resume
     listener.on_stage_start("explain", 1)
