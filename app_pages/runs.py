@@ -5,10 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from tl_core import charts
+from tl_core import charts, comparison
 from tl_core.charts import STRATEGY_LABELS, run_label
 from tl_core.metrics import reliability
+from ui.reliability import plain
 from ui.state import PAGES, get_store, workspace
+
+MAX_COMPARISONS_SHOWN = 3
 
 st.title("📊 Runs")
 store = get_store()
@@ -19,6 +22,43 @@ if not runs:
     st.page_link(PAGES["train"], label="Train one", icon="🏋️")
     st.stop()
 
+best_runs = set()
+for position, (group, members) in enumerate(list(comparison.groups(runs).items())[:MAX_COMPARISONS_SHOWN]):
+    summary = comparison.summarize(store, members)
+    best_runs |= {rid for s in summary["strategies"] if s["best"] for rid in s["run_ids"]}
+    if position == 0:
+        st.subheader("Strategy comparisons")
+        st.caption("Every strategy on the same repeated stratified splits; a verdict says 'better' only when a "
+                   "paired bootstrap over the same test images excludes no difference. ★ best group: the best "
+                   "mean and every strategy tied with it.")
+    with st.expander(f"Comparison on {plain(members[0].get('name') or 'a dataset')} · "
+                     f"{sum(s['n_splits'] for s in summary['strategies'])} of {len(members)} runs finished",
+                     expanded=position == 0):
+        if not summary["strategies"]:
+            st.caption("No finished run yet.")
+            continue
+        st.dataframe(pd.DataFrame([{
+            "": "★" if s["best"] else "",
+            "strategy": s["label"],
+            "splits": f"{s['n_splits']} of {s['planned']}",
+            "mean accuracy": s["mean_accuracy"],
+            "95% CI": "{:.1%}-{:.1%}".format(*s["accuracy_ci"]),
+            f"mean, {len(summary['shared_seeds'])} shared splits": s["shared_mean_accuracy"],
+            "per split": ", ".join(f"{a:.1%}" for a in s["accuracies"]),
+            "mean time (s)": s["seconds"],
+        } for s in summary["strategies"]]), hide_index=True, column_config={
+            "mean accuracy": st.column_config.NumberColumn(format="%.3f", help="Over this strategy's own splits"),
+            f"mean, {len(summary['shared_seeds'])} shared splits": st.column_config.NumberColumn(
+                format="%.3f", help="Over the splits every strategy finished: the order and the verdicts use these"),
+            "mean time (s)": st.column_config.NumberColumn(format="%.1f"),
+        })
+        st.plotly_chart(charts.comparison(summary), key=f"comparison_{group}")
+        for verdict in summary["verdicts"]:
+            st.markdown(f"- {'🟰' if verdict['verdict'] == 'tied' else '🔼'} {verdict['sentence']}")
+        if summary["without_predictions"]:
+            st.caption(f"{summary['without_predictions']} run(s) made before per-image predictions were kept "
+                       "are left out of the verdicts.")
+
 rows = []
 for run in runs:
     train = (run.get("config") or {}).get("train", {})
@@ -28,6 +68,7 @@ for run in runs:
     facts = reliability(metrics) if metrics.get("confusion_matrix") else None
     rows.append(
         {
+            "": "★" if run["id"] in best_runs else "",
             "run": run_label(run),
             "strategy": STRATEGY_LABELS.get(train.get("strategy"), train.get("strategy")),
             "backbone": train.get("backbone"),

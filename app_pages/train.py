@@ -7,14 +7,23 @@ import uuid
 
 import streamlit as st
 
+from tl_core import comparison
 from tl_core.backbones import BACKBONES
 from tl_core.charts import STRATEGY_LABELS, run_label
-from tl_core.config import HEADS, STRATEGIES, DataConfig, TrainConfig
+from tl_core.config import (
+    COMPARE_COSTLY_SPLITS,
+    COMPARE_FEATURE_SPLITS,
+    COMPARE_MAX_SPLITS,
+    HEADS,
+    STRATEGIES,
+    DataConfig,
+    TrainConfig,
+)
 from tl_core.errors import TLCoreError
 from tl_core.hardware import describe_machine
 from tl_core.jobs import ensure_worker, queue_snapshot, refresh_seconds, resume, submit
 from tl_core.metrics import reliability
-from ui.reliability import interval_text, plain
+from ui.reliability import costly_time_note, interval_text, plain
 from ui.run_view import live_run
 from ui.state import PAGES, get_store, hosted, require_dataset, workspace
 
@@ -90,7 +99,7 @@ def hardware() -> str:
 rec = st.session_state.get("recommendation")
 defaults = dataclasses.replace(TrainConfig(), **{k: v for k, v in (rec.settings if rec else {}).items()})
 st.caption(
-    f"Dataset: **{dataset['name']}** ({report['n_images']} images, {report['n_classes']} classes) · "
+    f"Dataset: **{plain(dataset['name'])}** ({report['n_images']} images, {report['n_classes']} classes) · "
     f"trains on **{hardware()}** in a background process: reload or close the tab, it goes on."
     + (f" · recommended: **{STRATEGY_LABELS[rec.strategy]}**" if rec else "")
 )
@@ -130,11 +139,19 @@ with st.form("settings"):
         "Show my images on the public result page", value=not hosted(),
         help="A result link shows metrics, curves and the confusion matrix to anyone who has it. With this on, "
              "it also shows thumbnails of test images (the most confident mistakes).")
-    b1, b2 = st.columns(2)
+    b1, b2, b3 = st.columns([1, 1, 2])
     train_clicked = b1.form_submit_button("Train", type="primary")
-    compare_clicked = b2.form_submit_button("Compare strategies",
-                                            help="Feature extractor (softmax and one-vs-rest), two-stage fine-tuning "
-                                                 "and training from scratch, on the same split and seed.")
+    compare_clicked = b2.form_submit_button(
+        "Compare strategies",
+        help=f"Feature extractor (softmax and one-vs-rest) on {COMPARE_FEATURE_SPLITS} splits (nearly free: the "
+             "features are cached), two-stage fine-tuning and training from scratch on the number of splits "
+             "set beside, every strategy on the same splits; then a verdict for each pair, 'tied' when the test "
+             "images cannot tell them apart.")
+    costly_splits = b3.number_input(
+        "Comparison: splits for fine-tuning and from scratch", 1, COMPARE_MAX_SPLITS, COMPARE_COSTLY_SPLITS,
+        help="Each split trains both again: the comparison takes about this many times their training time "
+             "(below). One split compares them on its test images alone.")
+    b3.caption(costly_time_note(store, dataset["name"], key))
 
 # The recommended feature block was measured on the recommended backbone; another backbone's
 # blocks differ, so its features come from its last layer unless the user set a block.
@@ -160,11 +177,12 @@ if config.strategy == "finetune":
         "the frozen layers run once; stage 1 trains on cached features and stage 2 on cached activations "
         "below the unfrozen blocks (the same result as running them every epoch, several times faster)."))
 if train_clicked or compare_clicked:
-    variants = config.comparison() if compare_clicked else [config]
+    planned = comparison.plan(config, data_config, costly_splits=int(costly_splits)) if compare_clicked \
+        else [(config, data_config)]
     group = uuid.uuid4().hex[:8] if compare_clicked else None
     try:
-        ids = [submit(store, dataset["path"], v, data_config, name=dataset["name"], group=group, workspace=key,
-                      share_images=share_images) for v in variants]
+        ids = [submit(store, dataset["path"], v, d, name=dataset["name"], group=group, workspace=key,
+                      share_images=share_images) for v, d in planned]
     except TLCoreError as err:
         st.error(str(err))
     else:

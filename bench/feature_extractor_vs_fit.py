@@ -54,7 +54,7 @@ def main() -> None:
 
     start = time.perf_counter()
     feats = extract_features(features, decoded.x, args.batch_size)
-    head = LinearHead("softmax", seed=42).fit(feats[splits["train"]], y["train"], feats[splits["val"]], y["val"])
+    head = LinearHead("softmax", seed=42, selection="validation").fit(feats[splits["train"]], y["train"], feats[splits["val"]], y["val"])
     ours_acc = float((head.predict(feats[splits["test"]]) == y["test"]).mean())
     ours = time.perf_counter() - start
 

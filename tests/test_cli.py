@@ -82,18 +82,36 @@ def test_help_lists_the_options(argv, expected, tmp_path):
 
 
 @pytest.mark.skipif(not MOBILENET_NOTOP.is_file(), reason="../shared/weights (real MobileNet ImageNet weights) is absent")
-def test_compare_runs_four_strategies_on_one_split(tmp_path):
-    root = make_toy_folder(tmp_path / "toy", n_per_class=8)
+def test_compare_runs_every_strategy_on_the_same_splits_and_gives_verdicts(tmp_path):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=10)
     env_weights = {"TL_WEIGHTS_DIR": str(SHARED_WEIGHTS)}
     proc = cli(
         "compare", "--data", str(root), "--image-size", "32", "--epochs", "2", "--fine-tune-epochs", "1",
-        "--unfreeze-blocks", "0", "--json", data_dir=tmp_path / "store", extra_env=env_weights,
+        "--unfreeze-blocks", "0", "--splits", "1", "--feature-splits", "3", "--json",
+        data_dir=tmp_path / "store", extra_env=env_weights,
     )
-    runs = last_json(proc)["runs"]
-    assert [(r["strategy"], r["head"]) for r in runs] == [
-        ("feature_extractor", "softmax"), ("feature_extractor", "ovr"), ("finetune", "softmax"), ("scratch", "softmax"),
+    result = last_json(proc)
+    runs = result["runs"]
+    # Split by split: the first split of every strategy first, then the heads' extra splits.
+    assert [(r["strategy"], r["head"], r["split_seed"]) for r in runs] == [
+        ("feature_extractor", "softmax", 42), ("feature_extractor", "ovr", 42), ("finetune", "softmax", 42),
+        ("scratch", "softmax", 42), ("feature_extractor", "softmax", 43), ("feature_extractor", "ovr", 43),
+        ("feature_extractor", "softmax", 44), ("feature_extractor", "ovr", 44),
     ]
     assert all(r["status"] == "succeeded" for r in runs)
+    assert all(r["n_test"] == 6 and len(r["test_accuracy_ci"]) == 2 for r in runs)
+    strategies = {s["label"]: s for s in result["strategies"]}
+    assert set(strategies) == {"Feature extractor (softmax)", "Feature extractor (ovr)", "Two-stage fine-tuning",
+                               "From scratch"}
+    softmax = strategies["Feature extractor (softmax)"]
+    assert softmax["seeds"] == [42, 43, 44] and len(softmax["accuracies"]) == 3
+    assert softmax["mean_accuracy"] == pytest.approx(sum(softmax["accuracies"]) / 3)
+    assert softmax["accuracy_ci"][0] <= softmax["mean_accuracy"] <= softmax["accuracy_ci"][1]
+    assert strategies["From scratch"]["accuracies"] == [r["test_accuracy"] for r in runs if r["strategy"] == "scratch"]
+    # One verdict per pair of strategies; the best group holds the best mean and whatever ties with it.
+    assert len(result["verdicts"]) == 6
+    assert {v["verdict"] for v in result["verdicts"]} <= {"better", "worse", "tied"}
+    assert result["best"][0] == result["strategies"][0]["label"]
     shown = last_json(cli("show", runs[2]["run_id"], "--json", data_dir=tmp_path / "store"))
     assert shown["config"]["train"]["unfreeze_blocks"] == 2  # "0 = skip stage 2" is not a two-stage run
     assert len(shown["epochs"]["stage2"]) == 1

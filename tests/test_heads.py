@@ -23,11 +23,13 @@ def _dense_proba(head, X):
     return softmax(z, axis=1) if mode == "softmax" else softmax(log_expit(z), axis=1)
 
 
+@pytest.mark.parametrize("selection", ["cv", "validation"])
 @pytest.mark.parametrize("kind", ["softmax", "ovr", "svm"])
-def test_each_head_learns_digits_and_folds_into_one_dense_layer(kind, digits):
+def test_each_head_learns_digits_and_folds_into_one_dense_layer(kind, selection, digits):
     X, y, Xv, yv, Xt, yt = digits
-    head = LinearHead(kind, seed=0).fit(X, y, Xv, yv)
-    assert head.C_ in C_GRID and set(head.validation_scores_) == set(C_GRID)
+    head = LinearHead(kind, seed=0, selection=selection).fit(X, y, Xv, yv)
+    assert head.C_ in C_GRID and {c for c, _ in head.validation_scores_} == set(C_GRID)
+    assert head.selection_ == selection and head.n_fit_ == (1300 if selection == "cv" else 1000)
     assert (head.predict(Xt) == yt).mean() > 0.85  # chance is 0.10
     np.testing.assert_allclose(_dense_proba(head, Xt), head.predict_proba(Xt), atol=1e-5)
 
@@ -55,3 +57,27 @@ def test_unfitted_and_unknown_heads_raise_clear_errors():
         LinearHead("tree").fit(np.random.rand(6, 2), [0, 1, 0, 1, 0, 1])
     with pytest.raises(ConfigError, match="at least 2 classes"):
         LinearHead().fit(np.random.rand(4, 2), [1, 1, 1, 1])
+
+
+def test_cross_validation_tries_balanced_class_weights_only_on_imbalanced_classes(digits):
+    X, y, Xv, yv, _, _ = digits
+    balanced = LinearHead("softmax", seed=0, selection="cv").fit(X[:300], y[:300], Xv[:100], yv[:100])
+    assert {w for _, w in balanced.validation_scores_} == {None}
+    keep = (y != 3) | (np.cumsum(y == 3) <= 8)  # class 3 down to 8 images: imbalanced
+    head = LinearHead("softmax", seed=0, selection="cv").fit(X[keep], y[keep], Xv, yv)
+    assert {w for _, w in head.validation_scores_} == {None, "balanced"}
+    assert len(head.validation_scores_) == 2 * len(C_GRID)
+    assert head.validation_scores_[(head.C_, head.class_weight_)] == max(head.validation_scores_.values())
+    assert "cross-validation" in head.describe() and f"C={head.C_:g}" in head.describe()
+
+
+def test_cross_validation_is_seeded_and_falls_back_to_the_validation_split_on_tiny_classes():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 5)) + np.repeat(np.eye(2, 5) * 3, 20, axis=0), np.repeat([0, 1], 20)
+    first = LinearHead(seed=3, selection="cv").fit(X[::2], y[::2], X[1::2], y[1::2])
+    again = LinearHead(seed=3, selection="cv").fit(X[::2], y[::2], X[1::2], y[1::2])
+    assert first.validation_scores_ == again.validation_scores_
+    # One image of a class over train+val: no fold could hold it out, so C is chosen on validation.
+    train, val = np.r_[0:10, 20], np.r_[10:15]
+    head = LinearHead(seed=0, selection="cv").fit(X[train], y[train], X[val], y[val])
+    assert head.selection_ == "validation" and head.n_fit_ == 11

@@ -5,7 +5,15 @@ import pytest
 
 from sklearn.metrics import f1_score
 
-from tl_core.metrics import _macro_f1_of, accuracy_interval, evaluate, macro_f1_interval, reliability
+from tl_core.metrics import (
+    _macro_f1_of,
+    accuracy_interval,
+    evaluate,
+    macro_f1_interval,
+    mean_accuracy_interval,
+    paired_verdict,
+    reliability,
+)
 
 
 def test_metrics_match_a_hand_computed_case():
@@ -83,3 +91,28 @@ def _pairs(confusion):
     true = [t for t in range(len(cm)) for p in range(len(cm)) for _ in range(cm[t, p])]
     pred = [p for t in range(len(cm)) for p in range(len(cm)) for _ in range(cm[t, p])]
     return true, pred
+
+
+def test_a_paired_comparison_says_tied_for_identical_predictions_and_better_for_a_clearly_better_model():
+    rng = np.random.default_rng(7)
+    a = [(rng.random(46) < 0.8).astype(int) for _ in range(5)]
+    same = paired_verdict(a, [x.copy() for x in a])
+    assert same["verdict"] == "tied" and same["difference"] == 0 and same["ci"] == [0.0, 0.0]
+    worse = [(rng.random(46) < 0.35).astype(int) for _ in range(5)]
+    assert paired_verdict(a, worse)["verdict"] == "better"
+    assert paired_verdict(worse, a)["verdict"] == "worse"
+    # One image in 46 flipped on one split: far inside the noise.
+    nudged = [x.copy() for x in a]
+    nudged[0][0] = 1 - nudged[0][0]
+    assert paired_verdict(a, nudged)["verdict"] == "tied"
+    with pytest.raises(ValueError, match="same test images"):
+        paired_verdict(a, [x[:-1] for x in a])
+
+
+def test_the_mean_over_splits_has_an_interval_that_narrows_with_more_splits():
+    rng = np.random.default_rng(3)
+    splits = [(rng.random(46) < 0.75).astype(int) for _ in range(10)]
+    mean1, low1, high1 = mean_accuracy_interval(splits[:1])
+    mean10, low10, high10 = mean_accuracy_interval(splits)
+    assert low1 <= mean1 <= high1 and low10 <= mean10 <= high10
+    assert (high10 - low10) < (high1 - low1) / 2

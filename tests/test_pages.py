@@ -152,16 +152,21 @@ def test_train_page_queues_a_run_that_a_background_worker_finishes(app, folder, 
     assert any("test accuracy" in m.value for m in app.markdown)
 
 
-def test_compare_queues_four_strategies_on_one_split(app, folder, store):
+def test_compare_queues_every_strategy_on_the_same_repeated_splits(app, folder, store):
     _open(app, "train", **_dataset(folder))
+    next(n for n in app.number_input if n.label.startswith("Comparison: splits")).set_value(2)
     next(b for b in app.button if b.label == "Compare strategies").click()
     app.run()
     try:
         runs = store.list_runs()
-        strategies = sorted((r["config"]["train"]["strategy"], r["config"]["train"]["head"]) for r in runs)
-        assert len(runs) == 4 and len({r["config"]["group"] for r in runs}) == 1
-        assert [s for s, _ in strategies] == ["feature_extractor", "feature_extractor", "finetune", "scratch"]
-        assert {r["config"]["data"]["seed"] for r in runs} == {42}
+        seeds = {}
+        for r in runs:
+            seeds.setdefault((r["config"]["train"]["strategy"], r["config"]["train"]["head"]), set()).add(
+                r["config"]["data"]["seed"])
+        assert len(runs) == 5 + 5 + 2 + 2 and len({r["config"]["group"] for r in runs}) == 1
+        assert seeds == {("feature_extractor", "softmax"): {42, 43, 44, 45, 46},
+                         ("feature_extractor", "ovr"): {42, 43, 44, 45, 46},
+                         ("finetune", "softmax"): {42, 43}, ("scratch", "softmax"): {42, 43}}
     finally:
         for run in store.list_runs():
             store.request_cancel(run["id"])
@@ -214,3 +219,22 @@ def test_train_page_says_which_fine_tuning_path_runs_and_why(app, folder):
         rec = Recommendation("large", "similar", "finetune", "Fine-tune", settings={"strategy": "finetune", "augment": augment})
         _open(app, "train", recommendation=rec, **_dataset(folder))
         assert expected in " ".join(c.value for c in app.caption)
+
+
+def test_runs_page_shows_a_comparison_with_intervals_verdicts_and_the_best_group(app, folder, store):
+    from tl_core.config import DataConfig
+
+    tiny = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8)
+    for seed in (42, 43):
+        for config in (TrainConfig(strategy="feature_extractor", **tiny), TrainConfig(strategy="scratch", epochs=1, **tiny)):
+            assert run_training(folder, config, DataConfig(seed=seed), store, name="toy", group="cmp1")["status"] == "succeeded"
+    _open(app, "runs")
+    table = app.dataframe[0].value
+    assert list(table["strategy"]) [:1] == [table.loc[table[""] == "★", "strategy"].iloc[0]]  # best first, starred
+    assert set(table["strategy"]) == {"Feature extractor (softmax)", "From scratch"}
+    assert set(table["splits"]) == {"2 of 2"} and table["95% CI"].str.match(r"\d+\.\d%-\d+\.\d%").all()
+    verdicts = [m.value for m in app.markdown if "Feature extractor (softmax)" in m.value and "From scratch" in m.value]
+    assert len(verdicts) == 1 and ("no measurable difference" in verdicts[0] or "better than" in verdicts[0]
+                                   or "worse than" in verdicts[0])
+    runs_table = app.dataframe[1].value
+    assert (runs_table[""] == "★").sum() >= 2  # the best group's runs are marked in the runs table too

@@ -15,7 +15,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tl_core.config import HEADS, STRATEGIES, DataConfig, TrainConfig
+from tl_core.config import (
+    COMPARE_COSTLY_SPLITS,
+    COMPARE_FEATURE_SPLITS,
+    COMPARE_MAX_SPLITS,
+    HEADS,
+    STRATEGIES,
+    DataConfig,
+    TrainConfig,
+)
 from tl_core.datasets import with_local_source
 from tl_core.errors import TLCoreError
 from tl_core.metrics import accuracy_text, reliability
@@ -156,24 +164,40 @@ def cmd_train(args) -> dict[str, Any]:
 
 
 def cmd_compare(args) -> dict[str, Any]:
-    from tl_core.charts import run_label
+    import uuid
+
+    from tl_core import comparison
     from tl_core.runner import run_training
 
-    data_config = DataConfig(max_pixels=args.max_pixels, seed=args.seed)
     store = _store(args)
-    runs = [
-        run_training(args.data, config, data_config, store, TerminalProgress(not args.quiet), name=args.name)
-        for config in _train_config(args).validate().comparison()
-    ]
+    group = uuid.uuid4().hex[:8]
+    planned = comparison.plan(_train_config(args).validate(), DataConfig(max_pixels=args.max_pixels, seed=args.seed),
+                              costly_splits=args.splits, feature_splits=args.feature_splits)
+    runs = []
+    for config, data_config in planned:
+        run = run_training(args.data, config, data_config, store, TerminalProgress(not args.quiet), name=args.name,
+                           group=group)
+        runs.append(run)
+    summary = comparison.summarize(store, runs)
     if not args.json:
-        print(f"{'run':<52} {'status':<10} {'test acc':>8} {'macro F1':>8} {'seconds':>8}")
+        print(f"{'strategy':<30} {'splits':>6} {'mean acc':>8}  95% CI        {'seconds':>8}")
+        for s in summary["strategies"]:
+            print(f"{('* ' if s['best'] else '  ') + s['label']:<30} {s['n_splits']:>6} {s['mean_accuracy']:>8.3f}  "
+                  f"{s['accuracy_ci'][0]:.3f}-{s['accuracy_ci'][1]:.3f}  {s['seconds']:>8.1f}")
+        print("* best group: the best mean and every strategy tied with it")
+        for verdict in summary["verdicts"]:
+            print(verdict["sentence"])
         for run in runs:
-            m = run.get("metrics") or {}
-            cells = f"{m['test_accuracy']:>8.3f} {m['macro_f1']:>8.3f} {m['seconds']:>8.1f}" if m else run.get("error") or ""
-            print(f"{run_label(run):<52} {run['status']:<10} {cells}")
+            if run["status"] != "succeeded":
+                print(f"{run['id']} {run['status']}: {run.get('error')}")
     if any(run["status"] != "succeeded" for run in runs):
         args.exit_code = 1
-    return {"runs": [_summary(run) | {"strategy": run["config"]["train"]["strategy"], "head": run["config"]["train"]["head"]} for run in runs]}
+    return {
+        "group": group,
+        "runs": [_summary(run) | {"strategy": run["config"]["train"]["strategy"], "head": run["config"]["train"]["head"],
+                                  "split_seed": run["config"]["data"]["seed"]} for run in runs],
+        **summary,
+    }
 
 
 def cmd_runs(args) -> dict[str, Any]:
@@ -323,8 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser(
         "compare", parents=[common, training],
-        help="feature extractor (softmax, ovr), two-stage fine-tuning and from scratch, on one split",
+        help="feature extractor (softmax, ovr), two-stage fine-tuning and from scratch, on the same repeated "
+             "splits, with paired verdicts",
     )
+    compare.add_argument("--splits", type=int, default=COMPARE_COSTLY_SPLITS,
+                         choices=range(1, COMPARE_MAX_SPLITS + 1), metavar="K",
+                         help="splits for two-stage fine-tuning and from scratch: each one trains again "
+                              "(default %(default)s)")
+    compare.add_argument("--feature-splits", type=int, default=COMPARE_FEATURE_SPLITS,
+                         choices=range(1, COMPARE_MAX_SPLITS + 1), metavar="K",
+                         help="splits for the feature extractor's heads: nearly free, the features are cached "
+                              "(default %(default)s)")
     compare.set_defaults(func=cmd_compare, strategy="feature_extractor", head="softmax")
 
     runs = sub.add_parser("runs", parents=[common], help="list stored runs")

@@ -141,3 +141,27 @@ def top_classes(probabilities: dict[str, float]) -> go.Figure:
     fig = go.Figure(go.Bar(x=[probabilities[n] for n in names], y=names, orientation="h", marker_color="#4F46E5"))
     fig.update_xaxes(range=[0, 1], title="probability")
     return _layout(fig, "", 60 + 28 * len(names))
+
+
+def comparison(summary: dict[str, Any]) -> go.Figure:
+    """Each strategy's mean test accuracy over the splits with its 95% interval (best group filled)."""
+    strategies = summary["strategies"][::-1]  # best at the top
+    fig = go.Figure()
+    for best in (True, False):
+        chosen = [s for s in strategies if s["best"] == best]
+        if not chosen:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[s["mean_accuracy"] for s in chosen], y=[s["label"] for s in chosen], mode="markers",
+            marker=dict(size=13, symbol="circle" if best else "circle-open", color="#4F46E5"),
+            error_x=dict(type="data", symmetric=False,
+                         array=[s["accuracy_ci"][1] - s["mean_accuracy"] for s in chosen],
+                         arrayminus=[s["mean_accuracy"] - s["accuracy_ci"][0] for s in chosen]),
+            customdata=[[s["n_splits"], s["accuracy_ci"][0], s["accuracy_ci"][1]] for s in chosen],
+            hovertemplate="%{y}<br>mean %{x:.1%} over %{customdata[0]} splits<br>"
+                          "95% CI %{customdata[1]:.1%}-%{customdata[2]:.1%}<extra></extra>",
+            name="best group" if best else "others",
+        ))
+    fig.update_xaxes(title="mean test accuracy over the splits (95% interval)", range=[0, 1.02], tickformat=".0%")
+    fig.update_yaxes(categoryorder="array", categoryarray=[s["label"] for s in strategies])
+    return _layout(fig, "Each strategy's mean test accuracy over its splits", 110 + 46 * len(strategies))

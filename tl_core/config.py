@@ -184,6 +184,12 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+# "Compare strategies" trains each strategy on the same repeated stratified splits.
+COMPARE_FEATURE_SPLITS = 5  # the feature extractor's heads: one more split only refits a head (seconds)
+COMPARE_COSTLY_SPLITS = 3  # two-stage fine-tuning and from scratch train again on each split (a setting)
+COMPARE_MAX_SPLITS = 10
+
+
 def run_payload(config: TrainConfig, data_config: DataConfig, source: str, group: str | None = None) -> dict[str, Any]:
     """What a stored run records of its settings; the job worker rebuilds the run from it."""
     return {"train": config.to_dict(), "data": dataclasses.asdict(data_config), "source": source, "group": group}

@@ -154,3 +154,53 @@ def accuracy_text(metrics: dict[str, Any]) -> str:
     low, high = facts["test_accuracy_ci"]
     return (f"{metrics['test_accuracy']:.1%} ({facts['confidence']:.0%} CI {low:.1%}-{high:.1%}, "
             f"{facts['n_test']} test images; always guessing the largest class: {facts['majority_baseline']:.1%})")
+
+
+# --------------------------------------------------------------------------- comparisons over splits
+
+
+def _bootstrap_accuracies(correct: list[np.ndarray], n_resamples: int, rng: np.random.Generator,
+                          draws: list[np.ndarray] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Mean accuracy over the splits for each resample of each split's test images (the same image
+    draws are reused for a second strategy: that is what makes a comparison paired)."""
+    if draws is None:
+        draws = [rng.integers(0, len(c), (n_resamples, len(c))) for c in correct]
+    per_split = np.stack([np.asarray(c, dtype=float)[d].mean(axis=1) for c, d in zip(correct, draws)], axis=1)
+    return per_split.mean(axis=1), draws
+
+
+def mean_accuracy_interval(correct: list[np.ndarray], confidence: float = CONFIDENCE,
+                           n_resamples: int = N_BOOTSTRAP, seed: int = 0) -> tuple[float, float, float]:
+    """Mean test accuracy over repeated splits and its bootstrap interval (test images resampled
+    within each split). ``correct``: one 0/1 array per split, 1 where the prediction was right."""
+    mean = float(np.mean([np.mean(c) for c in correct]))
+    samples, _ = _bootstrap_accuracies(correct, n_resamples, np.random.default_rng(seed))
+    low, high = np.quantile(samples, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return mean, float(low), float(high)
+
+
+def paired_verdict(correct_a: list[np.ndarray], correct_b: list[np.ndarray], confidence: float = CONFIDENCE,
+                   n_resamples: int = N_BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+    """Is A's accuracy different from B's on the same test images of the same splits?
+
+    A paired bootstrap: each resample draws the same test images for both (within each split) and
+    takes the difference of their mean accuracies. ``better`` when the whole interval of the
+    difference is above 0, ``worse`` when it is below, else ``tied`` (no measurable difference).
+    Two identical sets of predictions are always tied.
+
+    Returns:
+        ``difference`` (A minus B, accuracy points as a fraction), ``ci`` ``[low, high]``,
+        ``verdict`` (``better``, ``worse`` or ``tied``, said of A) and ``n_splits``.
+    """
+    if len(correct_a) != len(correct_b) or not correct_a:
+        raise ValueError("a paired comparison needs both strategies on the same, non-empty list of splits")
+    if any(len(a) != len(b) for a, b in zip(correct_a, correct_b)):
+        raise ValueError("a paired comparison needs the same test images for both strategies on each split")
+    rng = np.random.default_rng(seed)
+    a, draws = _bootstrap_accuracies(correct_a, n_resamples, rng)
+    b, _ = _bootstrap_accuracies(correct_b, n_resamples, rng, draws)
+    low, high = np.quantile(a - b, [(1 - confidence) / 2, (1 + confidence) / 2])
+    difference = float(np.mean([np.mean(x) - np.mean(y) for x, y in zip(correct_a, correct_b)]))
+    verdict = "better" if low > 0 else "worse" if high < 0 else "tied"
+    return {"difference": difference, "ci": [float(low), float(high)], "verdict": verdict,
+            "n_splits": len(correct_a)}

@@ -34,7 +34,7 @@ from tl_core.hardware import (
 from tl_core.heads import LinearHead
 from tl_core.metrics import evaluate, reliability
 from tl_core.progress import EPOCH_STAGES, MultiProgress, NullProgress, ProgressListener, StageTimer
-from tl_core.store import RunStore, write_json_atomic
+from tl_core.store import PREDICTIONS_FILE, SPLIT_FILE, RunStore, write_json_atomic
 
 
 class StoreProgress(NullProgress):
@@ -83,6 +83,8 @@ def run_training(
     progress: ProgressListener | None = None,
     run_id: str | None = None,
     name: str | None = None,
+    *,
+    group: str | None = None,
 ) -> dict[str, Any]:
     """Train one model on a dataset and store the run.
 
@@ -94,6 +96,7 @@ def run_training(
         progress: an observer (progress bar, job worker); may ask to stop.
         run_id: an existing ``queued`` run to execute (the job worker creates it first).
         name: a label shown in run lists.
+        group: the comparison this run belongs to (a new run only).
 
     Returns:
         The stored run (``status``: ``succeeded``, ``failed`` with ``error``, or ``cancelled``).
@@ -104,7 +107,7 @@ def run_training(
     config.validate()
     data_config.validate()
     store = store or RunStore()
-    payload = run_payload(config, data_config, _describe(source))
+    payload = run_payload(config, data_config, _describe(source), group)
     if run_id is None:
         run_id = store.create_run(payload, status="running", name=name)
     else:
@@ -224,7 +227,7 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
             raise CancelledError("Cancelled while decoding images.")
         splits = data.split_dataset(decoded, data_config)
         write_json_atomic(
-            store.run_dir(run_id) / "split.json",
+            store.run_dir(run_id) / SPLIT_FILE,
             {part: [decoded.names[i] for i in idx] for part, idx in splits.items()},
         )
         # Each split reads its pixels from the decoded cache (a memory-mapped file) batch by batch.
@@ -260,6 +263,9 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
             listener.on_stage_end("evaluate", None)
 
     test_idx = splits["test"]
+    # Per test image (in split.json's order): what paired comparisons between runs are made of.
+    write_json_atomic(store.run_dir(run_id) / PREDICTIONS_FILE,
+                      {"true": decoded.y[test_idx].tolist(), "predicted": probabilities.argmax(axis=1).tolist()})
     metrics = evaluate(decoded.y[test_idx], probabilities, decoded.class_names, [decoded.names[i] for i in test_idx])
     metrics.update(
         {
@@ -356,7 +362,7 @@ def _train_linear_head(feature_model, features, splits, decoded, config, listene
         x = keras.layers.Activation("log_sigmoid", name="ovr_log_sigmoid", dtype="float32")(x)
     outputs = keras.layers.Activation("softmax", name="probabilities", dtype="float32")(x)
     model = keras.Model(feature_model.input, outputs, name=f"{feature_model.name}_{config.head}")
-    note = f"Linear head '{config.head}' on cached features; C={head.C_:g} chosen on the validation split."
+    note = f"Linear head '{config.head}' on cached features; {head.describe()}"
     return TrainedModel(model, {}, [note]), head.predict_proba(data.take_rows(features, test))
 
 

@@ -60,6 +60,9 @@ FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")
 # A running run of another machine is judged interrupted when it has not written for this long.
 STALE_SECONDS = 900.0
+# In a run's folder: the test split's file names, and its labels and predictions in that order.
+SPLIT_FILE = "split.json"
+PREDICTIONS_FILE = "predictions.json"
 _SCHEMA_LOCK = 0x544C5354  # PostgreSQL advisory lock: one process creates or migrates the tables
 
 METADATA = MetaData()

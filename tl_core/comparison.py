@@ -1,0 +1,162 @@
+"""Compare strategies honestly: every strategy on the same repeated stratified splits, each with its
+mean accuracy and interval, and a paired verdict for each pair that says "tied" when the test images
+cannot tell them apart.
+
+A comparison is a group of runs (``config.group``), one per strategy and split. Split ``i`` is the
+stratified split of data seed ``seed + i`` for every strategy, so two strategies are compared on the
+same test images (``predictions.json`` in each run's folder), split by split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from tl_core.charts import STRATEGY_LABELS
+from tl_core.config import COMPARE_COSTLY_SPLITS, COMPARE_FEATURE_SPLITS, DataConfig, TrainConfig
+from tl_core.metrics import CONFIDENCE, mean_accuracy_interval, paired_verdict
+from tl_core.store import PREDICTIONS_FILE, SPLIT_FILE, RunStore
+
+def plan(config: TrainConfig, data_config: DataConfig, *, costly_splits: int = COMPARE_COSTLY_SPLITS,
+         feature_splits: int = COMPARE_FEATURE_SPLITS) -> list[tuple[TrainConfig, DataConfig]]:
+    """The runs of "Compare strategies", split by split: the first split of every strategy comes first,
+    so a comparison in progress already has every strategy on one split.
+
+    Args:
+        config: the settings the strategies share (backbone, image size, epochs, seed).
+        data_config: split ``i`` uses data seed ``data_config.seed + i``.
+        costly_splits: splits for two-stage fine-tuning and from scratch (each one trains again).
+        feature_splits: splits for the feature extractor's heads.
+    """
+    variants = config.comparison()
+    counts = [feature_splits if v.strategy == "feature_extractor" else costly_splits for v in variants]
+    return [
+        (variant, dataclasses.replace(data_config, seed=data_config.seed + i))
+        for i in range(max(counts))
+        for variant, count in zip(variants, counts)
+        if i < count
+    ]
+
+
+def strategy_label(train: dict[str, Any]) -> str:
+    """``Feature extractor (softmax)``, ``Two-stage fine-tuning``, ``From scratch``."""
+    label = STRATEGY_LABELS.get(train.get("strategy"), str(train.get("strategy")))
+    return f"{label} ({train.get('head')})" if train.get("strategy") == "feature_extractor" else label
+
+
+def _test_predictions(store: RunStore, run: dict[str, Any]) -> tuple[tuple[str, ...], np.ndarray] | None:
+    """The run's test file names and, per file, 1 if it was classified right; None before this was kept."""
+    folder = store.run_dir(run["id"])
+    try:
+        names = tuple(json.loads((folder / SPLIT_FILE).read_text())["test"])
+        kept = json.loads((folder / PREDICTIONS_FILE).read_text())
+    except (OSError, ValueError, KeyError):
+        return None
+    correct = (np.asarray(kept["true"]) == np.asarray(kept["predicted"])).astype(np.int8)
+    return (names, correct) if len(names) == len(correct) else None
+
+
+def summarize(store: RunStore, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each strategy's accuracies over the splits, mean and interval, and the pairwise verdicts.
+
+    Args:
+        runs: the runs of one comparison (any status; only finished ones with predictions count).
+
+    Returns:
+        ``strategies`` (best first: ``strategy``, ``head``, ``label``, ``seeds``, ``accuracies``,
+        ``mean_accuracy``, ``accuracy_ci``, ``shared_mean_accuracy`` (over the splits every strategy
+        finished, what the order follows), ``seconds``, ``n_splits``, ``planned``, ``run_ids``,
+        ``best``), ``shared_seeds``, ``verdicts`` (``a``, ``b``, ``verdict`` said of ``a``, ``difference``, ``ci``,
+        ``n_splits``, ``sentence``), ``best`` (the labels of the best group: the best mean and
+        every strategy tied with it), ``without_predictions`` (runs too old to be paired).
+    """
+    found: dict[str, dict[int, tuple[tuple[str, ...], np.ndarray, dict]]] = {}
+    planned: dict[str, int] = {}
+    train_of: dict[str, dict[str, Any]] = {}
+    without = 0
+    for run in runs:
+        train = (run.get("config") or {}).get("train", {})
+        label = strategy_label(train)
+        planned[label] = planned.get(label, 0) + 1
+        train_of.setdefault(label, train)
+        if run["status"] != "succeeded":
+            continue
+        kept = _test_predictions(store, run)
+        if kept is None:
+            without += 1
+            continue
+        seed = int(run["config"]["data"]["seed"])
+        found.setdefault(label, {})[seed] = (*kept, run)
+
+    strategies = []
+    for label, per_seed in found.items():
+        seeds = sorted(per_seed)
+        correct = [per_seed[s][1] for s in seeds]
+        mean, low, high = mean_accuracy_interval(correct)
+        seconds = [per_seed[s][2].get("metrics", {}).get("seconds") or 0.0 for s in seeds]
+        strategies.append({
+            "strategy": train_of[label].get("strategy"), "head": train_of[label].get("head"), "label": label,
+            "seeds": seeds, "accuracies": [float(c.mean()) for c in correct], "mean_accuracy": mean,
+            "accuracy_ci": [low, high], "seconds": float(np.mean(seconds)), "n_splits": len(seeds),
+            "planned": planned[label], "run_ids": [per_seed[s][2]["id"] for s in seeds],
+        })
+    # Ranked on the splits every strategy finished (their means over their own splits are not
+    # comparable when one has 5 splits and another 2).
+    shared = sorted(set.intersection(*(set(s["seeds"]) for s in strategies))) if strategies else []
+    for s in strategies:
+        own = found[s["label"]]
+        s["shared_mean_accuracy"] = float(np.mean([own[seed][1].mean() for seed in shared])) if shared else None
+    strategies.sort(key=lambda s: -(s["shared_mean_accuracy"] if shared else s["mean_accuracy"]))
+
+    verdicts = []
+    for a, b in combinations(strategies, 2):
+        pa, pb = found[a["label"]], found[b["label"]]
+        common = [s for s in a["seeds"] if s in pb and pa[s][0] == pb[s][0]]  # the same test images
+        if not common:
+            continue
+        verdict = paired_verdict([pa[s][1] for s in common], [pb[s][1] for s in common])
+        verdict = {"a": a["label"], "b": b["label"], **verdict}
+        verdict["sentence"] = verdict_sentence(verdict, faster=min((a, b), key=lambda s: s["seconds"])["label"])
+        verdicts.append(verdict)
+
+    best = []
+    if strategies:
+        top = strategies[0]["label"]
+        tied = {v["b"] if v["a"] == top else v["a"] for v in verdicts
+                if top in (v["a"], v["b"]) and v["verdict"] == "tied"}
+        best = [s["label"] for s in strategies if s["label"] == top or s["label"] in tied]
+    for strategy in strategies:
+        strategy["best"] = strategy["label"] in best
+    return {"strategies": strategies, "shared_seeds": shared, "verdicts": verdicts, "best": best,
+            "without_predictions": without, "confidence": CONFIDENCE}
+
+
+def _points(value: float) -> str:
+    return f"{value * 100:+.1f}"
+
+
+def verdict_sentence(verdict: dict[str, Any], faster: str) -> str:
+    """The verdict in words (strategy names only: no user text)."""
+    low, high = verdict["ci"]
+    splits = f"{verdict['n_splits']} split{'s' if verdict['n_splits'] != 1 else ''}"
+    measured = (f"{_points(verdict['difference'])} points (95% CI {_points(low)} to {_points(high)}) "
+                f"on the same test images of {splits}")
+    if verdict["verdict"] == "tied":
+        return (f"{verdict['a']} vs {verdict['b']}: no measurable difference, {measured}. "
+                f"Pick the faster one: {faster}.")
+    word = "better" if verdict["verdict"] == "better" else "worse"
+    return f"{verdict['a']} is {word} than {verdict['b']}: {measured}."
+
+
+def groups(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The runs of each comparison, newest comparison first (runs come newest first)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        group = (run.get("config") or {}).get("group")
+        if group:
+            out.setdefault(group, []).append(run)
+    return out
