@@ -88,7 +88,8 @@ def test_a_harmful_stage2_gives_back_the_stage1_model(toy):
     # A learning rate of 0.5 wrecks the unfrozen block: stage 2 trains (its weights move), its
     # validation loss is worse than stage 1's, and the stage-1 weights come back.
     result, base, data, kernels = _two_stage(toy, fine_tune_learning_rate=0.5)
-    assert "the stage-1 model was kept" in result.notes[-1]
+    assert "the stage-1 model was kept" in result.notes[-2]
+    assert result.notes[-1].startswith("The saved model's weights come from stage 1, epoch ")
     assert min(e["val_loss"] for e in result.history["stage2"]) > min(e["val_loss"] for e in result.history["stage1"])
     np.testing.assert_array_equal(base.get_layer("block5_conv3").get_weights()[0], kernels["block5_conv3"])
     assert _accuracy(result.model, *data["test"]) >= 0.7
@@ -142,3 +143,22 @@ def test_stage2_caches_only_what_fits_on_disk_with_a_margin_and_under_the_limit(
     assert refused == f"its activation cache would take 600 MB and {tmp_path} has 1,536 MB free"
     monkeypatch.setattr(finetune, "CACHE_LIMIT_BYTES", 100 * mb)
     assert "(limit TL_ACTIVATION_CACHE_MB=100)" in finetune._no_room_for_cache(tmp_path, 400 * mb)
+
+
+def test_the_notes_say_which_stage_and_epoch_the_saved_weights_come_from(toy):
+    result, *_ = _two_stage(toy, epochs=4, fine_tune_epochs=2, patience=4)
+    kept = [n for n in result.notes if n.startswith("The saved model's weights come from")]
+    assert len(kept) == 1
+    stage1, stage2 = result.history["stage1"], result.history["stage2"]
+    if any("the stage-1 model was kept" in n for n in result.notes):
+        stage, history = "stage 1", stage1
+    else:
+        stage, history = "stage 2", stage2
+    best = min(history, key=lambda e: e["val_loss"])
+    assert f"come from {stage}, epoch {best['epoch']} of {len(history)}" in kept[0]
+
+    from tl_core.charts import stage_curves
+
+    figure = stage_curves({"stage1": stage1, "stage2": stage2})
+    boundaries = [shape.x0 for shape in figure.layout.shapes]
+    assert boundaries == [len(stage1) + 0.5] * 2  # a dashed line on both panels where stage 2 starts

@@ -107,6 +107,11 @@ def stage_curves(epochs: dict[str, list[dict[str, float]]]) -> go.Figure:
                                    showlegend=column == 1),
                         row=1, col=column,
                     )
+        if stage == "stage2" and offset:  # where fine-tuning starts: the curves jump there
+            for column in (1, 2):
+                fig.add_vline(x=offset + 0.5, line=dict(color="#6B7280", dash="dash", width=1), row=1, col=column)
+            fig.add_annotation(x=offset + 0.5, y=1.0, yref="paper", text="stage 2 starts", showarrow=False,
+                               xanchor="left", font=dict(size=11, color="#6B7280"))
         offset = xs[-1]
     fig.update_xaxes(title="epoch")
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)

@@ -320,6 +320,7 @@ def train_two_stage(
         result.history["stage1"] = _fit(model, train, val, config.epochs, config, progress, "stage1", checkpoints)
         why = "augmentation changes its input" if augment is not None else "stage caching is off"
         result.notes.append(f"Stage 1 ran the frozen ConvNet every epoch ({why}).")
+    kept = kept_epoch_note("stage 1", result.history["stage1"])
 
     if config.unfreeze_blocks != 0 and config.fine_tune_epochs > 0:
         stage_model, train, val = model, None, None
@@ -365,7 +366,20 @@ def train_two_stage(
                 f"Stage 2 never beat stage 1 on validation loss ({best_stage2:.3f} vs "
                 f"{stage1_val_loss:.3f}); the stage-1 model was kept."
             )
+        else:
+            kept = kept_epoch_note("stage 2", result.history["stage2"])
+    result.notes.append(kept)
     return result
+
+
+def kept_epoch_note(stage: str, history: list[dict[str, float]] | None) -> str:
+    """Which epoch's weights a stage ends with: early stopping restores the lowest validation loss."""
+    rows = [e for e in history or [] if e.get("val_loss") is not None]
+    if not rows:
+        return f"The saved model comes from {stage}."
+    best = min(rows, key=lambda e: e["val_loss"])  # the first of equal losses, as early stopping keeps
+    return (f"The saved model's weights come from {stage}, epoch {best['epoch']} of {len(history)} "
+            f"(the lowest validation loss, {best['val_loss']:.4f}).")
 
 
 def _no_room_for_cache(folder: Path, size: int) -> str | None:
@@ -427,7 +441,8 @@ def train_scratch(
     train, val = _pixel_batches(data, config)
     _compile(model, config.learning_rate)
     history = _fit(model, train, val, config.epochs, config, progress, "scratch", checkpoints)
-    return TrainedModel(model, {"scratch": history}, ["Trained every layer from random weights."])
+    return TrainedModel(model, {"scratch": history},
+                        ["Trained every layer from random weights.", kept_epoch_note("training", history)])
 
 
 def _pixel_batches(data, config: TrainConfig):
