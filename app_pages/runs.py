@@ -44,8 +44,8 @@ for position, (group, members) in enumerate(list(comparison.groups(runs).items()
             "mean accuracy": s["mean_accuracy"],
             "95% CI": "{:.1%}-{:.1%}".format(*s["accuracy_ci"]),
             f"mean, {len(summary['shared_seeds'])} shared splits": s["shared_mean_accuracy"],
-            "per split": ", ".join(f"{a:.1%}" for a in s["accuracies"]),
             "mean time (s)": s["seconds"],
+            "per split": ", ".join(f"{a:.1%}" for a in s["accuracies"]),
         } for s in summary["strategies"]]), hide_index=True, column_config={
             "mean accuracy": st.column_config.NumberColumn(format="%.3f", help="Over this strategy's own splits"),
             f"mean, {len(summary['shared_seeds'])} shared splits": st.column_config.NumberColumn(
