@@ -28,9 +28,10 @@ for position, (group, members) in enumerate(list(comparison.groups(runs).items()
     best_runs |= {rid for s in summary["strategies"] if s["best"] for rid in s["run_ids"]}
     if position == 0:
         st.subheader("Strategy comparisons")
-        st.caption("Every strategy on the same repeated stratified splits; a verdict says 'better' only when a "
-                   "paired bootstrap over the same test images excludes no difference. ★ best group: the best "
-                   "mean and every strategy tied with it.")
+        st.caption("Every strategy on the same repeated stratified splits. A verdict says 'better' only when a "
+                   "paired bootstrap over the same test images rules out no difference; it holds the trained models "
+                   "fixed (a new training run varies too), and an image can be a test image in several splits. "
+                   "★ best group: every strategy that no other is measurably better than.")
     with st.expander(f"Comparison on {plain(members[0].get('name') or 'a dataset')} · "
                      f"{sum(s['n_splits'] for s in summary['strategies'])} of {len(members)} runs finished",
                      expanded=position == 0):
@@ -49,7 +50,8 @@ for position, (group, members) in enumerate(list(comparison.groups(runs).items()
         } for s in summary["strategies"]]), hide_index=True, column_config={
             "mean accuracy": st.column_config.NumberColumn(format="%.3f", help="Over this strategy's own splits"),
             f"mean, {len(summary['shared_seeds'])} shared splits": st.column_config.NumberColumn(
-                format="%.3f", help="Over the splits every strategy finished: the order and the verdicts use these"),
+                format="%.3f", help="Over the splits every strategy finished (the order within the best group "
+                                    "and the rest); each verdict uses the splits its two strategies share"),
             "mean time (s)": st.column_config.NumberColumn(format="%.1f"),
         })
         st.plotly_chart(charts.comparison(summary), key=f"comparison_{group}")
@@ -65,7 +67,7 @@ for run in runs:
     metrics = run.get("metrics") or {}
     timing = metrics.get("timing") or {}
     speeds = [t["images_per_second"] for t in timing.values() if t.get("images_per_second")]
-    facts = reliability(metrics) if metrics.get("confusion_matrix") else None
+    facts = reliability(metrics, macro_f1=False) if metrics.get("confusion_matrix") else None
     rows.append(
         {
             "": "★" if run["id"] in best_runs else "",

@@ -61,7 +61,7 @@ def live_panel(interval: float) -> None:
             metrics = run.get("metrics") or {}
             left, right = st.columns([5, 1])
             if run["status"] == "succeeded":
-                flags = reliability(metrics)["flags"]
+                flags = reliability(metrics, macro_f1=False)["flags"]
                 flagged = " ⚠️ " + plain(" ".join(flags)) if flags else ""
                 left.markdown(f"✅ {run_label(run)} on {plain(run.get('name') or 'a dataset')} — test accuracy "
                               f"**{metrics['test_accuracy']:.1%}** ({interval_text(metrics)}) in "

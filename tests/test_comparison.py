@@ -87,3 +87,40 @@ def test_runs_without_per_image_predictions_are_counted_not_paired(compared, tmp
         assert scratch["n_splits"] == 2 and scratch["planned"] == 3 and summary["verdicts"][0]["n_splits"] == 2
     finally:
         path.write_bytes(saved)
+
+
+def _stored_run(store, strategy: str, head: str, seed: int, correct: list[int], group: str = "g2") -> dict:
+    """A finished run in a real store whose test predictions are right where ``correct`` says."""
+    from tl_core.store import write_json_atomic
+
+    payload = {"train": {"strategy": strategy, "head": head}, "data": {"seed": seed}, "source": "x", "group": group}
+    run_id = store.create_run(payload, status="running")
+    names = [f"img{seed}_{i}.png" for i in range(len(correct))]
+    write_json_atomic(store.run_dir(run_id) / "split.json", {"train": [], "val": [], "test": names})
+    write_json_atomic(store.run_dir(run_id) / "predictions.json",
+                      {"true": [0] * len(correct), "predicted": [0 if c else 1 for c in correct]})
+    store.finish(run_id, "succeeded", {"test_accuracy": sum(correct) / len(correct), "seconds": 1.0})
+    return store.get_run(run_id)
+
+
+def test_the_best_group_never_contradicts_a_verdict(tmp_path):
+    """ovr beats softmax on its 5 splits although softmax leads on the 2 splits every strategy shares:
+    softmax must not be starred, and the verdict reads 'ovr is better than softmax'."""
+    from tl_core.store import RunStore
+
+    store = RunStore(tmp_path / "store")
+    n = 100
+    runs = []
+    for seed, (soft, ovr) in enumerate([(90, 85), (90, 85), (50, 90), (50, 90), (50, 90)]):
+        runs.append(_stored_run(store, "feature_extractor", "softmax", seed, [1] * soft + [0] * (n - soft)))
+        runs.append(_stored_run(store, "feature_extractor", "ovr", seed, [1] * ovr + [0] * (n - ovr)))
+    for seed in (0, 1):
+        runs.append(_stored_run(store, "scratch", "softmax", seed, [1] * 20 + [0] * (n - 20)))
+    summary = comparison.summarize(store, runs)
+    verdict = next(v for v in summary["verdicts"] if {v["a"], v["b"]} == {"Feature extractor (softmax)", "Feature extractor (ovr)"})
+    assert (verdict["a"], verdict["verdict"]) == ("Feature extractor (ovr)", "better") and verdict["difference"] > 0
+    assert summary["best"] == ["Feature extractor (ovr)"]
+    assert [s["label"] for s in summary["strategies"]][0] == "Feature extractor (ovr)"
+    assert all(v["verdict"] in ("better", "tied") for v in summary["verdicts"])
+    beaten = {v["b"] for v in summary["verdicts"] if v["verdict"] == "better"}
+    assert not beaten & set(summary["best"])

@@ -81,3 +81,15 @@ def test_cross_validation_is_seeded_and_falls_back_to_the_validation_split_on_ti
     train, val = np.r_[0:10, 20], np.r_[10:15]
     head = LinearHead(seed=0, selection="cv").fit(X[train], y[train], X[val], y[val])
     assert head.selection_ == "validation" and head.n_fit_ == 11
+
+
+def test_cross_validated_svm_copes_with_small_classes_and_no_images_is_a_clear_error():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 4))
+    for n_small, expected in ((3, "cv"), (2, "validation")):  # 2 images: no fold could calibrate an svm
+        y = np.r_[[0] * (30 - n_small), [1] * n_small]
+        X[y == 1] += 3
+        head = LinearHead("svm", selection="cv").fit(X, y, X[:2], y[:2])
+        assert head.selection_ == expected and head.predict(X[-1:])[0] in (0, 1)
+    with pytest.raises(ConfigError, match="got no images"):
+        LinearHead().fit(np.zeros((0, 4)), [])

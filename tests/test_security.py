@@ -156,3 +156,41 @@ def test_the_server_rechecks_upload_sizes(monkeypatch):
     assert "add up to 240 MB" in upload_too_large(many)
     monkeypatch.setenv("TL_MAX_UPLOAD_MB", "10")
     assert "at most 10 MB" in upload_too_large([_Upload("x.zip", 11 * 1024**2)])
+
+
+@pytest.mark.parametrize("text", [
+    "![px](https&#58;&#47;&#47;evil.example&#47;track.png) [Verify your account](https://evil.example/login)",
+    "<img src=x onerror=alert(1)>", "<svg onload=alert(1)>", "*bold* _it_ `code` # head", "1. list", "- item",
+    "a|b", "~~s~~", ":red[x] :material/home: $x$", "back\\slash", "&amp; &#60;",
+])
+def test_user_text_escaped_for_markdown_renders_as_typed(text):
+    """A class name in a flag, a caption or a model card reads as typed in a CommonMark renderer."""
+    import html
+
+    from markdown_it import MarkdownIt
+
+    from tl_core.escape import markdown
+
+    rendered = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(markdown(text))
+    assert rendered == f"<p>{html.escape(text, quote=False)}</p>\n"
+
+
+def test_a_model_card_shows_hostile_class_names_as_typed():
+    """Class names reach the card's table, its Classes line and its code block; none turns into an
+    image, a link or HTML, and a name full of backticks cannot close the code block early."""
+    from markdown_it import MarkdownIt
+
+    from tl_core.export import model_card
+
+    names = ["![px](https://evil.example/t.png)", "<img src=x onerror=alert(1)>", "a|b", "``` `` `"]
+    run = {"id": "A" * 22, "config": {"train": {"strategy": "feature_extractor"}, "data": {"seed": 42}},
+           "dataset": {"per_class": {n: 5 for n in names}, "n_images": 20},
+           "metrics": {"class_names": names, "confusion_matrix": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+                       "test_accuracy": 1.0, "macro_f1": 1.0, "image_size": 32, "split": {"test": 4}}}
+    export = {"format": "keras", "path": "model.keras", "bytes": 1000, "agreement": 1.0, "accuracy": 1.0,
+              "app_accuracy": 1.0, "n_test": 4, "passed": True, "required_agreement": 0.99}
+    md, _ = model_card(run, export)
+    rendered = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(md)
+    assert "<img" not in rendered and "<a " not in rendered  # escaped: "&lt;img", "!\[px\]"
+    block = rendered.split("<pre><code")[1].split("</code></pre>")[0]
+    assert rendered.count("<pre><code") == 1 and "[int(probabilities.argmax())])" in block  # not closed early

@@ -50,12 +50,17 @@ def strategy_label(train: dict[str, Any]) -> str:
 
 def _test_predictions(store: RunStore, run: dict[str, Any]) -> tuple[tuple[str, ...], np.ndarray] | None:
     """The run's test file names and, per file, 1 if it was classified right; None before this was kept."""
-    folder = store.run_dir(run["id"])
-    try:
-        names = tuple(json.loads((folder / SPLIT_FILE).read_text())["test"])
-        kept = json.loads((folder / PREDICTIONS_FILE).read_text())
-    except (OSError, ValueError, KeyError):
-        return None
+    for attempt in range(2):
+        folder = store.run_dir(run["id"])
+        try:
+            names = tuple(json.loads((folder / SPLIT_FILE).read_text())["test"])
+            kept = json.loads((folder / PREDICTIONS_FILE).read_text())
+            break
+        except (OSError, ValueError, KeyError):
+            if attempt:
+                return None
+            # Finished on another machine (a Ray node): reading the run replaces a stale local copy.
+            store.get_run(run["id"])
     correct = (np.asarray(kept["true"]) == np.asarray(kept["predicted"])).astype(np.int8)
     return (names, correct) if len(names) == len(correct) else None
 
@@ -70,9 +75,15 @@ def summarize(store: RunStore, runs: list[dict[str, Any]]) -> dict[str, Any]:
         ``strategies`` (best first: ``strategy``, ``head``, ``label``, ``seeds``, ``accuracies``,
         ``mean_accuracy``, ``accuracy_ci``, ``shared_mean_accuracy`` (over the splits every strategy
         finished, what the order follows), ``seconds``, ``n_splits``, ``planned``, ``run_ids``,
-        ``best``), ``shared_seeds``, ``verdicts`` (``a``, ``b``, ``verdict`` said of ``a``, ``difference``, ``ci``,
-        ``n_splits``, ``sentence``), ``best`` (the labels of the best group: the best mean and
-        every strategy tied with it), ``without_predictions`` (runs too old to be paired).
+        ``best``), ``shared_seeds``, ``verdicts`` (``a``, ``b``, ``verdict`` said of ``a``: ``better``
+        or ``tied``, a worse one being turned round; ``difference``, ``ci``, ``n_splits``,
+        ``sentence``), ``best`` (the labels of the best group: every strategy that no other is
+        measurably better than), ``without_predictions`` (finished runs whose per-image
+        predictions could not be read: made before they were kept).
+
+    The intervals and verdicts hold the trained models fixed and resample their test images; the
+    splits are drawn from one pool of images, so an image can be in the test set of several splits.
+    They say whether the test images can tell two models apart, not how a new training run varies.
     """
     found: dict[str, dict[int, tuple[tuple[str, ...], np.ndarray, dict]]] = {}
     planned: dict[str, int] = {}
@@ -119,18 +130,21 @@ def summarize(store: RunStore, runs: list[dict[str, Any]]) -> dict[str, Any]:
         if not common:
             continue
         verdict = paired_verdict([pa[s][1] for s in common], [pb[s][1] for s in common])
+        if verdict["verdict"] == "worse":  # said of the better one: "B is better than A"
+            a, b = b, a
+            verdict = {**verdict, "verdict": "better", "difference": -verdict["difference"],
+                       "ci": [-verdict["ci"][1], -verdict["ci"][0]]}
         verdict = {"a": a["label"], "b": b["label"], **verdict}
         verdict["sentence"] = verdict_sentence(verdict, faster=min((a, b), key=lambda s: s["seconds"])["label"])
         verdicts.append(verdict)
 
-    best = []
-    if strategies:
-        top = strategies[0]["label"]
-        tied = {v["b"] if v["a"] == top else v["a"] for v in verdicts
-                if top in (v["a"], v["b"]) and v["verdict"] == "tied"}
-        best = [s["label"] for s in strategies if s["label"] == top or s["label"] in tied]
+    # The best group: every strategy that no other is measurably better than (each verdict on the
+    # splits its two strategies share); the best on the shared splits if a cycle leaves none.
+    beaten = {v["b"] for v in verdicts if v["verdict"] == "better"}
+    best = [s["label"] for s in strategies if s["label"] not in beaten] or [s["label"] for s in strategies[:1]]
     for strategy in strategies:
         strategy["best"] = strategy["label"] in best
+    strategies.sort(key=lambda s: not s["best"])  # stable: the best group first, each part in order
     return {"strategies": strategies, "shared_seeds": shared, "verdicts": verdicts, "best": best,
             "without_predictions": without, "confidence": CONFIDENCE}
 

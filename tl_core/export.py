@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -402,10 +403,12 @@ def model_card(run: dict[str, Any], export: dict[str, Any]) -> tuple[str, dict[s
     }
     classes = metrics.get("class_names") or []
     matrix = metrics.get("confusion_matrix") or []
+    shown = [escape.markdown(name) for name in classes]  # class names are user text: shown as typed
     confusion = "\n".join(
-        ["| true \\ predicted | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
-        + [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(classes, matrix)]
+        ["| true \\ predicted | " + " | ".join(shown) + " |", "|---" * (len(classes) + 1) + "|"]
+        + [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(shown, matrix)]
     )
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", usage)), default=0))
     agreement = f"{export['agreement']:.1%}"
     md = f"""# Model card: {charts.run_label(run)}
 
@@ -421,7 +424,7 @@ model **{agreement}**, accuracy **{export['accuracy']:.1%}** (the app's model: {
 {card['input']['pixels']}; size: {card['input']['size']}. Preprocessing is inside the model.
 
 ## Data
-Classes: {', '.join(classes)}. Images per class: {dataset.get('per_class')}.
+Classes: {', '.join(shown)}. Images per class: {escape.markdown(dataset.get('per_class'))}.
 {dataset.get('n_images')} usable images, {card['data']['skipped']} skipped; fingerprint `{dataset.get('fingerprint')}`
 (sha256 of the files and their labels).
 
@@ -441,9 +444,9 @@ Settings: `{json.dumps(train)}`.
 {', '.join(f'{k} {v}' for k, v in versions.items())}. Trained on {metrics.get('hardware')}.
 
 ## Use it
-```python
+{fence}python
 {usage}
-```
+{fence}
 """
     return md, card
 

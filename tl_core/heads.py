@@ -78,14 +78,15 @@ class LinearHead:
         self.seed = seed
         self.selection = selection
 
-    def _classifier(self, C: float, y: np.ndarray, class_weight: str | None = None):
+    def _classifier(self, C: float, y: np.ndarray, class_weight: str | None = None,
+                    calibration_folds: int | None = None):
         if self.kind == "softmax":
             model = LogisticRegression(C=C, max_iter=3000, random_state=self.seed, class_weight=class_weight)
         elif self.kind == "ovr":
             model = OneVsRestClassifier(LogisticRegression(C=C, max_iter=3000, random_state=self.seed,
                                                            class_weight=class_weight))
         elif self.kind == "svm":
-            folds = int(min(3, np.bincount(y).min()))
+            folds = calibration_folds or int(min(3, np.bincount(y).min()))
             if folds < 2:
                 raise ConfigError("The svm head needs at least 2 training images per class; use softmax.")
             model = CalibratedClassifierCV(
@@ -113,9 +114,14 @@ class LinearHead:
         if self.selection not in SELECTIONS:
             raise ConfigError(f"Unknown selection '{self.selection}'. Choose one of: {', '.join(SELECTIONS)}.")
         y = np.asarray(y)
+        if len(y) == 0:
+            raise ConfigError("A head needs at least 2 classes in its training data; it got no images.")
         has_val = X_val is not None and len(X_val) > 0
         both = np.concatenate([y, np.asarray(y_val)]) if has_val else y
-        folds = int(min(CV_FOLDS, np.unique(both, return_counts=True)[1].min()))
+        smallest = int(np.unique(both, return_counts=True)[1].min())
+        folds = min(CV_FOLDS, smallest)
+        if self.kind == "svm" and smallest * (folds - 1) // max(folds, 1) < 2:
+            folds = 0  # the svm calibrates on 2+ folds of each CV training fold: too few images to fold
         if self.C is not None:
             mode = "given"
         elif self.selection == "cv" and folds >= 2 and len(both) <= CV_MAX_ROWS:
@@ -148,10 +154,13 @@ class LinearHead:
         counts = np.bincount(encoded)
         weights = [None, "balanced"] if counts.max() >= IMBALANCE_RATIO * counts.min() else [None]
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.seed)
+        # The svm calibrates on folds of each CV training fold, which holds fewer images of a class.
+        calibration = min(3, counts.min() * (folds - 1) // folds)
         scores = {}
         for class_weight in weights:
             for C in C_GRID:
-                pipeline = Pipeline([("scale", StandardScaler()), ("clf", self._classifier(C, encoded, class_weight))])
+                clf = self._classifier(C, encoded, class_weight, calibration_folds=calibration)
+                pipeline = Pipeline([("scale", StandardScaler()), ("clf", clf)])
                 scores[(C, class_weight)] = float(cross_val_score(pipeline, X, encoded, cv=cv, scoring="accuracy").mean())
         # Ties go to no class weights, then to the C nearest 0.1 (the middle of the grid).
         self.C_, self.class_weight_ = max(

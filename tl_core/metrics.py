@@ -88,18 +88,21 @@ def _macro_f1_of(confusions: np.ndarray) -> np.ndarray:
 
 def macro_f1_interval(confusion, confidence: float = CONFIDENCE, n_resamples: int = N_BOOTSTRAP,
                       seed: int = 0) -> tuple[float, float]:
-    """A percentile bootstrap interval of macro F1 over the test images.
+    """A percentile bootstrap interval of macro F1 over the test images, stratified by true class.
 
-    Each test image is one (true, predicted) pair, so resampling images with replacement is drawing
-    a confusion matrix from the multinomial of the observed one: no per-image file is needed, and a
+    Each test image is one (true, predicted) pair. The split is stratified, so each class keeps
+    its number of test images: a resample draws, for each class, that many images with replacement
+    from its own row of the confusion matrix (a multinomial). No per-image file is needed, and a
     stored run's interval can be computed again from its confusion matrix alone.
     """
     cm = np.asarray(confusion, dtype=np.int64)
-    n = int(cm.sum())
-    if n == 0:
+    if int(cm.sum()) == 0:
         return 0.0, 1.0
     rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n, cm.ravel() / n, size=n_resamples).reshape(n_resamples, *cm.shape)
+    draws = np.zeros((n_resamples, *cm.shape), dtype=np.int64)
+    for i, row in enumerate(cm):
+        if row.sum():
+            draws[:, i, :] = rng.multinomial(int(row.sum()), row / row.sum(), size=n_resamples)
     low, high = np.quantile(_macro_f1_of(draws), [(1 - confidence) / 2, (1 + confidence) / 2])
     return float(low), float(high)
 
@@ -112,8 +115,11 @@ def majority_baseline(confusion) -> tuple[int, float]:
     return largest, (float(support[largest]) / n if n else 0.0)
 
 
-def reliability(metrics: dict[str, Any], confidence: float = CONFIDENCE) -> dict[str, Any]:
+def reliability(metrics: dict[str, Any], confidence: float = CONFIDENCE, *, macro_f1: bool = True) -> dict[str, Any]:
     """How far a run's test figures can be trusted, from its confusion matrix and class names.
+
+    ``macro_f1=False`` leaves out the bootstrap (``macro_f1_ci`` is then ``None``): for lists of
+    many runs that show only the accuracy.
 
     Returns:
         ``n_test``, ``test_accuracy_ci`` and ``macro_f1_ci`` (``[low, high]``), ``majority_class``
@@ -140,7 +146,7 @@ def reliability(metrics: dict[str, Any], confidence: float = CONFIDENCE) -> dict
     return {
         "n_test": n,
         "test_accuracy_ci": [low, high],
-        "macro_f1_ci": list(macro_f1_interval(cm, confidence)),
+        "macro_f1_ci": list(macro_f1_interval(cm, confidence)) if macro_f1 else None,
         "majority_class": names[largest] if names else None,
         "majority_baseline": baseline,
         "flags": flags,
