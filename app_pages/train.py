@@ -130,6 +130,10 @@ with st.form("settings"):
                               help="Without augmentation the frozen part of the ConvNet runs once: stage 1 trains on "
                                    "cached features, stage 2 on cached activations below the unfrozen blocks. With it, "
                                    "every epoch sees new images, so the whole ConvNet runs every epoch (slower).")
+        start_from_probe = c3.checkbox(
+            "Fine-tuning: start from the linear probe (LP-FT)", defaults.start_from_probe,
+            help="Stage 1 is the feature extractor's softmax head, folded into one layer, and stage 2 fine-tunes "
+                 "from it, instead of training a new fully connected layer first.")
         accelerate = c3.checkbox("On a GPU: mixed precision + XLA", defaults.accelerate,
                                  help="float16 compute and compiled training steps on a GPU; no effect on a CPU.")
         feature_cut = c4.number_input("Feature extractor: features from N blocks below the top (0 = last layer)", 0, 16,
@@ -166,16 +170,25 @@ config = TrainConfig(
     batch_size=int(batch_size), epochs=int(epochs), fine_tune_epochs=int(fine_tune_epochs),
     unfreeze_blocks=int(unfreeze_blocks), learning_rate=float(learning_rate),
     fine_tune_learning_rate=float(fine_tune_learning_rate), augment=augment, accelerate=accelerate, seed=int(seed),
+    start_from_probe=start_from_probe,
 )
 data_config = DataConfig(seed=int(seed))
 if config.strategy == "finetune":
-    st.caption("Fine-tuning path: " + (
-        "augmentation is on, so both stages run the whole ConvNet every epoch (each epoch sees new images)."
-        if config.augment else
-        "the frozen ConvNet runs once for stage 1 (cached features); stage 2 unfreezes every block, so it runs "
-        "end to end." if config.unfreeze_blocks < 0 else
-        "the frozen layers run once; stage 1 trains on cached features and stage 2 on cached activations "
-        "below the unfrozen blocks (the same result as running them every epoch, several times faster)."))
+    stage2 = ("runs the whole ConvNet every epoch (augmentation is on: each epoch sees new images)" if config.augment
+              else "unfreezes every block, so it runs end to end" if config.unfreeze_blocks < 0
+              else "trains on cached activations below the unfrozen blocks (the same result as running them every "
+                   "epoch, several times faster)")
+    if config.start_from_probe:
+        st.caption(f"Fine-tuning path: stage 1 is the linear probe on the cached features (one fit, LP-FT); stage 2 "
+                   f"starts from it and {stage2}.")
+    else:
+        st.caption("Fine-tuning path: " + (
+            "augmentation is on, so both stages run the whole ConvNet every epoch (each epoch sees new images)."
+            if config.augment else
+            "the frozen ConvNet runs once for stage 1 (cached features); stage 2 unfreezes every block, so it runs "
+            "end to end." if config.unfreeze_blocks < 0 else
+            "the frozen layers run once; stage 1 trains on cached features and stage 2 on cached activations "
+            "below the unfrozen blocks (the same result as running them every epoch, several times faster)."))
 if train_clicked or compare_clicked:
     planned = comparison.plan(config, data_config, costly_splits=int(costly_splits)) if compare_clicked \
         else [(config, data_config)]

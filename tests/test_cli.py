@@ -71,7 +71,7 @@ def test_errors_are_messages_with_a_nonzero_exit(tmp_path):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["train", "--help"], ["--json", "--feature-cut", "--no-stage-cache", "--no-accelerate"]),
+        (["train", "--help"], ["--json", "--feature-cut", "--no-stage-cache", "--no-accelerate", "--no-start-from-probe"]),
         (["advise", "--help"], ["--sample", "--image-size", "--no-rank"]),
         (["--help"], ["inspect", "advise", "train"]),
     ],
@@ -101,8 +101,8 @@ def test_compare_runs_every_strategy_on_the_same_splits_and_gives_verdicts(tmp_p
     assert all(r["status"] == "succeeded" for r in runs)
     assert all(r["n_test"] == 6 and len(r["test_accuracy_ci"]) == 2 for r in runs)
     strategies = {s["label"]: s for s in result["strategies"]}
-    assert set(strategies) == {"Feature extractor (softmax)", "Feature extractor (ovr)", "Two-stage fine-tuning",
-                               "From scratch"}
+    assert set(strategies) == {"Feature extractor (softmax)", "Feature extractor (ovr)",
+                               "Two-stage fine-tuning (LP-FT)", "From scratch"}
     softmax = strategies["Feature extractor (softmax)"]
     assert softmax["seeds"] == [42, 43, 44] and len(softmax["accuracies"]) == 3
     assert softmax["mean_accuracy"] == pytest.approx(sum(softmax["accuracies"]) / 3)

@@ -18,7 +18,7 @@ from tl_core.config import TrainConfig
 from tl_core.runner import run_training
 from tl_core.store import RunStore
 config = TrainConfig(strategy=sys.argv[3], backbone="vgg16", weights="none", image_size=32, batch_size=8,
-                     epochs=8, fine_tune_epochs=2, unfreeze_blocks=1, patience=8)
+                     epochs=8, fine_tune_epochs=2, unfreeze_blocks=1, patience=8, start_from_probe=False)
 run = run_training(sys.argv[1], config, store=RunStore(sys.argv[2]))
 assert run["status"] == "succeeded", run["error"]
 print(json.dumps({"accuracy": run["metrics"]["test_accuracy"], "distribution": run["metrics"]["distribution"],

@@ -80,7 +80,8 @@ class StopDuringStage2(NullProgress):
 
 
 def test_a_cancelled_fine_tuning_resumes_with_stage_1_done_and_stage_2_from_its_epoch(toy_folder, store):
-    config = TrainConfig(strategy="finetune", epochs=3, fine_tune_epochs=4, patience=10, unfreeze_blocks=1, **FAST)
+    config = TrainConfig(strategy="finetune", epochs=3, fine_tune_epochs=4, patience=10, unfreeze_blocks=1,
+                         start_from_probe=False, **FAST)
     first = run_training(toy_folder, config, store=store, progress=StopDuringStage2())
     assert first["status"] == "cancelled"
     stage1 = first["epochs"]["stage1"]
@@ -114,6 +115,7 @@ def test_a_run_resumed_in_stage_1_still_trains_every_stage_2_epoch(toy_folder, s
     # With augmentation both stages fit the same Keras model: the epoch Keras resumes stage 1 from
     # must not carry over into stage 2.
     config = TrainConfig(strategy="finetune", epochs=3, fine_tune_epochs=2, patience=10, unfreeze_blocks=1,
+                         start_from_probe=False,
                          augment=True, **FAST)
     first = run_training(toy_folder, config, store=store, progress=StopAfterStage1Epoch(1))
     assert first["status"] == "cancelled" and len(first["epochs"]["stage1"]) == 1

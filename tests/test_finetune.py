@@ -47,7 +47,7 @@ def _two_stage(toy, cache_dir=None, **overrides):
     features = {part: extract_features(feature_model, x) for part, (x, _) in data.items()}
     settings = dict(
         backbone="vgg16", strategy="finetune", epochs=25, fine_tune_epochs=2, unfreeze_blocks=1,
-        batch_size=8, dense_units=32, patience=25,
+        batch_size=8, dense_units=32, patience=25, start_from_probe=False,
     )
     config = TrainConfig(**{**settings, **overrides})
     kernels = {name: base.get_layer(name).get_weights()[0].copy() for name in ("block4_conv3", "block5_conv3")}
@@ -114,7 +114,7 @@ def test_augmentation_runs_stage1_end_to_end(toy):
     spec, base, feature_model = _setup()
     data = {part: (decoded.x[idx], decoded.y[idx]) for part, idx in splits.items()}
     features = {part: extract_features(feature_model, x) for part, (x, _) in data.items()}
-    config = TrainConfig(backbone="vgg16", epochs=1, fine_tune_epochs=0, augment=True, batch_size=8)
+    config = TrainConfig(backbone="vgg16", epochs=1, fine_tune_epochs=0, augment=True, batch_size=8, start_from_probe=False)
     result = train_two_stage(
         feature_model, lambda n: backbones.set_trainable_blocks(spec, base, n), data, 3, config, NullProgress(), features
     )
@@ -162,3 +162,30 @@ def test_the_notes_say_which_stage_and_epoch_the_saved_weights_come_from(toy):
     figure = stage_curves({"stage1": stage1, "stage2": stage2})
     boundaries = [shape.x0 for shape in figure.layout.shapes]
     assert boundaries == [len(stage1) + 0.5] * 2  # a dashed line on both panels where stage 2 starts
+
+
+def test_lp_ft_starts_stage_2_from_the_linear_probe_and_its_validation_loss(toy):
+    """With start_from_probe, stage 1 is the softmax probe folded into one Dense layer: before stage 2
+    the model predicts what the probe predicts, and stage 2 starts at the probe's validation loss."""
+    from sklearn.metrics import log_loss
+
+    from tl_core.heads import LinearHead
+
+    decoded, splits = toy
+    # No stage 2: the model is the probe.
+    result, base, data, _ = _two_stage(toy, start_from_probe=True, unfreeze_blocks=0)
+    spec, _, feature_model = _setup()
+    features = {part: extract_features(result.model.get_layer(index=1), x) for part, (x, _) in data.items()}
+    probe = LinearHead("softmax", seed=TrainConfig().seed).fit(features["train"], data["train"][1],
+                                                               features["val"], data["val"][1])
+    np.testing.assert_allclose(result.model.predict(data["test"][0].astype("float32"), verbose=0),
+                               probe.predict_proba(features["test"]), atol=2e-4)
+    assert result.history["stage1"] == [] and "linear probe (LP-FT)" in result.notes[0]
+    assert result.notes[-1] == "The saved model's weights come from stage 1, the linear probe."
+
+    # With stage 2: its starting validation loss is the probe's (log loss on the validation split).
+    result, *_ = _two_stage(toy, start_from_probe=True, fine_tune_epochs=2)
+    start = next(n for n in result.notes if n.startswith("Stage 2 starts at the probe's validation loss"))
+    expected = log_loss(data["val"][1], probe.predict_proba(features["val"]), labels=[0, 1, 2])
+    assert float(start.rsplit(" ", 1)[1].rstrip(".")) == pytest.approx(expected, abs=2e-3)
+    assert len(result.history["stage2"]) >= 1

@@ -49,7 +49,8 @@ def test_cancelling_a_queued_run_never_starts_it(tmp_path, store):
 
 def test_a_spawned_worker_trains_and_a_cancel_stops_a_running_job(tmp_path, store):
     root = make_toy_folder(tmp_path / "toy", n_per_class=8)
-    long_config = TrainConfig(**{**FAST.to_dict(), "strategy": "finetune", "epochs": 200, "patience": 200, "augment": True})
+    long_config = TrainConfig(**{**FAST.to_dict(), "strategy": "finetune", "epochs": 200, "patience": 200, "augment": True,
+                                          "start_from_probe": False})
     long_run = submit(store, root, long_config)
     quick_run = submit(store, root, FAST)
     assert ensure_worker(store) is True

@@ -214,9 +214,14 @@ def test_result_page_refuses_bad_links(app, store):
 def test_train_page_says_which_fine_tuning_path_runs_and_why(app, folder):
     from tl_core.advisor import Recommendation
 
-    for augment, expected in ((False, "the frozen layers run once"),
-                              (True, "augmentation is on, so both stages run the whole ConvNet every epoch")):
-        rec = Recommendation("large", "similar", "finetune", "Fine-tune", settings={"strategy": "finetune", "augment": augment})
+    for augment, probe, expected in (
+            (False, False, "the frozen layers run once"),
+            (True, False, "augmentation is on, so both stages run the whole ConvNet every epoch"),
+            (False, True, "stage 1 is the linear probe on the cached features (one fit, LP-FT); stage 2 starts from it "
+                          "and trains on cached activations"),
+            (True, True, "stage 2 starts from it and runs the whole ConvNet every epoch (augmentation is on")):
+        rec = Recommendation("large", "similar", "finetune", "Fine-tune",
+                             settings={"strategy": "finetune", "augment": augment, "start_from_probe": probe})
         _open(app, "train", recommendation=rec, **_dataset(folder))
         assert expected in " ".join(c.value for c in app.caption)
 

@@ -44,7 +44,7 @@ def test_feature_extractor_run_is_stored_and_its_model_predicts_like_the_head(he
 
 def test_finetune_run_records_both_stages_epoch_by_epoch(tmp_path, store):
     root = make_toy_folder(tmp_path / "toy", n_per_class=24)
-    config = TrainConfig(strategy="finetune", epochs=20, fine_tune_epochs=1, unfreeze_blocks=1, dense_units=32, **FAST)
+    config = TrainConfig(strategy="finetune", epochs=20, fine_tune_epochs=1, unfreeze_blocks=1, dense_units=32, start_from_probe=False, **FAST)
     run = run_training(root, config, store=store)
     assert run["status"] == "succeeded", run["error"]
     assert len(run["epochs"]["stage1"]) == len(run["metrics"]["history"]["stage1"]) >= 1
@@ -55,7 +55,7 @@ def test_finetune_run_records_both_stages_epoch_by_epoch(tmp_path, store):
 def test_cached_stages_train_what_the_end_to_end_recipe_trains(tmp_path, store):
     """Stage 1 on cached features and stage 2 on cached cut activations = both stages end to end."""
     root = make_toy_folder(tmp_path / "toy", n_per_class=24)
-    config = TrainConfig(strategy="finetune", epochs=3, fine_tune_epochs=2, unfreeze_blocks=1, dense_units=16, **FAST)
+    config = TrainConfig(strategy="finetune", epochs=3, fine_tune_epochs=2, unfreeze_blocks=1, dense_units=16, start_from_probe=False, **FAST)
     cached = run_training(root, config, store=store)
     canonical = run_training(root, dataclasses.replace(config, cache_stages=False), store=store)
     assert cached["status"] == canonical["status"] == "succeeded", (cached["error"], canonical["error"])
@@ -87,7 +87,7 @@ def test_gpu_acceleration_path_trains_and_saves_a_float32_output_model(tmp_path,
     monkeypatch.setenv("TL_FORCE_ACCELERATION", "1")
     root = make_toy_folder(tmp_path / "toy", n_per_class=24)
     for config in (TrainConfig(strategy="feature_extractor", **FAST),
-                   TrainConfig(strategy="finetune", epochs=20, fine_tune_epochs=1, unfreeze_blocks=1, dense_units=32, **FAST)):
+                   TrainConfig(strategy="finetune", epochs=20, fine_tune_epochs=1, unfreeze_blocks=1, dense_units=32, start_from_probe=False, **FAST)):
         run = run_training(root, config, store=store)
         assert run["status"] == "succeeded", run["error"]
         assert run["metrics"]["acceleration"] == ["mixed precision (float16 compute, float32 weights)", "XLA compilation"]
@@ -209,7 +209,7 @@ class StopAfterFirstEpoch(NullProgress):
 
 def test_cancelling_stops_within_an_epoch_and_keeps_what_was_done(tmp_path, store):
     root = make_toy_folder(tmp_path / "toy", n_per_class=8)
-    config = TrainConfig(strategy="finetune", epochs=30, augment=True, **FAST)
+    config = TrainConfig(strategy="finetune", epochs=30, augment=True, start_from_probe=False, **FAST)
     run = run_training(root, config, store=store, progress=StopAfterFirstEpoch())
     assert run["status"] == "cancelled"
     assert len(run["epochs"]["stage1"]) == 1  # 30 were allowed

@@ -117,6 +117,7 @@ def _train_config(args) -> TrainConfig:
         learning_rate=args.learning_rate,
         fine_tune_learning_rate=args.fine_tune_learning_rate,
         augment=args.augment,
+        start_from_probe=args.start_from_probe,
         cache_stages=not args.no_stage_cache,
         accelerate=not args.no_accelerate,
         seed=args.seed,
@@ -331,6 +332,11 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--learning-rate", type=float, default=1e-3)
     training.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
     training.add_argument("--augment", action="store_true")
+    training.add_argument("--start-from-probe", action=argparse.BooleanOptionalAction,
+                          default=TrainConfig.start_from_probe,
+                          help="fine-tuning: stage 1 is the linear probe and stage 2 starts from it (LP-FT); "
+                               "--no-start-from-probe trains a new fully connected layer in stage 1 "
+                               "(default: %(default)s)")
     training.add_argument("--no-stage-cache", action="store_true",
                           help="fine-tuning: run both stages end to end on pixels (the canonical recipe, slower)")
     training.add_argument("--no-accelerate", action="store_true", help="on a GPU: no mixed precision, no XLA")

@@ -43,9 +43,11 @@ def plan(config: TrainConfig, data_config: DataConfig, *, costly_splits: int = C
 
 
 def strategy_label(train: dict[str, Any]) -> str:
-    """``Feature extractor (softmax)``, ``Two-stage fine-tuning``, ``From scratch``."""
+    """``Feature extractor (softmax)``, ``Two-stage fine-tuning`` (``... (LP-FT)``), ``From scratch``."""
     label = STRATEGY_LABELS.get(train.get("strategy"), str(train.get("strategy")))
-    return f"{label} ({train.get('head')})" if train.get("strategy") == "feature_extractor" else label
+    if train.get("strategy") == "feature_extractor":
+        return f"{label} ({train.get('head')})"
+    return f"{label} (LP-FT)" if train.get("strategy") == "finetune" and train.get("start_from_probe") else label
 
 
 def _test_predictions(store: RunStore, run: dict[str, Any]) -> tuple[tuple[str, ...], np.ndarray] | None:

@@ -33,7 +33,7 @@ from tl_core.data import iter_chunks, make_batches
 from tl_core.errors import CancelledError
 from tl_core.features import OutputRows, inference_function
 from tl_core.hardware import inference_batch, jit_compile
-from tl_core.heads import fitted_scaler
+from tl_core.heads import LinearHead, fitted_scaler
 from tl_core.progress import KerasProgressBridge, ProgressListener
 from tl_core.store import write_json_atomic
 
@@ -98,6 +98,24 @@ def build_head(
         keras.layers.Dense(n_classes, activation="softmax", name="predictions", dtype="float32"),
     ]
     return keras.Sequential(layers, name="head")
+
+
+def build_probe_head(features, data, n_classes: int, config: TrainConfig):
+    """Stage 1 of LP-FT: the softmax linear probe on the cached features, as one Dense layer on the
+    raw features (its standardisation folded in), so the Keras model predicts what the probe does.
+
+    Returns:
+        ``(head, probe)``: the Keras head and the fitted :class:`~tl_core.heads.LinearHead`.
+    """
+    probe = LinearHead("softmax", seed=config.seed).fit(
+        features["train"], data["train"][1], features["val"], data["val"][1])
+    W, b, mode = probe.to_dense()
+    if mode == "ovr":  # two classes: [-f, f] under softmax(log_sigmoid) is [-f/2, f/2] under softmax
+        W, b = W / 2, b / 2
+    dense = keras.layers.Dense(n_classes, activation="softmax", name="predictions", dtype="float32")
+    head = keras.Sequential([keras.Input((W.shape[0],)), dense], name="head")
+    dense.set_weights([W, b])
+    return head, probe
 
 
 def attach_head(feature_model: keras.Model, head: keras.Model, augment: keras.Model | None) -> keras.Model:
@@ -301,14 +319,22 @@ def train_two_stage(
             training is over, even if the process is killed.
     """
     keras.utils.set_random_seed(config.seed)
-    head = build_head(feature_model.output_shape[-1], n_classes, config, features["train"])
+    probe = None
+    if config.start_from_probe:
+        head, probe = build_probe_head(features, data, n_classes, config)
+    else:
+        head = build_head(feature_model.output_shape[-1], n_classes, config, features["train"])
     augment = build_augmentation(config.seed) if config.augment else None
     model = attach_head(feature_model, head, augment)
     base_unfreeze(0)
     result = TrainedModel(model)
 
     cached = augment is None and config.cache_stages
-    if cached:
+    if probe is not None:
+        result.history["stage1"] = []
+        result.notes.append(f"Stage 1 is the linear probe (LP-FT): a softmax head on the cached features, "
+                            f"{probe.describe()} Folded into the new Dense layer, stage 2 starts from it.")
+    elif cached:
         train = make_batches(features["train"], data["train"][1], config.batch_size, shuffle=True, seed=config.seed)
         val = make_batches(features["val"], data["val"][1], config.batch_size)
         _compile(head, config.learning_rate)
@@ -320,7 +346,8 @@ def train_two_stage(
         result.history["stage1"] = _fit(model, train, val, config.epochs, config, progress, "stage1", checkpoints)
         why = "augmentation changes its input" if augment is not None else "stage caching is off"
         result.notes.append(f"Stage 1 ran the frozen ConvNet every epoch ({why}).")
-    kept = kept_epoch_note("stage 1", result.history["stage1"])
+    kept = kept_epoch_note("stage 1", result.history["stage1"]) if probe is None else \
+        "The saved model's weights come from stage 1, the linear probe."
 
     if config.unfreeze_blocks != 0 and config.fine_tune_epochs > 0:
         stage_model, train, val = model, None, None
@@ -348,6 +375,8 @@ def train_two_stage(
             train, val = _pixel_batches(data, config)
         _compile(stage_model, config.learning_rate)
         stage1_val_loss = float(stage_model.evaluate(val, verbose=0)[0])
+        if probe is not None:
+            result.notes.append(f"Stage 2 starts at the probe's validation loss, {stage1_val_loss:.4f}.")
         stage1_weights = model.get_weights()
         n_trainable = base_unfreeze(config.unfreeze_blocks)
         _compile(stage_model, config.fine_tune_learning_rate)  # recompile after changing trainable
