@@ -46,6 +46,7 @@ for position, (group, members) in enumerate(list(comparison.groups(runs).items()
             "95% CI": "{:.1%}-{:.1%}".format(*s["accuracy_ci"]),
             f"mean, {len(summary['shared_seeds'])} shared splits": s["shared_mean_accuracy"],
             "mean time (s)": s["seconds"],
+            "warning": f"flagged on {s['flagged']} of {s['n_splits']} splits" if s["flagged"] else "",
             "per split": ", ".join(f"{a:.1%}" for a in s["accuracies"]),
         } for s in summary["strategies"]]), hide_index=True, column_config={
             "mean accuracy": st.column_config.NumberColumn(format="%.3f", help="Over this strategy's own splits"),
@@ -54,6 +55,12 @@ for position, (group, members) in enumerate(list(comparison.groups(runs).items()
                                     "and the rest); each verdict uses the splits its two strategies share"),
             "mean time (s)": st.column_config.NumberColumn(format="%.1f"),
         })
+        baselines = [b for s in summary["strategies"] for b in s["majority_baselines"]]
+        if baselines:
+            low, high = min(baselines), max(baselines)
+            st.caption(f"Always guessing the largest class scores {low:.1%}"
+                       + (f"-{high:.1%}" if high - low > 0.0005 else "") + " on these splits; a flagged run "
+                       "predicts one class for everything or is not clearly better than that (open it for why).")
         st.plotly_chart(charts.comparison(summary), key=f"comparison_{group}")
         for verdict in summary["verdicts"]:
             st.markdown(f"- {'🟰' if verdict['verdict'] == 'tied' else '🔼'} {verdict['sentence']}")

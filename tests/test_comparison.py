@@ -56,6 +56,7 @@ def test_a_comparison_pairs_the_same_test_images_and_names_the_best_group(compar
     assert verdict["n_splits"] == 3 and verdict["ci"][0] > 0
     assert "is better than From scratch" in verdict["sentence"]
     assert summary["best"] == ["Feature extractor (softmax)"] and fe["best"] and not scratch["best"]
+    assert fe["flagged"] == 0 and fe["majority_baselines"] == pytest.approx([1 / 3] * 3)
     # Each split's test images are the same files for both strategies.
     for seed in (42, 43, 44):
         tests = {json.dumps(json.loads((store.run_dir(r["id"]) / "split.json").read_text())["test"])

@@ -238,6 +238,7 @@ def test_runs_page_shows_a_comparison_with_intervals_verdicts_and_the_best_group
     assert list(table["strategy"]) [:1] == [table.loc[table[""] == "★", "strategy"].iloc[0]]  # best first, starred
     assert set(table["strategy"]) == {"Feature extractor (softmax)", "From scratch"}
     assert set(table["splits"]) == {"2 of 2"} and table["95% CI"].str.match(r"\d+\.\d%-\d+\.\d%").all()
+    assert any(c.value.startswith("Always guessing the largest class scores 33.3%") for c in app.caption)
     verdicts = [m.value for m in app.markdown if "Feature extractor (softmax)" in m.value and "From scratch" in m.value]
     assert len(verdicts) == 1 and ("no measurable difference" in verdicts[0] or "better than" in verdicts[0]
                                    or "worse than" in verdicts[0])

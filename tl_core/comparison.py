@@ -18,7 +18,7 @@ import numpy as np
 
 from tl_core.charts import STRATEGY_LABELS
 from tl_core.config import COMPARE_COSTLY_SPLITS, COMPARE_FEATURE_SPLITS, DataConfig, TrainConfig
-from tl_core.metrics import CONFIDENCE, mean_accuracy_interval, paired_verdict
+from tl_core.metrics import CONFIDENCE, mean_accuracy_interval, paired_verdict, reliability
 from tl_core.store import PREDICTIONS_FILE, SPLIT_FILE, RunStore
 
 def plan(config: TrainConfig, data_config: DataConfig, *, costly_splits: int = COMPARE_COSTLY_SPLITS,
@@ -77,7 +77,8 @@ def summarize(store: RunStore, runs: list[dict[str, Any]]) -> dict[str, Any]:
         ``strategies`` (best first: ``strategy``, ``head``, ``label``, ``seeds``, ``accuracies``,
         ``mean_accuracy``, ``accuracy_ci``, ``shared_mean_accuracy`` (over the splits every strategy
         finished, what the order follows), ``seconds``, ``n_splits``, ``planned``, ``run_ids``,
-        ``best``), ``shared_seeds``, ``verdicts`` (``a``, ``b``, ``verdict`` said of ``a``: ``better``
+        ``best``, ``flagged`` (its runs flagged as one-class or no better than guessing the largest
+        class), ``majority_baselines`` (that guess's accuracy on each split)), ``shared_seeds``, ``verdicts`` (``a``, ``b``, ``verdict`` said of ``a``: ``better``
         or ``tied``, a worse one being turned round; ``difference``, ``ci``, ``n_splits``,
         ``sentence``), ``best`` (the labels of the best group: every strategy that no other is
         measurably better than), ``without_predictions`` (finished runs whose per-image
@@ -111,11 +112,15 @@ def summarize(store: RunStore, runs: list[dict[str, Any]]) -> dict[str, Any]:
         correct = [per_seed[s][1] for s in seeds]
         mean, low, high = mean_accuracy_interval(correct)
         seconds = [per_seed[s][2].get("metrics", {}).get("seconds") or 0.0 for s in seeds]
+        checks = [reliability(m, macro_f1=False) for m in (per_seed[s][2].get("metrics") or {} for s in seeds)
+                  if m.get("confusion_matrix")]
         strategies.append({
             "strategy": train_of[label].get("strategy"), "head": train_of[label].get("head"), "label": label,
             "seeds": seeds, "accuracies": [float(c.mean()) for c in correct], "mean_accuracy": mean,
             "accuracy_ci": [low, high], "seconds": float(np.mean(seconds)), "n_splits": len(seeds),
             "planned": planned[label], "run_ids": [per_seed[s][2]["id"] for s in seeds],
+            "flagged": sum(1 for c in checks if c["flags"]),
+            "majority_baselines": [c["majority_baseline"] for c in checks],
         })
     # Ranked on the splits every strategy finished (their means over their own splits are not
     # comparable when one has 5 splits and another 2).
