@@ -12,7 +12,8 @@ from tl_core.errors import ImageDecodeError, TLCoreError
 from tl_core.export import load_model_file, model_file
 from tl_core.gradcam import grad_cam, overlay
 from tl_core.hardware import keep_off_gpu
-from ui.reliability import interval_text, plain, show_flags
+from tl_core.metrics import interval_text
+from ui.reliability import plain, show_flags
 from ui.state import PAGES, get_store, workspace
 
 keep_off_gpu()  # the server predicts on the CPU; the GPU and its memory are the training worker's

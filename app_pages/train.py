@@ -22,8 +22,8 @@ from tl_core.config import (
 from tl_core.errors import TLCoreError
 from tl_core.hardware import describe_machine
 from tl_core.jobs import ensure_worker, queue_snapshot, refresh_seconds, resume, submit
-from tl_core.metrics import reliability
-from ui.reliability import costly_time_note, interval_text, plain
+from tl_core.metrics import interval_text, reliability
+from ui.reliability import costly_time_note, plain
 from ui.run_view import live_run
 from ui.state import PAGES, get_store, hosted, require_dataset, workspace
 
