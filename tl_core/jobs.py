@@ -9,7 +9,7 @@ then marks failed, with an explanation, each ``running`` run whose process is go
 
 With ``TL_RAY_ADDRESS`` set, :func:`submit` sends each run to a Ray cluster instead
 (:mod:`tl_core.ray_jobs`) and no local worker is started; both execute a run with
-:func:`execute_run`, so progress, cancel and results go through the same store.
+:func:`tl_core.execution.execute_run`, so progress, cancel and results go through the same store.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from typing import Any
 
 from tl_core import ray_jobs
 from tl_core.config import DataConfig, TrainConfig, run_payload
-from tl_core.datasets import local_source
 from tl_core.errors import ConfigError, DataError
-from tl_core.progress import NullProgress
+from tl_core.execution import train_claimed
 from tl_core.store import RunStore
 
 LOCK_NAME = "worker.lock"
@@ -101,21 +100,6 @@ def resume(store: RunStore, run_id: str) -> None:
         _dispatch_to_ray(store, run_id)
     else:
         ensure_worker(store)
-
-
-class WorkerProgress(NullProgress):
-    """Stops a run when its cancel flag is set in the store (polled at most twice a second)."""
-
-    def __init__(self, store: RunStore, run_id: str) -> None:
-        self.store, self.run_id = store, run_id
-        self._checked, self._stop = 0.0, False
-
-    def should_stop(self) -> bool:
-        now = time.monotonic()
-        if not self._stop and now - self._checked >= 0.5:
-            self._checked = now
-            self._stop = self.store.is_cancel_requested(self.run_id)
-        return self._stop
 
 
 def _lock_path(store: RunStore) -> Path:
@@ -224,7 +208,7 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
                 return 0
             time.sleep(0.05)
     try:
-        # TensorFlow is imported with the first run (_train_claimed), so a second worker started by
+        # TensorFlow is imported with the first run (train_claimed), so a second worker started by
         # mistake exits in a fraction of a second instead of loading it.
         store.fail_interrupted(INTERRUPTED)
         executed, idle_since = 0, time.monotonic()
@@ -235,35 +219,9 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
                     return executed
                 time.sleep(poll_seconds)
                 continue
-            _train_claimed(store, run_id)
+            train_claimed(store, run_id)
             executed += 1
             idle_since = time.monotonic()
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
-
-
-def _train_claimed(store: RunStore, run_id: str) -> None:
-    from tl_core.runner import run_training  # TensorFlow: only in the process that trains
-
-    payload = store.get_run(run_id)["config"]
-    run_training(
-        local_source(store, payload["source"]),  # a saved upload comes back from the artifacts location
-        TrainConfig.from_dict(payload["train"]),
-        DataConfig(**payload.get("data", {})),
-        store=store,
-        progress=WorkerProgress(store, run_id),
-        run_id=run_id,
-    )
-
-
-def execute_run(store: RunStore, run_id: str) -> str:
-    """Claim one queued run and train it in this process; returns its final status.
-
-    A run that is no longer queued (cancelled before it started, or taken by someone else) is left
-    alone and its current status returned. Used by Ray jobs; the local worker claims the same way.
-    """
-    if not store.claim_run(run_id):
-        return store.get_run(run_id)["status"]
-    _train_claimed(store, run_id)
-    return store.get_run(run_id)["status"]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_core.errors import ConfigError
+from tl_core.execution import execute_run
 
 ADDRESS_ENV = "TL_RAY_ADDRESS"
 GPUS_ENV = "TL_RAY_GPUS"
@@ -141,7 +142,6 @@ def store_spec(store) -> dict[str, Any]:
 def _train(run_id: str, spec: dict[str, Any], env: dict[str, str]) -> str:
     """Body of a job, in the Ray worker process: the same execution as the local worker's."""
     os.environ.update(env)
-    from tl_core.jobs import execute_run
     from tl_core.store import RunStore
 
     store = RunStore(spec["data_dir"], database_url=spec["database_url"], artifacts_url=spec["artifacts_url"])
