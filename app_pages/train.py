@@ -131,7 +131,7 @@ with st.form("settings"):
                                    "cached features, stage 2 on cached activations below the unfrozen blocks. With it, "
                                    "every epoch sees new images, so the whole ConvNet runs every epoch (slower).")
         start_from_probe = c3.checkbox(
-            "Fine-tuning: start from the linear probe (LP-FT)", defaults.start_from_probe,
+            "LP-FT: start from the probe", defaults.start_from_probe,
             help="Stage 1 is the feature extractor's softmax head, folded into one layer, and stage 2 fine-tunes "
                  "from it, instead of training a new fully connected layer first.")
         accelerate = c3.checkbox("On a GPU: mixed precision + XLA", defaults.accelerate,

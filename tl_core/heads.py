@@ -40,6 +40,8 @@ def fitted_scaler(X, scaler: StandardScaler | None = None) -> StandardScaler:
 
 def _rows64(X) -> np.ndarray:
     """All rows of ``X`` (an array, a memory-mapped cache or ``data.Rows``) in memory, in float64."""
+    if isinstance(X, np.ndarray) and not isinstance(X, np.memmap) and X.dtype == np.float64:
+        return X  # already there: no second copy
     return np.concatenate([rows.astype(np.float64) for _, rows in iter_chunks(X, STANDARDISE_ROWS)]) if len(X) else \
         np.zeros((0,) + tuple(X.shape[1:]))
 
