@@ -12,7 +12,7 @@ import time
 import streamlit as st
 
 from ui.sidebar import render_sidebar
-from ui.state import PAGES, workspace
+from ui.state import PAGES, confirm_workspace_link, workspace
 
 
 def main() -> None:
@@ -32,6 +32,7 @@ def main() -> None:
     st.secrets.load_if_toml_exists()
     started = time.perf_counter()
     try:
+        confirm_workspace_link()  # hosted: a workspace key from a link is opened only on request
         workspace()  # hosted: this visitor's private workspace key, kept in the URL
         render_sidebar()
         page.run()

@@ -8,8 +8,18 @@ import streamlit as st
 from tl_core import charts
 from tl_core.config import DataConfig
 from tl_core.data import load_images
-from tl_core.datasets import digits_sample, flowers_sample, list_datasets, local_source, save_image_set
+from tl_core.datasets import (
+    dataset_name,
+    delete_dataset,
+    digits_sample,
+    flowers_sample,
+    is_saved_upload,
+    list_datasets,
+    local_source,
+    save_image_set,
+)
 from tl_core.errors import TLCoreError
+from tl_core.escape import markdown as plain
 from ui.gallery import class_thumbnails
 from ui.state import (
     PAGES,
@@ -18,7 +28,6 @@ from ui.state import (
     get_store,
     hosted,
     set_dataset,
-    upload_limit_mb,
     upload_too_large,
     workspace,
 )
@@ -29,14 +38,13 @@ store = get_store()
 
 
 def _load(source, name: str, save: bool) -> None:
-    # An upload of N MB may expand to at most 4N MB: images barely compress, so more is a zip bomb.
-    limits = DataConfig(max_zip_bytes=min(DataConfig.max_zip_bytes, 4 * upload_limit_mb() * 1024**2))
     try:
         with st.spinner("Reading files..."):
-            image_set = load_images(source, limits)
+            # An uploaded zip of N MB may expand to at most 4N MB ($TL_MAX_ZIP_EXPANSION): more is a zip bomb.
+            image_set = load_images(source, DataConfig.for_uploads() if save else DataConfig())
             path = save_image_set(store, image_set, name, workspace()) if save else source
     except TLCoreError as err:
-        st.error(str(err))
+        st.error(plain(err))
         return
     set_dataset(path, name)
     st.rerun()
@@ -52,9 +60,9 @@ with zip_tab:
     if upload is not None and st.button("Load this zip", type="primary"):
         refused = upload_too_large([upload])
         if refused:
-            st.error(refused)
+            st.error(plain(refused))
         else:
-            _load(upload.getvalue(), upload.name.removesuffix(".zip"), save=True)
+            _load(upload.getvalue(), dataset_name(upload.name), save=True)
 
 with class_tab:
     n_classes = st.number_input("Number of classes", min_value=2, max_value=50, value=2)
@@ -63,12 +71,12 @@ with class_tab:
     for index in range(int(n_classes)):
         with columns[index % len(columns)]:
             label = st.text_input(f"Class {index + 1} name", value=f"class_{index + 1}", key=f"class_name_{index}")
-            uploads = st.file_uploader(f"Images of {label}", accept_multiple_files=True, key=f"class_files_{index}")
+            uploads = st.file_uploader(f"Images of {plain(label)}", accept_multiple_files=True, key=f"class_files_{index}")
             files += [(u, label) for u in uploads or []]
     if st.button("Load these images", type="primary", disabled=not files):
         refused = upload_too_large([u for u, _ in files])
         if refused:
-            st.error(refused)
+            st.error(plain(refused))
         else:
             _load([(u.name, u.getvalue(), label) for u, label in files], "Uploaded images", save=True)
 
@@ -93,7 +101,7 @@ with sample_tab:
                     path = flowers_sample(store)
                 _load(str(path), "TF Flowers (sample)", save=False)
             except TLCoreError as err:
-                st.error(str(err))
+                st.error(plain(err))
 
 with saved_tab:
     saved = list_datasets(store, workspace())
@@ -102,10 +110,22 @@ with saved_tab:
     else:
         labels = {f"{d['name']} ({d['n_files']} files)": d for d in saved}
         choice = st.selectbox("Saved dataset", list(labels))
-        if st.button("Use it"):
+        use, delete = st.columns(2)
+        if use.button("Use it"):
             # An upload saved before this server's disk was wiped comes back from the artifacts location.
             set_dataset(local_source(store, labels[choice]["path"]), labels[choice]["name"])
             st.rerun()
+        if is_saved_upload(labels[choice]["path"]) and delete.button(
+            "Delete it", key="delete_dataset",
+            help="Frees its room (hosted: a workspace's saved datasets have a disk quota). Runs trained on it keep "
+                 "their results, but cannot be resumed.",
+        ):
+            try:
+                delete_dataset(store, labels[choice]["path"], workspace())
+            except TLCoreError as err:
+                st.error(plain(err))
+            else:
+                st.rerun()
 
 dataset = current_dataset()
 if dataset is None:
@@ -116,14 +136,14 @@ report = dataset_report(dataset["path"])
 if report is None:
     st.stop()
 
-st.header(f"Health of “{dataset['name']}”")
+st.header(f"Health of “{plain(dataset['name'])}”", anchor=False)  # no anchor link made from a user's name
 c1, c2, c3, c4 = st.columns(4)
 c1.metric("Images", report["n_images"])
 c2.metric("Classes", report["n_classes"])
 c3.metric("Skipped", len(report["skipped"]))
 c4.metric("Duplicate groups", len(report["duplicates"]))
 for warning in report["warnings"]:
-    st.warning(warning)
+    st.warning(plain(warning))
 if report["n_classes"] < 2:
     st.error("A classifier needs at least 2 classes with images.")
 

@@ -48,7 +48,7 @@ if not uploads or path is None:
 try:
     model = load_model(str(path))
 except TLCoreError as err:
-    st.error(str(err))
+    st.error(plain(err))
     st.stop()
 size = metrics["image_size"]
 classes = metrics["class_names"]
@@ -58,16 +58,16 @@ for index, upload in enumerate(uploads):
     try:
         pixels, image = prepare_image(upload.getvalue(), size)  # exactly as the training images were
     except ImageDecodeError as err:
-        st.warning(f"{upload.name}: skipped ({err}).")
+        st.warning(plain(f"{upload.name}: skipped ({err})."))
         continue
     target = None if explain == "the predicted class" else classes.index(explain)
     cams, probabilities = grad_cam(model, pixels[None], target)  # the prediction and its heat map, one pass
     probabilities = probabilities[0]
     order = np.argsort(-probabilities)[:5]
     left, middle, right = st.columns([1, 1, 2])
-    left.image(image, caption=upload.name, width=180)
+    left.image(image, caption=plain(upload.name), width=180)
     shown = classes[int(order[0])] if target is None else explain
-    middle.image(overlay(image, cams[0]), caption=f"Grad-CAM: {shown}", width=180)
+    middle.image(overlay(image, cams[0]), caption=f"Grad-CAM: {plain(shown)}", width=180)
     top = {classes[i]: float(probabilities[i]) for i in order}
-    right.markdown(f"**{next(iter(top))}** ({next(iter(top.values())):.0%})")
+    right.markdown(f"**{plain(next(iter(top)))}** ({next(iter(top.values())):.0%})")
     right.plotly_chart(charts.top_classes(top), key=f"pred_{index}_{upload.name}")

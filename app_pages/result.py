@@ -6,8 +6,10 @@ import pandas as pd
 import streamlit as st
 
 from tl_core import charts
+from tl_core.backbones import weights_label
 from tl_core.charts import run_label
 from tl_core.errors import TLCoreError
+from tl_core.escape import markdown as plain
 from tl_core.export import html_report, model_file
 from tl_core.jobs import resume
 from tl_core.metrics import reliability
@@ -50,14 +52,14 @@ st.title(f"🔗 {run_label(run)}")
 mine = owns(run)  # hosted: the visitor whose workspace made it; anyone else reads it only
 if run["status"] != "succeeded":
     {"failed": st.error, "cancelled": st.warning}.get(run["status"], st.info)(
-        f"Status: {run['status']}. {run.get('error') or ''}"
+        f"Status: {run['status']}. {plain(run.get('error') or '')}"
     )
     if mine and run["status"] in ("failed", "cancelled") and st.button("Resume this run", type="primary",
                                                                        help="Go on from its last completed epoch"):
         try:
             resume(store, run["id"])
         except TLCoreError as err:
-            st.warning(str(err))
+            st.warning(plain(err))
         else:
             st.success("Queued again: it goes on from its last completed epoch. Follow it on the Train page.")
 
@@ -100,16 +102,17 @@ with overview:
     left, right = st.columns(2)
     with left:
         st.markdown("**Settings**")
-        st.dataframe(pd.DataFrame({"setting": list(train), "value": [str(v) for v in train.values()]}), hide_index=True)
+        shown = {**train, "weights": weights_label(train.get("weights"))}  # never the server's paths
+        st.dataframe(pd.DataFrame({"setting": list(shown), "value": [str(v) for v in shown.values()]}), hide_index=True)
     with right:
         st.markdown("**Dataset**")
         if dataset:
             st.write(f"{dataset['n_images']} images in {dataset['n_classes']} classes · {len(dataset['skipped'])} skipped")
             st.plotly_chart(charts.class_counts(dataset["per_class"]), key="result_counts")
         if metrics:
-            st.write(f"Split: {metrics.get('split')} · trained on {metrics.get('hardware')} · weights: {metrics.get('weights')}")
+            st.write(f"Split: {metrics.get('split')} · trained on {metrics.get('hardware')} · weights: {plain(weights_label(metrics.get('weights')))}")
             for note in metrics.get("notes", []):
-                st.caption(note)
+                st.caption(plain(note))
 with confusion_tab:
     if metrics.get("confusion_matrix"):
         st.plotly_chart(charts.confusion(metrics), key="confusion")

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from tl_core import charts, comparison
+from tl_core.backbones import weights_label
 from tl_core.charts import STRATEGY_LABELS, run_label
 from tl_core.metrics import reliability
 from ui.reliability import plain
@@ -81,7 +82,7 @@ for run in runs:
             "run": run_label(run),
             "strategy": STRATEGY_LABELS.get(train.get("strategy"), train.get("strategy")),
             "backbone": train.get("backbone"),
-            "weights": train.get("weights"),
+            "weights": weights_label(train.get("weights")),
             "status": run["status"],
             "test accuracy": metrics.get("test_accuracy"),
             "95% CI": "{:.1%}-{:.1%}".format(*facts["test_accuracy_ci"]) if facts else None,
@@ -92,13 +93,16 @@ for run in runs:
             "training time (s)": metrics.get("seconds"),
             "images/s (slowest stage)": min(speeds) if speeds else None,
             "dataset": run.get("name"),
-            "link": f"result?run={run['id']}" + (f"&ws={key}" if key else ""),  # owner-only page
         }
     )
 table = pd.DataFrame(rows)
-st.dataframe(
+# Opened within this session (no link carries the private workspace key): select a row, then open it.
+picked = st.dataframe(
     table,
     hide_index=True,
+    key="runs_table",
+    on_select="rerun",
+    selection_mode="single-row",
     column_config={
         "test accuracy": st.column_config.ProgressColumn(format="%.3f", min_value=0, max_value=1),
         "95% CI": st.column_config.TextColumn(help="95% Wilson interval of the test accuracy"),
@@ -107,9 +111,14 @@ st.dataframe(
         "macro F1": st.column_config.NumberColumn(format="%.3f"),
         "training time (s)": st.column_config.NumberColumn(format="%.1f"),
         "images/s (slowest stage)": st.column_config.NumberColumn(format="%.1f"),
-        "link": st.column_config.LinkColumn("result page", display_text="open"),
     },
-)
+).selection.rows
+if picked:
+    chosen_run = runs[picked[0]]
+    st.page_link(PAGES["result"], label=f"Open the result of {run_label(chosen_run)}", icon="🔗",
+                 query_params={"run": chosen_run["id"]})
+else:
+    st.caption("Select a row (the box at its left) to open its result page.")
 
 finished = [r for r in runs if r["status"] == "succeeded"]
 if finished:

@@ -13,6 +13,7 @@ from tl_core.advisor import LARGE_MIN_PER_CLASS, PART_WEIGHTS, SCRATCH_MIN_PER_C
 from tl_core.backbones import BACKBONES
 from tl_core.charts import STRATEGY_LABELS
 from tl_core.errors import TLCoreError
+from tl_core.escape import markdown as plain
 from ui.advice import as_recommendation, cached_advice, measure, weights_on_disk
 from ui.state import PAGES, dataset_stamp, get_store, require_dataset
 
@@ -37,7 +38,7 @@ if advice is None:
         with st.spinner(f"Measuring a sample of your images with {BACKBONES[backbone].title}..."):
             advice = measure(store, dataset["path"], stamp, backbone)
         if "error" in advice:
-            st.warning(f"Could not measure domain similarity: {advice['error']}")
+            st.warning(f"Could not measure domain similarity: {plain(advice['error'])}")
             advice = None
 
 if advice is not None:
@@ -55,7 +56,7 @@ else:
     try:
         rec = recommend(report["per_class"], domain)
     except TLCoreError as err:
-        st.error(str(err))
+        st.error(plain(err))
         st.stop()
     similarity = 0.85 if domain == "similar" else 0.35
 st.session_state["recommendation"] = rec

@@ -76,7 +76,7 @@ def live_panel(interval: float) -> None:
                     try:
                         resume(store, run["id"])
                     except TLCoreError as err:  # already queued again (another tab, a double click)
-                        st.toast(str(err))
+                        st.toast(plain(err))
                     st.rerun(scope="fragment")
 
 
@@ -197,7 +197,7 @@ if train_clicked or compare_clicked:
         ids = [submit(store, dataset["path"], v, d, name=dataset["name"], group=group, workspace=key,
                       share_images=share_images) for v, d in planned]
     except TLCoreError as err:
-        st.error(str(err))
+        st.error(plain(err))
     else:
         ensure_worker(store)
         st.success(f"Queued {len(ids)} run(s).")

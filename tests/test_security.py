@@ -34,6 +34,8 @@ def _visit(page, ws=None, run=None):
         at.query_params["ws"] = ws
     at.run()
     assert not at.exception, at.exception
+    if ws:  # a workspace from a link opens only when its visitor says so
+        at.button(key="open_linked_workspace").click().run()
     if run:
         at.query_params["run"] = run
     at.switch_page(f"app_pages/{page}.py")
@@ -83,6 +85,63 @@ def test_hosted_visitors_see_only_their_own_runs_while_share_links_stay_public(t
     # Hosted visitors cannot read the server's disk: no local-folder tab.
     data = _visit("data", ws=alice)
     assert "Local folder" not in [t.label for t in data.tabs]
+
+
+def _texts(at) -> list[str]:
+    return [e.value for kind in ("markdown", "caption", "code", "info", "warning", "error", "success")
+            for e in getattr(at, kind)]
+
+
+def test_a_workspace_link_never_replaces_a_visitors_own_without_asking(tmp_path, store, monkeypatch, toy_folder):
+    from tl_core.data import load_images
+    from tl_core.datasets import list_datasets, save_image_set
+
+    monkeypatch.setenv("TL_HOSTED", "1")
+    someone = new_workspace_key()
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    own = at.session_state["workspace"]
+    assert at.query_params["ws"] == own
+
+    # Someone else's link opened in the same session: asked, nothing of theirs shown, still one's own.
+    at.query_params["ws"] = someone
+    at.run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["Open this workspace?"]
+    assert not at.get("file_uploader") and at.session_state["workspace"] == own
+    at.button(key="refuse_linked_workspace").click().run()
+    assert at.session_state["workspace"] == own and at.query_params["ws"] == own
+    assert "Open this workspace?" not in [t.value for t in at.title]
+
+    # A fresh visitor with the link: asked too; "Start my own" gives a new, empty workspace.
+    fresh = AppTest.from_file(APP, default_timeout=120)
+    fresh.query_params["ws"] = someone
+    fresh.run()
+    assert [t.value for t in fresh.title] == ["Open this workspace?"]
+    fresh.button(key="refuse_linked_workspace").click().run()
+    assert fresh.session_state["workspace"] not in (someone, own)
+    save_image_set(store, load_images(toy_folder), "mine", fresh.session_state["workspace"])
+    assert list_datasets(store, someone) == []  # an upload after refusing lands in one's own
+
+    # Choosing to open it (one's bookmark): that workspace, from then on in the session.
+    at.query_params["ws"] = someone
+    at.run()
+    at.button(key="open_linked_workspace").click().run()
+    assert at.session_state["workspace"] == someone and at.query_params["ws"] == someone
+    assert "Open this workspace?" not in [t.value for t in at.title]
+
+
+def test_no_link_the_app_builds_carries_the_workspace_key(tmp_path, store, monkeypatch):
+    monkeypatch.setenv("TL_HOSTED", "1")
+    alice = new_workspace_key()
+    submit(store, _noise_folder(tmp_path / "noise"), FAST, name="alice's", workspace=alice)
+    assert run_worker(store, once=True) == 1
+    for page in ("runs", "train", "predict"):
+        at = _visit(page, ws=alice)
+        frames = [f.value for f in at.dataframe]
+        assert all(alice not in str(frame.to_dict()) for frame in frames)  # the Runs table: no links with it
+        holders = [t for t in _texts(at) if alice in t]
+        # Only the sidebar's bookmark box, which says it is private, holds the key.
+        assert len(holders) == 1 and holders[0].endswith(f"?ws={alice}"), holders
 
 
 def test_saved_datasets_are_listed_only_in_their_workspace(tmp_path, store, toy_folder):
@@ -194,3 +253,51 @@ def test_a_model_card_shows_hostile_class_names_as_typed():
     assert "<img" not in rendered and "<a " not in rendered  # escaped: "&lt;img", "!\[px\]"
     block = rendered.split("<pre><code")[1].split("</code></pre>")[0]
     assert rendered.count("<pre><code") == 1 and "[int(probabilities.argmax())])" in block  # not closed early
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its network (not loopback), or ``None`` when it has none."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: no packet is sent for a UDP connect
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_local_mode_listens_on_this_machine_only(tmp_path):
+    """``streamlit run app.py`` with the repository's config, no flags: reachable on 127.0.0.1, not
+    from the network (its Local folder tab reads the user's disk)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("this machine has no network address besides loopback")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("STREAMLIT_")}
+    env["TL_DATA_DIR"] = str(tmp_path)
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, "the app did not start on 127.0.0.1"
+                time.sleep(0.5)
+        with pytest.raises(OSError):
+            socket.create_connection((outward, port), timeout=3).close()
+    finally:
+        server.terminate()
+        server.wait(10)

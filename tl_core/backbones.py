@@ -161,7 +161,7 @@ def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> Resolved
     if weights == "imagenet":
         candidate = _find_file([os.environ.get(WEIGHTS_DIR_ENV)], spec.weights_files)
         if candidate is not None:
-            return ResolvedWeights(str(candidate), f"imagenet-{_digest(candidate)}", f"ImageNet ({candidate})")
+            return ResolvedWeights(str(candidate), f"imagenet-{_digest(candidate)}", f"ImageNet ({candidate.name})")
         return ResolvedWeights("imagenet", "imagenet-keras", "ImageNet (Keras download)")
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -169,7 +169,16 @@ def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> Resolved
             f"Weights file '{weights}' does not exist. Use 'imagenet', 'none' or the path of a "
             f"{spec.title} weights file (.weights.h5 or .h5, without the classification top)."
         )
-    return ResolvedWeights(str(path), f"file-{_digest(path)}", f"file {path}")
+    return ResolvedWeights(str(path), f"file-{_digest(path)}", f"file {path.name}")
+
+
+_FOLDERS = re.compile(r"(?:[A-Za-z]:)?[/\\][^()]*[/\\]")  # from the first separator to the last
+
+
+def weights_label(weights: str | None) -> str:
+    """Weights as a stranger may see them: ``imagenet``, ``none``, or a file's name, never the folders
+    of the server it sits in (a run's settings and notes made before this rule kept whole paths)."""
+    return _FOLDERS.sub("", str(weights)) if weights is not None else "none"
 
 
 def _find_file(folders: list[str | None], filenames: tuple[str, ...]) -> Path | None:

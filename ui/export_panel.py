@@ -10,6 +10,7 @@ from typing import Any
 
 import streamlit as st
 
+from tl_core.escape import markdown as plain
 from tl_core.export import FORMATS
 from tl_core.store import RunStore, write_json_atomic
 from ui.cli import run_cli
@@ -45,7 +46,7 @@ def export_panel(store: RunStore, run: dict[str, Any]) -> None:
             _, result = run_cli(["export", run["id"], "--format", fmt, "--out", str(folder / fmt / "model"),
                                  "--data-dir", str(store.data_dir)])
         if "error" in result:
-            st.error(f"The export failed: {result['error']}")
+            st.error(f"The export failed: {plain(result['error'])}")
             return
         write_json_atomic(record, result)
     if result is None:

@@ -12,6 +12,7 @@ from tl_core.config import DEFAULT_MAX_PIXELS
 from tl_core.data import decode_image, load_images
 from tl_core.datasets import local_source, read_image_bytes
 from tl_core.errors import ImageDecodeError, TLCoreError
+from tl_core.escape import markdown as plain
 from ui.cli import run_cli
 
 THUMB = 112
@@ -47,10 +48,10 @@ def class_thumbnails(source: str, class_names: list[str], per_class: int = 8) ->
     try:
         names = _names_by_class(source, per_class)
     except TLCoreError as err:
-        st.error(str(err))
+        st.error(plain(err))
         return
     for label in class_names:
-        st.markdown(f"**{label}**")
+        st.markdown(f"**{plain(label)}**")
         columns = st.columns(per_class)
         for column, name in zip(columns, names.get(label, [])):
             image = thumbnail(source, name)
@@ -59,10 +60,11 @@ def class_thumbnails(source: str, class_names: list[str], per_class: int = 8) ->
 
 
 def prediction_tile(image: Image.Image | bytes | None, caption: str) -> None:
+    """One picture with its caption, which may quote file and class names: shown as typed."""
     if image is None:
-        st.caption(f"(image unavailable) {caption}")
+        st.caption(f"(image unavailable) {plain(caption)}")
     else:
-        st.image(image, caption=caption, width=160)
+        st.image(image, caption=plain(caption), width=160)
 
 
 HEAT_VIEWS = {"picture": "The picture", "predicted": "Heat map: what made it predict that",
@@ -82,7 +84,7 @@ def mistakes_gallery(store, run: dict, mistakes: list[dict], can_compute: bool) 
             with st.spinner("Computing heat maps..."):
                 _, result = run_cli(["gradcam", run["id"], "--data-dir", str(store.data_dir)])
             if "error" in result:
-                st.error(result["error"])
+                st.error(plain(result["error"]))
             elif not result.get("files"):
                 st.warning("No heat map could be drawn: the run's test images could not be read.")
             else:

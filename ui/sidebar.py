@@ -6,6 +6,7 @@ import streamlit as st
 
 from tl_core import ray_jobs
 from tl_core.charts import run_label
+from tl_core.escape import markdown as plain
 from tl_core.jobs import ensure_worker, queue_snapshot, refresh_seconds
 from ui.run_view import stage_fraction
 from ui.state import PAGES, current_dataset, get_store, hosted, workspace
@@ -41,7 +42,7 @@ def render_sidebar() -> None:
         dataset = current_dataset()
         st.markdown("**Dataset**")
         if dataset:
-            st.caption(f"📁 {dataset['name']}")
+            st.caption(f"📁 {plain(dataset['name'])}")
         else:
             st.caption("None loaded yet.")
             st.page_link(PAGES["data"], label="Load one", icon="📁")
@@ -51,7 +52,7 @@ def render_sidebar() -> None:
         st.fragment(_queue, run_every=interval)(interval)
         if hosted():
             st.markdown("**Your private workspace**")
-            st.caption("Only this link shows your datasets and runs: bookmark it. Share links of single "
-                       "results stay public and read-only.")
+            st.caption("Only this link shows your datasets and runs: bookmark it, and keep it to yourself (anyone "
+                       "with it can change them). To show a result, use its own share link: public and read-only.")
             base = (st.context.url or "").split("?")[0]
             st.code(f"{base}?ws={workspace()}", language=None)

@@ -13,6 +13,7 @@ from tl_core.backbones import get_spec
 from tl_core.config import TrainConfig
 from tl_core.data import DataConfig, build_report, decode_dataset, load_images
 from tl_core.errors import TLCoreError
+from tl_core.escape import markdown as plain
 from tl_core.store import (
     RunStore,
     default_data_dir,
@@ -60,14 +61,13 @@ def workspace() -> str | None:
     """This visitor's private workspace key in a hosted app (``None`` in a local one).
 
     The key lives in the URL (``?ws=...``, 128 random bits) so a bookmark brings the visitor back
-    to their datasets and runs; a visitor without one gets a new, empty workspace.
+    to their datasets and runs; a visitor without one gets a new, empty workspace. A key in the URL
+    that is not this session's own is used only once the visitor chose it (:func:`confirm_workspace_link`).
     """
     if not hosted():
         return None
     from_url = st.query_params.get(WORKSPACE_PARAM)
-    key = from_url if from_url and is_valid_workspace_key(from_url) else st.session_state.get("workspace")
-    if not key:
-        key = new_workspace_key()
+    key = st.session_state.get("workspace") or new_workspace_key()
     st.session_state["workspace"] = key
     if "run" in st.query_params:
         # A result page's address is a share link: it must not carry the private key.
@@ -76,6 +76,43 @@ def workspace() -> str | None:
     elif from_url != key:
         st.query_params[WORKSPACE_PARAM] = key  # page switches drop it from the URL: put it back
     return key
+
+
+def linked_workspace() -> str | None:
+    """A workspace key in the URL that is not this session's own and not yet chosen, or ``None``."""
+    if not hosted():
+        return None
+    from_url = st.query_params.get(WORKSPACE_PARAM)
+    if not from_url or not is_valid_workspace_key(from_url):
+        return None
+    return None if from_url == st.session_state.get("workspace") else from_url
+
+
+def confirm_workspace_link() -> None:
+    """Ask before a workspace key from a link replaces this visitor's own, then stop the page.
+
+    Anyone who has a workspace link can read and change that workspace, so a link must not drop a
+    visitor into someone else's (their next upload would land there). Bookmarks of one's own
+    workspace take one click.
+    """
+    key = linked_workspace()
+    if key is None:
+        return
+    own = st.session_state.get("workspace")
+    st.title("Open this workspace?")
+    st.warning(
+        f"This link opens the private workspace {key[:4]}…: its saved datasets and runs. Open it only if it "
+        "is yours (your bookmark). Anyone with this link can see and change what is in it, and what you "
+        "upload there is theirs to see too.", icon="🔐")
+    left, right = st.columns(2)
+    if left.button("Open this workspace", type="primary", key="open_linked_workspace"):
+        st.session_state["workspace"] = key
+        st.rerun()
+    if right.button("Back to my own workspace" if own else "Start my own workspace", key="refuse_linked_workspace"):
+        st.session_state["workspace"] = own or new_workspace_key()
+        st.query_params[WORKSPACE_PARAM] = st.session_state["workspace"]
+        st.rerun()
+    st.stop()
 
 
 def upload_limit_mb() -> float:
@@ -165,7 +202,7 @@ def dataset_report(path: str) -> dict[str, Any] | None:
             decoded = decode_dataset(image_set, get_spec(TrainConfig().backbone).input_size, DataConfig(),
                                      StreamlitProgress("Checking images"), get_store().cache_dir / "decoded")
         except TLCoreError as err:
-            st.error(str(err))
+            st.error(plain(err))
             return None
         cache[key] = build_report(image_set, decoded)
     return cache[key]
@@ -177,7 +214,7 @@ def require_dataset() -> tuple[dict[str, Any], dict[str, Any]] | None:
     if dataset is None:
         st.info("Load a dataset first.")
         previous = last_dataset()
-        if previous and st.button(f"Continue with “{previous['name']}”", key="continue_dataset"):
+        if previous and st.button(f"Continue with “{plain(previous['name'])}”", key="continue_dataset"):
             set_dataset(previous["path"], previous["name"])
             st.rerun()
         st.page_link(PAGES["data"], label="Go to Data", icon="📁")
