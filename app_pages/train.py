@@ -7,7 +7,7 @@ import uuid
 
 import streamlit as st
 
-from tl_core import comparison
+from tl_core import comparison, quotas
 from tl_core.backbones import BACKBONES
 from tl_core.charts import STRATEGY_LABELS, run_label
 from tl_core.config import (
@@ -194,6 +194,7 @@ if train_clicked or compare_clicked:
         else [(config, data_config)]
     group = uuid.uuid4().hex[:8] if compare_clicked else None
     try:
+        quotas.check_runs(store, [v for v, _ in planned], key)  # hosted: a comparison is refused whole, or queued whole
         ids = [submit(store, dataset["path"], v, d, name=dataset["name"], group=group, workspace=key,
                       share_images=share_images) for v, d in planned]
     except TLCoreError as err:

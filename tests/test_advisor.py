@@ -60,6 +60,26 @@ def test_each_cell_of_the_matrix_from_measurements(per_class, similarity, layers
         assert "blocks below the top" in text or "last layer fits your labels best" in text
 
 
+def test_cross_validated_accuracy_settles_the_layer_logme_ranks_first():
+    # LogME prefers 2 blocks down by a hair; the cross-validated accuracy says the last layer.
+    result = {**measured(0.40, {0: 0.300, 2: 0.306}), "layer_accuracy": {0: 0.85, 2: 0.84}}
+    rec = recommend(SMALL, result)
+    assert rec.settings["feature_cut"] == 0
+    assert "85.0% from the last layer" in " ".join(rec.reasons) and "84.0% from 2 blocks down" in " ".join(rec.reasons)
+    result["layer_accuracy"] = {0: 0.80, 2: 0.86}
+    assert recommend(SMALL, result).settings["feature_cut"] == 2
+
+
+def test_layer_accuracy_is_cross_validated_on_the_features():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 20)
+    useful = rng.normal(size=(60, 8)) + 3 * np.eye(3, 8)[y]  # separates the classes
+    noise = rng.normal(size=(60, 8))
+    accuracy = advisor.cross_validated_layers({0: noise, 2: useful}, y, [0, 2, 2])
+    assert set(accuracy) == {0, 2} and accuracy[2] > 0.9 and accuracy[0] < 0.6
+    assert advisor.cross_validated_layers({0: noise}, np.array([0] * 59 + [1]), [0]) == {}  # one image: no folds
+
+
 def test_thresholds_are_inclusive():
     assert advisor.measure_size({"a": LARGE_MIN_PER_CLASS - 1, "b": 5000})["size"] == "small"
     assert advisor.measure_size({"a": LARGE_MIN_PER_CLASS, "b": 5000})["size"] == "large"
@@ -109,6 +129,8 @@ def test_measure_domain_parts_without_the_imagenet_head(random_mobilenet_file):
     assert any("not ImageNet's" in note for note in result["notes"])
     assert 0.0 <= result["parts"]["statistics"] <= 1.0 and 0.0 <= result["similarity"] <= 1.0
     assert set(result["layers"]) == {0, 2, 4, 6} and all(np.isfinite(v) for v in result["layers"].values())
+    best = max(result["layers"], key=result["layers"].get)
+    assert set(result["layer_accuracy"]) == {0, best} and all(0 <= v <= 1 for v in result["layer_accuracy"].values())
     with pytest.raises(ConfigError, match="pretrained"):
         advisor.measure_domain(x, y, "mobilenet", "none")
 

@@ -137,3 +137,15 @@ def test_real_mobilenet_weights_load_from_tl_weights_dir(monkeypatch):
     random_base = build_base(spec, resolve_weights(spec, "none"), 64)
     # The real first-layer kernels are not the random initialisation.
     assert not np.allclose(base.get_layer("conv1").get_weights()[0], random_base.get_layer("conv1").get_weights()[0])
+
+
+@pytest.mark.parametrize("weights, shown", [
+    ("imagenet", "imagenet"), (None, "none"), ("ImageNet (Keras download)", "ImageNet (Keras download)"),
+    ("ImageNet (/srv/models/mobilenet.h5)", "ImageNet (mobilenet.h5)"),
+    ("ImageNet (/srv/a(1)/w.h5)", "ImageNet (w.h5)"),  # brackets in a folder's name
+    ("file /home/me/my models/w.weights.h5", "file w.weights.h5"), ("C:\\w\\x.h5", "x.h5"),
+])
+def test_weights_are_shown_without_the_servers_folders(weights, shown):
+    from tl_core.backbones import weights_label
+
+    assert weights_label(weights) == shown

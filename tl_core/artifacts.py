@@ -28,6 +28,21 @@ MANIFEST = ".tl-manifest.json"
 log = logging.getLogger(__name__)
 
 
+def _unsafe_names(names, folder: Path) -> list[str]:
+    """The manifest names that could land outside ``folder``: absolute, with ``..``, ``\\`` or NUL, or
+    resolving outside it (the manifest comes from the bucket, which someone else may have written to)."""
+    root = folder.resolve()
+
+    def unsafe(name: object) -> bool:
+        if not isinstance(name, str) or "\\" in name or "\0" in name or name.startswith("/"):
+            return True
+        if any(part in ("", ".", "..") for part in name.split("/")):
+            return True
+        return not (root / name).resolve().is_relative_to(root)
+
+    return [name for name in names if unsafe(name)]
+
+
 def _local_files(folder: Path) -> dict[str, list[int]]:
     """``{relative posix path: [size, mtime_ns]}`` of the folder's files, hidden and temporary ones left out."""
     files = {}
@@ -84,6 +99,8 @@ class ArtifactMirror:
             How many files were sent.
         """
         before = self._manifest(key) or {}
+        for name in _unsafe_names(before, folder):  # a tampered manifest removes nothing outside the key
+            del before[name]
         files = _local_files(folder)
         changed = [name for name, stamp in files.items() if before.get(name) != stamp]
         for parent in sorted({self._remote(key, name).rsplit("/", 1)[0] for name in changed}):
@@ -103,10 +120,20 @@ class ArtifactMirror:
 
         The files arrive in a hidden folder renamed into place at the end, so a reader never sees
         half a folder, and two processes fetching at once both end with the whole one.
+
+        Raises:
+            ConfigError: the manifest names a file outside the folder (nothing is fetched).
         """
         files = self._manifest(key)
         if files is None:
             return False
+        unsafe = _unsafe_names(files, folder)
+        if unsafe:
+            raise ConfigError(
+                f"The mirror of {key} at {self.location} lists {len(unsafe)} file(s) outside its folder "
+                f"(e.g. {unsafe[0]!r}); nothing of it was fetched. Its {MANIFEST} was not written by this "
+                "app: delete that folder from the artifacts location, or upload it again from a good copy."
+            )
         partial = folder.with_name(f".fetch-{folder.name}-{secrets.token_hex(4)}")
         try:
             partial.mkdir(parents=True)

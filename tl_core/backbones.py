@@ -172,13 +172,17 @@ def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> Resolved
     return ResolvedWeights(str(path), f"file-{_digest(path)}", f"file {path.name}")
 
 
-_FOLDERS = re.compile(r"(?:[A-Za-z]:)?[/\\][^()]*[/\\]")  # from the first separator to the last
+_FOLDERS = re.compile(r"(?:[A-Za-z]:)?[/\\].*[/\\]")  # from the first separator to the last
 
 
 def weights_label(weights: str | None) -> str:
     """Weights as a stranger may see them: ``imagenet``, ``none``, or a file's name, never the folders
     of the server it sits in (a run's settings and notes made before this rule kept whole paths)."""
-    return _FOLDERS.sub("", str(weights)) if weights is not None else "none"
+    if weights is None:
+        return "none"
+    text = str(weights)
+    inner = re.fullmatch(r"(.*?\()(.*)\)", text)  # "ImageNet (/path/file.h5)": the path in the brackets
+    return f"{inner[1]}{_FOLDERS.sub('', inner[2])})" if inner else _FOLDERS.sub("", text)
 
 
 def _find_file(folders: list[str | None], filenames: tuple[str, ...]) -> Path | None:

@@ -1,6 +1,8 @@
 """Plotly figures shared by the app's pages and the self-contained HTML report.
 
 Plain Plotly, no Streamlit: the engine's exported report draws the same charts the app shows.
+Plotly draws a subset of HTML in any text of a figure: every user-derived string (class names,
+run labels) goes in through :func:`tl_core.escape.plotly`, so it reads as typed.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from tl_core import escape
 from tl_core.progress import EPOCH_STAGES
 
 STRATEGY_LABELS = {
@@ -29,13 +32,17 @@ def run_label(run: dict[str, Any]) -> str:
     return f"{label} · {train.get('backbone')} · {run['id'][:4]}"
 
 
+def _texts(values) -> list[str]:
+    return [escape.plotly(value) for value in values]
+
+
 def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
     fig.update_layout(title=title, height=height, margin=dict(l=40, r=20, t=50, b=40), template="plotly_white")
     return fig
 
 
 def class_counts(per_class: dict[str, int]) -> go.Figure:
-    fig = go.Figure(go.Bar(x=list(per_class), y=list(per_class.values()), marker_color="#4F46E5"))
+    fig = go.Figure(go.Bar(x=_texts(per_class), y=list(per_class.values()), marker_color="#4F46E5"))
     fig.update_yaxes(title="images")
     return _layout(fig, "Images per class", 320)
 
@@ -78,7 +85,7 @@ def learning_curves(runs: list[dict[str, Any]], metric: str = "val_accuracy") ->
                 continue
             xs = [offset + e["epoch"] for e in epochs]
             fig.add_trace(go.Scatter(x=xs, y=[e.get(metric) for e in epochs], mode="lines+markers",
-                                     name=f"{run_label(run)} {stage}"))
+                                     name=escape.plotly(f"{run_label(run)} {stage}")))
             offset = xs[-1]
     fig.update_xaxes(title="epoch")
     fig.update_yaxes(title=metric.replace("_", " "))
@@ -125,14 +132,14 @@ def accuracy_vs_time(runs: list[dict[str, Any]]) -> go.Figure:
         if metrics.get("test_accuracy") is None:
             continue
         fig.add_trace(go.Scatter(x=[metrics.get("seconds")], y=[metrics["test_accuracy"]], mode="markers",
-                                 marker=dict(size=14), name=run_label(run)))
+                                 marker=dict(size=14), name=escape.plotly(run_label(run))))
     fig.update_xaxes(title="training time (s)", type="log")
     fig.update_yaxes(title="test accuracy", range=[0, 1.12])
     return _layout(fig, "Test accuracy against training time")
 
 
 def confusion(metrics: dict[str, Any]) -> go.Figure:
-    names = metrics["class_names"]
+    names = _texts(metrics["class_names"])
     matrix = metrics["confusion_matrix"]
     fig = go.Figure(go.Heatmap(z=matrix, x=names, y=names, colorscale="Blues", text=matrix, texttemplate="%{text}",
                                hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>"))
@@ -143,7 +150,8 @@ def confusion(metrics: dict[str, Any]) -> go.Figure:
 
 def top_classes(probabilities: dict[str, float]) -> go.Figure:
     names = list(probabilities)[::-1]
-    fig = go.Figure(go.Bar(x=[probabilities[n] for n in names], y=names, orientation="h", marker_color="#4F46E5"))
+    fig = go.Figure(go.Bar(x=[probabilities[n] for n in names], y=_texts(names), orientation="h",
+                           marker_color="#4F46E5"))
     fig.update_xaxes(range=[0, 1], title="probability")
     return _layout(fig, "", 60 + 28 * len(names))
 
@@ -157,7 +165,7 @@ def comparison(summary: dict[str, Any]) -> go.Figure:
         if not chosen:
             continue
         fig.add_trace(go.Scatter(
-            x=[s["mean_accuracy"] for s in chosen], y=[s["label"] for s in chosen], mode="markers",
+            x=[s["mean_accuracy"] for s in chosen], y=_texts(s["label"] for s in chosen), mode="markers",
             marker=dict(size=13, symbol="circle" if best else "circle-open", color="#4F46E5"),
             error_x=dict(type="data", symmetric=False,
                          array=[s["accuracy_ci"][1] - s["mean_accuracy"] for s in chosen],
@@ -168,5 +176,5 @@ def comparison(summary: dict[str, Any]) -> go.Figure:
             name="best group" if best else "others",
         ))
     fig.update_xaxes(title="mean test accuracy over the splits (95% interval)", range=[0, 1.02], tickformat=".0%")
-    fig.update_yaxes(categoryorder="array", categoryarray=[s["label"] for s in strategies])
+    fig.update_yaxes(categoryorder="array", categoryarray=_texts(s["label"] for s in strategies))
     return _layout(fig, "Each strategy's mean test accuracy over its splits", 110 + 46 * len(strategies))

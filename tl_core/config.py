@@ -7,6 +7,7 @@ Change a config with :func:`dataclasses.replace`; call :meth:`validate` to get a
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,28 @@ DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_ZIP_BYTES = 8 * 1024**3
 DEFAULT_MAX_ZIP_ENTRIES = 200_000
 DEFAULT_MAX_ZIP_RATIO = 100.0
+# An uploaded zip may expand to at most this many times its own size: images barely compress.
+UPLOAD_ZIP_EXPANSION_ENV = "TL_MAX_ZIP_EXPANSION"
+DEFAULT_UPLOAD_ZIP_EXPANSION = 4.0
+
+
+def env_number(name: str, default: float) -> float:
+    """The number in environment variable ``name``, or ``default`` when it is unset or empty.
+
+    Raises:
+        ConfigError: the variable holds something other than a number of 0 or more.
+    """
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{name} is {raw!r}; it must be a number of 0 or more (e.g. {default:g}). "
+                          "Fix it or unset it to use the default.")
+    return value
 
 
 @dataclass(frozen=True)
@@ -33,7 +56,12 @@ class DataConfig:
             declares) is refused before anything is extracted (zip-bomb guard).
         max_zip_entries: a zip with more files than this is refused before anything is extracted.
         max_zip_ratio: a zip member over 1 MiB that expands more than this many times is not
-            extracted (a photo compresses a little; a zip bomb's member expands ~1000 times).
+            extracted (a photo compresses a little; a zip bomb's member expands ~1000 times), and a
+            zip whose extracted members would add up to over 1 MiB and expand more than this many
+            times together is refused before anything is extracted (many small members).
+        max_zip_expansion: the members a zip would extract may add up to at most this many times
+            the zip's own size, checked before anything is extracted; ``None``: no such cap (a
+            zip on one's own disk). :meth:`for_uploads` sets it for uploads.
     """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -43,10 +71,21 @@ class DataConfig:
     max_zip_bytes: int = DEFAULT_MAX_ZIP_BYTES
     max_zip_entries: int = DEFAULT_MAX_ZIP_ENTRIES
     max_zip_ratio: float = DEFAULT_MAX_ZIP_RATIO
+    max_zip_expansion: float | None = None
+
+    @classmethod
+    def for_uploads(cls) -> DataConfig:
+        """The limits of an uploaded zip: it may expand to ``$TL_MAX_ZIP_EXPANSION`` (default 4)
+        times its size; 0 lifts that cap.
+
+        Raises:
+            ConfigError: ``$TL_MAX_ZIP_EXPANSION`` is not a number of 0 or more.
+        """
+        return cls(max_zip_expansion=env_number(UPLOAD_ZIP_EXPANSION_ENV, DEFAULT_UPLOAD_ZIP_EXPANSION) or None)
 
     def validate(self) -> DataConfig:
-        for name in ("max_pixels", "max_zip_bytes", "max_zip_entries", "max_zip_ratio"):
-            if getattr(self, name) <= 0:
+        for name in ("max_pixels", "max_zip_bytes", "max_zip_entries", "max_zip_ratio", "max_zip_expansion"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} is {getattr(self, name)}; it must be a positive number.")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
@@ -189,6 +228,43 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+QUOTA_DATASET_MB_ENV = "TL_QUOTA_DATASET_MB"
+QUOTA_QUEUED_RUNS_ENV = "TL_QUOTA_QUEUED_RUNS"
+QUOTA_RUN_EPOCHS_ENV = "TL_QUOTA_RUN_EPOCHS"
+QUOTA_REFERENCE_SIZE = 224  # a run's cost is counted in epochs at this image size
+
+
+@dataclass(frozen=True)
+class QuotaConfig:
+    """What one workspace of a hosted app may use on the shared server; 0 lifts a quota.
+
+    Attributes:
+        dataset_mb: megabytes its saved datasets may take on disk (``$TL_QUOTA_DATASET_MB``).
+        queued_runs: runs it may have queued or running at once (``$TL_QUOTA_QUEUED_RUNS``); a
+            comparison counts all its runs.
+        run_epochs: what one run may train, in epochs at 224 px: epochs x (image size / 224)²
+            (``$TL_QUOTA_RUN_EPOCHS``); 200 allows 200 epochs at 224 px or 38 at 512 px.
+    """
+
+    dataset_mb: float = 500
+    queued_runs: int = 20
+    run_epochs: float = 200
+
+    @classmethod
+    def from_env(cls) -> QuotaConfig:
+        """The quotas set by ``$TL_QUOTA_*``, the defaults where unset.
+
+        Raises:
+            ConfigError: a variable is not a number of 0 or more.
+        """
+        default = cls()
+        return cls(
+            dataset_mb=env_number(QUOTA_DATASET_MB_ENV, default.dataset_mb),
+            queued_runs=int(env_number(QUOTA_QUEUED_RUNS_ENV, default.queued_runs)),
+            run_epochs=env_number(QUOTA_RUN_EPOCHS_ENV, default.run_epochs),
+        )
 
 
 # "Compare strategies" trains each strategy on the same repeated stratified splits.

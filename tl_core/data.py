@@ -73,6 +73,11 @@ class ImageItem:
         assert self.path is not None  # invariant of the constructors below, not user input
         return self.path.read_bytes()
 
+    @property
+    def n_bytes(self) -> int:
+        """The file's size, without reading it."""
+        return len(self.data) if self.data is not None else self.path.stat().st_size
+
 
 @dataclass
 class ImageSet:
@@ -339,6 +344,50 @@ def _check_zip_totals(infos: list[zipfile.ZipInfo], label: str, config: DataConf
         )
 
 
+def _member_bomb_reason(info: zipfile.ZipInfo, config: DataConfig) -> str | None:
+    """Why one member is not extracted as a zip bomb (over 1 MiB and over the ratio), or ``None``."""
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > ZIP_RATIO_MIN_BYTES and ratio > config.max_zip_ratio:
+        return (
+            f"expands {ratio:,.0f} times ({_size(info.compress_size)} to {_size(info.file_size)}), "
+            f"over the {config.max_zip_ratio:g}x limit: looks like a zip bomb, not extracted. "
+            "An image compresses far less; if it is one, re-save it as PNG or JPEG."
+        )
+    return None
+
+
+def _check_zip_expansion(
+    entries: list[tuple[PurePosixPath, zipfile.ZipInfo]], zip_bytes: int, label: str, config: DataConfig
+) -> None:
+    """Refuses an archive whose members to extract would expand too much together, before extracting.
+
+    Many small members of zeros each pass the per-member ratio check; their total does not. Members
+    that are never extracted (not images, symbolic links, single bombs) are not counted.
+    """
+    extracted = [
+        info for path, info in entries
+        if _classify_entry(path) is None and not stat.S_ISLNK(info.external_attr >> 16)
+        and _member_bomb_reason(info, config) is None
+    ]
+    expanded = sum(info.file_size for info in extracted)
+    compressed = sum(info.compress_size for info in extracted)
+    if config.max_zip_expansion is not None and expanded > config.max_zip_expansion * zip_bytes:
+        raise DataError(
+            f"{label} expands to {_size(expanded)} from {_size(zip_bytes)} ({expanded / max(zip_bytes, 1):,.1f}x); "
+            f"the limit is {config.max_zip_expansion:g}x the upload, so nothing was extracted. Images barely "
+            "compress: a small zip that expands this much is a zip bomb. If these are real images, re-save "
+            "uncompressed ones (BMP, TIFF) as PNG or JPEG and zip them again."
+        )
+    ratio = expanded / max(compressed, 1)
+    if expanded > ZIP_RATIO_MIN_BYTES and ratio > config.max_zip_ratio:
+        raise DataError(
+            f"{label}'s images expand {ratio:,.0f} times together ({_size(compressed)} to {_size(expanded)}), "
+            f"over the {config.max_zip_ratio:g}x limit, so nothing was extracted: many small files of "
+            "nothing look like a zip bomb. Images compress far less; if these are real images, re-save "
+            "them as PNG or JPEG and zip them again."
+        )
+
+
 def _size(n_bytes: float) -> str:
     """``1,234 bytes``, ``12.3 MB``, ``4.0 GB`` (powers of 1024)."""
     if n_bytes < 1024:
@@ -353,8 +402,9 @@ def _size(n_bytes: float) -> str:
 def load_zip(source: Path | bytes, config: DataConfig = DataConfig()) -> ImageSet:
     """Images in a zip of class folders, read into memory after checking the archive's size.
 
-    Nothing is written to disk. Before anything is extracted, the number of files and their total
-    uncompressed size are checked against ``config``. Entries with absolute or ``..`` paths,
+    Nothing is written to disk. Before anything is extracted, the number of files, their total
+    uncompressed size, and how much the members to extract expand together (against the zip's own
+    size and as a compression ratio) are checked against ``config``. Entries with absolute or ``..`` paths,
     symbolic links, nested archives and members that expand suspiciously (zip-bomb ratio) are
     ignored and listed with their reason.
 
@@ -363,6 +413,7 @@ def load_zip(source: Path | bytes, config: DataConfig = DataConfig()) -> ImageSe
     """
     label = "the uploaded zip" if isinstance(source, bytes) else f"'{source}'"
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    zip_bytes = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
     if not zipfile.is_zipfile(stream):
         raise DataError(f"{label} is not a zip archive. Upload a .zip of class folders.")
     try:
@@ -379,19 +430,16 @@ def load_zip(source: Path | bytes, config: DataConfig = DataConfig()) -> ImageSe
                 unsafe.append({"file": name, "reason": "unsafe path (absolute or '..'), not extracted"})
             else:
                 entries.append((PurePosixPath(name), info))
+        _check_zip_expansion(entries, zip_bytes, label, config)
         folders = [PurePosixPath(_zip_member_name(info)) for info in archive.infolist() if info.is_dir()]
         folders = [folder for folder in folders if not _unsafe_zip_path(str(folder))]
 
         def read(name: str, label_: str, info: zipfile.ZipInfo) -> ImageItem | str:
             if stat.S_ISLNK(info.external_attr >> 16):
                 return "symbolic link, not followed"
-            ratio = info.file_size / max(info.compress_size, 1)
-            if info.file_size > ZIP_RATIO_MIN_BYTES and ratio > config.max_zip_ratio:
-                return (
-                    f"expands {ratio:,.0f} times ({_size(info.compress_size)} to {_size(info.file_size)}), "
-                    f"over the {config.max_zip_ratio:g}x limit: looks like a zip bomb, not extracted. "
-                    "An image compresses far less; if it is one, re-save it as PNG or JPEG."
-                )
+            bomb = _member_bomb_reason(info, config)
+            if bomb:
+                return bomb
             try:
                 with archive.open(info) as handle:
                     data = handle.read(info.file_size + 1)
@@ -416,6 +464,26 @@ def load_uploads(files: Sequence[tuple[str, bytes, str]]) -> ImageSet:
         else:
             items.append(ImageItem(name=f"{label}/{base}", label=label, data=bytes(data)))
     return ImageSet(items=items, ignored=ignored, source="the uploaded files")
+
+
+def check_usable(image_set: ImageSet, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Raises unless at least one file of the set opens as an image; stops at the first that does.
+
+    Raises:
+        DataError: not one file is a readable image (a set of files that only look like images).
+    """
+    example = None
+    for item in image_set.items:
+        try:
+            _open_image(item.read_bytes(), max_pixels, draft_size=64)
+            return
+        except ImageDecodeError as err:
+            example = example or f"'{item.name}': {err}"
+    raise DataError(
+        f"None of the {len(image_set.items)} image file(s) in {image_set.source or 'the upload'} can be opened "
+        f"as an image (e.g. {example or 'no files'}); nothing was saved. Check that the files open in an "
+        "image viewer, then upload them again."
+    )
 
 
 # --------------------------------------------------------------------------- decoding

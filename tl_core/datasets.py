@@ -19,13 +19,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tl_core.data import DATASET_META, ImageSet
+from tl_core import quotas
+from tl_core.data import DATASET_META, ImageSet, check_usable
 from tl_core.errors import DataError
 from tl_core.store import RunStore, write_json_atomic
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
-# Path separators, characters Windows refuses in names, and control characters.
-_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f]+')
+# Path separators, characters Windows refuses in names, control characters and the invisible
+# direction overrides that make "gpj.exe" read as "exe.jpg".
+_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]+')
 # Linux allows 255 bytes per file name; room is left for a clash number.
 MAX_NAME_BYTES = 200
 _MAX_SUFFIX_BYTES = 16
@@ -52,6 +54,13 @@ def _safe_file_name(text: str, fallback: str) -> tuple[str, str]:
         suffix = ""  # a dot inside a long name, not an extension
     stem = _fit(cleaned[: len(cleaned) - len(suffix)], "", MAX_NAME_BYTES - len(suffix.encode()))
     return stem or fallback, suffix
+
+
+def dataset_name(filename: str, fallback: str = "Uploaded zip") -> str:
+    """The name an uploaded zip is saved under: its file name without ``.zip``, made safe as class
+    names are (no path separators or control characters, at most ``MAX_NAME_BYTES``)."""
+    stem = filename[: -len(".zip")] if filename.lower().endswith(".zip") else filename
+    return _safe_part(stem, fallback)
 
 
 def datasets_dir(store: RunStore) -> Path:
@@ -86,7 +95,9 @@ class _Namer:
 def save_image_set(store: RunStore, image_set: ImageSet, name: str, workspace: str | None = None) -> Path:
     """Write an in-memory image set to a new dataset folder; returns the folder.
 
-    ``workspace`` is the private workspace (hosted mode) it belongs to, listed only there.
+    ``workspace`` is the private workspace (hosted mode) it belongs to, listed only there; the
+    workspace's saved datasets must stay within their disk quota (:mod:`tl_core.quotas`). ``name``
+    is made safe as :func:`dataset_name` does.
 
     Class names keep their letters (accents and emoji included); path separators and other
     characters a file system may refuse become ``_``; names are cut to ``MAX_NAME_BYTES`` bytes,
@@ -95,8 +106,13 @@ def save_image_set(store: RunStore, image_set: ImageSet, name: str, workspace: s
     into place at the end, so a failed save leaves no half dataset behind.
 
     Raises:
-        DataError: the files could not be written (disk full, no permission); nothing is kept.
+        DataError: not one file is a readable image, or the files could not be written (disk full,
+            no permission); nothing is kept.
+        QuotaError: the workspace's saved datasets would go over their quota; nothing is written.
     """
+    check_usable(image_set)  # files that only look like images (a zip of zeros) are not kept
+    _check_space(store, image_set, workspace)
+    name = _safe_part(name, "dataset")
     root = datasets_dir(store)
     _remove_stale_partials(root)
     token = secrets.token_urlsafe(12)
@@ -133,6 +149,47 @@ def save_image_set(store: RunStore, image_set: ImageSet, name: str, workspace: s
     return folder
 
 
+def _folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) if folder.is_dir() else 0
+
+
+def _check_space(store: RunStore, image_set: ImageSet, workspace: str | None) -> None:
+    if workspace is None:
+        return  # no quotas outside a hosted workspace (and no need to measure anything)
+    saved = list_datasets(store, workspace)
+    quotas.check_dataset_space(
+        workspace, used_bytes=sum(_folder_bytes(Path(d["path"])) for d in saved),
+        new_bytes=sum(item.n_bytes for item in image_set.items), n_datasets=len(saved),
+    )
+
+
+def is_saved_upload(path: str | Path) -> bool:
+    """Whether ``path`` names a saved upload (not a sample set): the kind :func:`delete_dataset` deletes."""
+    return bool(_SAVED_NAME.fullmatch(Path(path).name))
+
+
+def delete_dataset(store: RunStore, path: str | Path, workspace: str | None = None) -> None:
+    """Delete a saved upload: its folder here and its copy at the artifacts location.
+
+    Runs trained on it keep their results; resuming one of them then fails for want of its data.
+
+    Args:
+        workspace: the private workspace (hosted mode) it must belong to; any when ``None``.
+
+    Raises:
+        DataError: ``path`` is not a saved upload (of this workspace): nothing is deleted.
+    """
+    name = Path(path).name
+    listed = {Path(d["path"]).name for d in list_datasets(store, workspace)}
+    if not is_saved_upload(name) or name not in listed:
+        raise DataError(f"'{name}' is not a saved upload of this workspace, so nothing was deleted. "
+                        "Pick one from Saved datasets.")
+    shutil.rmtree(datasets_dir(store) / name, ignore_errors=True)
+    if store.artifacts is not None:
+        store.artifacts.delete(f"datasets/{name}")
+        _MIRRORED_META.pop((store.artifacts.location, name), None)
+
+
 def local_source(store: RunStore, source: str) -> str:
     """A path to a run's dataset that this server can read: ``source`` itself when it exists.
 
@@ -146,10 +203,10 @@ def local_source(store: RunStore, source: str) -> str:
     local = datasets_dir(store) / path.name
     if local.is_dir():
         return str(local)
-    saved = _SAVED_NAME.match(path.name) and store.artifacts is not None
+    saved = _SAVED_NAME.fullmatch(path.name) and store.artifacts is not None
     if saved and store.artifacts.try_download(f"datasets/{path.name}", local):
         return str(local)
-    digits = _DIGITS_NAME.match(path.name)
+    digits = _DIGITS_NAME.fullmatch(path.name)
     if digits:
         return str(digits_sample(store, int(digits.group(1))))
     return source
@@ -197,7 +254,7 @@ def list_datasets(store: RunStore, workspace: str | None = None) -> list[dict[st
             continue
     if store.artifacts is not None:
         for name in store.artifacts.list_keys("datasets"):
-            if name not in found and _SAVED_NAME.match(name):
+            if name not in found and _SAVED_NAME.fullmatch(name):
                 meta = _mirrored_meta(store, name)
                 if meta is not None:
                     found[name] = meta

@@ -39,3 +39,7 @@ class CancelledError(TLCoreError):
 
 class ExportError(TLCoreError):
     """A model file could not be written, loaded or checked."""
+
+
+class QuotaError(TLCoreError):
+    """A hosted workspace is over one of its quotas (saved datasets, queued runs, cost of a run)."""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from tl_core import charts, escape
+from tl_core.backbones import weights_label
 from tl_core.errors import ExportError, TLCoreError
 from tl_core.metrics import reliability
 
@@ -61,7 +62,8 @@ def html_report(run: dict[str, Any], files: bool = True) -> str:
         for i, fig in enumerate(figures)
     )
     rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in sorted(train.items())
+        f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+        for k, v in sorted(public_settings(train).items())
     )
     per_class = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
@@ -95,6 +97,11 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;paddi
 <h2>Settings</h2><table>{rows}</table>
 <p>{'<br>'.join(html.escape(n) for n in metrics.get('notes', []))}</p>
 </body></html>"""
+
+
+def public_settings(train: dict[str, Any]) -> dict[str, Any]:
+    """A run's training settings with its weights file named by :func:`~tl_core.backbones.weights_label`."""
+    return {**train, "weights": weights_label(train["weights"])} if "weights" in train else train
 
 
 def _html_headline(metrics: dict[str, Any]) -> str:
@@ -393,8 +400,8 @@ def model_card(run: dict[str, Any], export: dict[str, Any]) -> tuple[str, dict[s
             "skipped": len(dataset.get("skipped") or []),
         },
         "split": {"sizes": metrics.get("split"), **config.get("data", {})},
-        "model": {"backbone": train.get("backbone"), "weights": metrics.get("weights"),
-                  "strategy": train.get("strategy"), "settings": train},
+        "model": {"backbone": train.get("backbone"), "weights": weights_label(metrics.get("weights")),
+                  "strategy": train.get("strategy"), "settings": public_settings(train)},
         "metrics": {**{k: metrics.get(k) for k in ("test_accuracy", "macro_f1", "per_class", "confusion_matrix")},
                     **reliability(metrics)},
         "trained_on": metrics.get("hardware"),
@@ -408,11 +415,11 @@ def model_card(run: dict[str, Any], export: dict[str, Any]) -> tuple[str, dict[s
         ["| true \\ predicted | " + " | ".join(shown) + " |", "|---" * (len(classes) + 1) + "|"]
         + [f"| {name} | " + " | ".join(str(v) for v in row) + " |" for name, row in zip(shown, matrix)]
     )
-    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", usage)), default=0))
+    fence = _backticks(usage, at_least=3)
     agreement = f"{export['agreement']:.1%}"
-    md = f"""# Model card: {charts.run_label(run)}
+    md = f"""# Model card: {escape.markdown(charts.run_label(run))}
 
-Exported as **{fmt}** (`{Path(export['path']).name}`, {export['bytes'] / 1024**2:.1f} MB) from run `{run['id']}`.
+Exported as **{fmt}** ({_code(Path(export['path']).name)}, {export['bytes'] / 1024**2:.1f} MB) from run `{run['id']}`.
 
 ## Checked before download
 On the run's {export['n_test']} test images, loaded back from the file: top-1 agreement with the app's
@@ -429,11 +436,12 @@ Classes: {', '.join(shown)}. Images per class: {escape.markdown(dataset.get('per
 (sha256 of the files and their labels).
 
 ## Split
-{metrics.get('split')} (stratified, seed {config.get('data', {}).get('seed')}; identical files kept in one split).
+{escape.markdown(metrics.get('split'))} (stratified, seed {config.get('data', {}).get('seed')}; identical files kept in one split).
 
 ## Model
-Backbone **{train.get('backbone')}**, weights: {metrics.get('weights')}. Strategy **{train.get('strategy')}**.
-Settings: `{json.dumps(train)}`.
+Backbone **{escape.markdown(train.get('backbone'))}**, weights: {escape.markdown(card['model']['weights'])}.
+Strategy **{escape.markdown(train.get('strategy'))}**.
+Settings: {_code(json.dumps(card['model']['settings']))}.
 
 ## Metrics (test split)
 {_card_metrics(metrics)}
@@ -441,7 +449,7 @@ Settings: `{json.dumps(train)}`.
 {confusion}
 
 ## Versions
-{', '.join(f'{k} {v}' for k, v in versions.items())}. Trained on {metrics.get('hardware')}.
+{', '.join(f'{k} {v}' for k, v in versions.items())}. Trained on {escape.markdown(metrics.get('hardware'))}.
 
 ## Use it
 {fence}python
@@ -449,6 +457,18 @@ Settings: `{json.dumps(train)}`.
 {fence}
 """
     return md, card
+
+
+def _backticks(text: str, at_least: int = 1) -> str:
+    """More backticks than any run of them in ``text``: a code span or block ``text`` cannot close."""
+    return "`" * max(at_least, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+
+
+def _code(text: Any) -> str:
+    """``text`` as a Markdown code span: shown literally, whatever it holds (backticks included).
+    The spaces inside the backticks are stripped by CommonMark; they keep a leading backtick apart."""
+    ticks = _backticks(str(text))
+    return f"{ticks} {text} {ticks}"
 
 
 def _card_metrics(metrics: dict[str, Any]) -> str:

@@ -58,10 +58,14 @@ def submit(
         share_images: whether the run's public page may show its images (mistakes gallery).
 
     Raises:
-        ConfigError: invalid settings. DataError: the source does not exist.
+        ConfigError: invalid settings. DataError: the source does not exist. QuotaError: a hosted
+        workspace's run over its cost quota, or its queue full (:mod:`tl_core.quotas`).
     """
     config.validate()
     data_config.validate()
+    from tl_core.quotas import check_runs  # hosted workspaces only; a comparison checks all its runs first
+
+    check_runs(store, [config], workspace)
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DataError(f"No folder or zip file at '{path}'.")

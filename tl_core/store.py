@@ -57,7 +57,7 @@ DATA_DIR_ENV = "TL_DATA_DIR"
 DATABASE_ENV = "TL_DATABASE_URL"
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{22}")  # whole string: fullmatch ("$" takes "id\n")
 # A running run of another machine is judged interrupted when it has not written for this long.
 STALE_SECONDS = 900.0
 # In a run's folder: the test split's file names, and its labels and predictions in that order.
@@ -132,7 +132,7 @@ def new_run_id() -> str:
 
 
 def is_valid_run_id(run_id: str) -> bool:
-    return isinstance(run_id, str) and bool(RUN_ID_PATTERN.match(run_id))
+    return isinstance(run_id, str) and bool(RUN_ID_PATTERN.fullmatch(run_id))
 
 
 def new_workspace_key() -> str:
@@ -158,16 +158,25 @@ def parse_database_url(url: str | URL, source: str = DATABASE_ENV) -> URL:
     """A SQLAlchemy URL from what a user pasted: ``postgresql://`` and ``postgres://`` use psycopg 3.
 
     Raises:
-        ConfigError: not a URL, or neither SQLite nor PostgreSQL (never repeating the password).
+        ConfigError: not a URL, a port that is not a number from 1 to 65535, or neither SQLite nor
+            PostgreSQL (never repeating the password, not even in the chained error).
     """
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", str(url))  # never echo the rest: it may hold a password
+    example = "postgresql://user:password@host:5432/dbname"
     try:
         parsed = make_url(url)
-    except exc.ArgumentError as err:
-        scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", str(url))  # never echo the rest: it may hold a password
+    except exc.ArgumentError:
         raise ConfigError(
             f"{source} is not a database URL ({f'{scheme[0]}...' if scheme else 'no scheme://'}). Give one like "
-            "postgresql://user:password@host:5432/dbname, or leave it unset for SQLite in the data folder."
-        ) from err
+            f"{example}, or leave it unset for SQLite in the data folder."
+        ) from None
+    except ValueError:  # SQLAlchemy's int() of the port; its message may quote part of the URL
+        parsed = None
+    if parsed is None or (parsed.port is not None and not 1 <= parsed.port <= 65535):
+        raise ConfigError(
+            f"{source} has a port that is not a number from 1 to 65535 "
+            f"({scheme[0] if scheme else ''}...:port). Write it like {example}, or leave the port out for 5432."
+        ) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):

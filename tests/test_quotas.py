@@ -1,0 +1,134 @@
+"""Per-workspace quotas of a hosted app: saved datasets on disk, queued runs, the cost of one run.
+
+A real SQLite store and real image files written at test time; a workspace key stands for a
+hosted visitor, ``workspace=None`` for a local app, which has no quotas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import REPO, make_toy_folder, png_bytes
+from streamlit.testing.v1 import AppTest
+
+from tl_core import comparison, quotas
+from tl_core.config import DataConfig, QuotaConfig, TrainConfig
+from tl_core.data import load_images
+from tl_core.datasets import datasets_dir, delete_dataset, list_datasets, save_image_set
+from tl_core.errors import ConfigError, DataError, QuotaError
+from tl_core.jobs import submit
+from tl_core.store import new_workspace_key
+
+FAST = TrainConfig(backbone="vgg16", weights="none", image_size=32, batch_size=8)
+
+
+def noise_upload(n_per_class: int = 4, side: int = 128) -> list[tuple[str, bytes, str]]:
+    """Images that do not compress: 12 x ~49 KB, about 0.6 MB."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [(f"{i}.png", png_bytes(Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8))), label)
+            for label in ("a", "b", "c") for i in range(n_per_class)]
+
+
+def test_saved_datasets_over_the_workspace_disk_quota_are_refused(store, monkeypatch):
+    monkeypatch.setenv("TL_QUOTA_DATASET_MB", "1")
+    alice, bob = new_workspace_key(), new_workspace_key()
+    upload = load_images(noise_upload())
+    first = save_image_set(store, upload, "first", alice)
+
+    with pytest.raises(QuotaError, match=r"^This dataset takes 0\.\d MB and this workspace's 1 saved dataset\(s\) "
+                                         r"already take 0\.\d MB; a workspace may keep at most 1 MB on this shared "
+                                         r"server, so nothing was saved\. Delete a saved dataset you no longer need "
+                                         r"\(Data page, Saved datasets\)"):
+        save_image_set(store, upload, "second", alice)
+    assert [d["name"] for d in list_datasets(store, alice)] == ["first"]
+    assert len(list(datasets_dir(store).iterdir())) == 1  # nothing written, not even a partial folder
+
+    save_image_set(store, upload, "bob's", bob)  # each workspace has its own quota
+    for _ in range(3):
+        save_image_set(store, upload, "local")  # a local app (no workspace) has none
+
+    with pytest.raises(DataError, match="not a saved upload of this workspace"):
+        delete_dataset(store, first, bob)  # nobody frees room with someone else's dataset
+    delete_dataset(store, first, alice)  # the way to free room the message gives
+    save_image_set(store, upload, "second", alice)
+    assert [d["name"] for d in list_datasets(store, alice)] == ["second"]
+
+
+def test_a_workspace_queue_has_a_quota_and_a_compare_over_it_is_refused_whole(tmp_path, store, monkeypatch):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=4)
+    alice, bob = new_workspace_key(), new_workspace_key()
+    ids = [submit(store, root, FAST, workspace=alice) for _ in range(5)]
+    assert store.claim_next_queued() == ids[0]  # a running run counts too
+
+    planned = comparison.plan(FAST, DataConfig())
+    assert len(planned) == 16  # the default comparison
+    with pytest.raises(QuotaError, match=r"^This workspace has 5 run\(s\) queued or running; queuing these 16 runs "
+                                         r"would make 21, and a workspace may have at most 20 at once on this shared "
+                                         r"server\. Remove queued runs \(Train page, Waiting in the queue\) or wait "
+                                         r"for some to finish, or compare on fewer splits\.$"):
+        quotas.check_runs(store, [config for config, _ in planned], alice)
+    quotas.check_runs(store, [config for config, _ in planned], bob)  # another workspace's queue is its own
+    quotas.check_queue(store, None, 1000)  # a local app has no quota
+    costly = comparison.plan(TrainConfig(**{**FAST.to_dict(), "epochs": 300, "image_size": 224}), DataConfig())
+    with pytest.raises(QuotaError, match=r"would train 310 epoch\(s\) at 224 px; "):  # its fine-tuning runs
+        quotas.check_runs(store, [config for config, _ in costly], bob)
+    assert store.list_runs(workspace=bob) == []
+
+    monkeypatch.setenv("TL_QUOTA_QUEUED_RUNS", "6")
+    ids.append(submit(store, root, FAST, workspace=alice))
+    with pytest.raises(QuotaError, match=r"has 6 run\(s\) queued or running; queuing one more run would make 7, "
+                                         r"and a workspace may have at most 6 .* or wait for some to finish\.$"):
+        submit(store, root, FAST, workspace=alice)
+    assert len(store.list_runs(workspace=alice)) == 6  # the refused run was not stored
+    store.request_cancel(ids[-1])  # removing a queued run frees its place
+    submit(store, root, FAST, workspace=alice)
+    for _ in range(7):
+        submit(store, root, FAST)  # local
+
+
+def test_a_run_over_the_epochs_x_image_size_quota_is_refused_with_what_fits(tmp_path, store, monkeypatch):
+    root = make_toy_folder(tmp_path / "toy", n_per_class=4)
+    alice = new_workspace_key()
+    big = TrainConfig(backbone="vgg16", weights="none", strategy="scratch", epochs=500, image_size=512)
+    with pytest.raises(QuotaError, match=r"^This run would train 500 epoch\(s\) at 512 px, as much as 2,612 epochs at "
+                                         r"224 px; a run may train at most 200 epochs at 224 px on this shared server "
+                                         r"\(epochs x \(image size / 224\)², fine-tuning counts both stages\), which "
+                                         r"is 38 epoch\(s\) at 512 px\. Use fewer epochs or a smaller image size\.$"):
+        submit(store, root, big, workspace=alice)
+    # Fine-tuning counts both stages; the feature extractor runs its ConvNet once, whatever its epochs.
+    finetune = TrainConfig(backbone="vgg16", weights="none", strategy="finetune", epochs=30, fine_tune_epochs=200)
+    assert quotas.run_cost(finetune) == 230
+    with pytest.raises(QuotaError, match=r"would train 230 epoch\(s\) at 224 px; a run may train at most 200 epochs "
+                                         r"at 224 px .*both stages\)\. Use fewer epochs"):
+        submit(store, root, finetune, workspace=alice)
+    submit(store, root, TrainConfig(backbone="vgg16", weights="none", epochs=500, image_size=512), workspace=alice)
+    assert store.list_runs(workspace=alice)[0]["config"]["train"]["strategy"] == "feature_extractor"
+
+    submit(store, root, big)  # a local app has no quota
+    monkeypatch.setenv("TL_QUOTA_RUN_EPOCHS", "3000")
+    submit(store, root, big, workspace=alice)
+    monkeypatch.setenv("TL_QUOTA_RUN_EPOCHS", "0")  # lifted
+    submit(store, root, TrainConfig(**{**big.to_dict(), "epochs": 10_000}), workspace=alice)
+
+
+def test_quotas_are_read_from_the_environment(monkeypatch):
+    assert QuotaConfig.from_env() == QuotaConfig(dataset_mb=500, queued_runs=20, run_epochs=200)
+    monkeypatch.setenv("TL_QUOTA_DATASET_MB", "2000")
+    monkeypatch.setenv("TL_QUOTA_QUEUED_RUNS", "5")
+    monkeypatch.setenv("TL_QUOTA_RUN_EPOCHS", "50")
+    assert QuotaConfig.from_env() == QuotaConfig(dataset_mb=2000, queued_runs=5, run_epochs=50)
+    monkeypatch.setenv("TL_QUOTA_QUEUED_RUNS", "lots")
+    with pytest.raises(ConfigError, match=r"^TL_QUOTA_QUEUED_RUNS is 'lots'; it must be a number of 0 or more "
+                                          r"\(e\.g\. 20\)\. Fix it or unset it"):
+        QuotaConfig.from_env()
+
+
+def test_the_data_page_deletes_a_saved_upload_to_free_room(store, toy_folder):
+    save_image_set(store, load_images(toy_folder), "mine")
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    at.switch_page("app_pages/data.py").run()
+    at.button(key="delete_dataset").click().run()
+    assert not at.exception, at.exception
+    assert list_datasets(store) == [] and not any(datasets_dir(store).iterdir())
