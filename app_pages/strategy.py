@@ -101,10 +101,14 @@ if advice is not None:
     st.caption(" · ".join(raw) + f" · measured in {advice['seconds']:.0f} s")
     c1, c2 = st.columns(2)
     with c1:
-        layers = pd.DataFrame([{"features from": "last layer" if k == "0" else f"{k} blocks below the top", "LogME": v}
+        accuracy = advice.get("layer_accuracy") or {}
+        layers = pd.DataFrame([{"features from": "last layer" if k == "0" else f"{k} blocks below the top", "LogME": v,
+                                "cross-validated accuracy": accuracy.get(k)}
                                for k, v in advice["layers"].items()])
-        st.markdown("**Which layer's features fit your labels** (LogME, higher is better)")
-        st.dataframe(layers, hide_index=True, width="stretch")
+        st.markdown("**Which layer's features fit your labels** (LogME ranks them, higher is better; a softmax "
+                    "head cross-validated on the sample settles the best against the last layer)")
+        st.dataframe(layers, hide_index=True, width="stretch", column_config={
+            "cross-validated accuracy": st.column_config.NumberColumn(format="%.3f")})
     with c2:
         ranking = pd.DataFrame([{"backbone": r["title"], "LogME": r["logme"]} for r in advice["ranking"]])
         st.markdown("**Backbones ranked by transferability** (weights on disk)")

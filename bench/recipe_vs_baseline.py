@@ -10,6 +10,10 @@ the feature extractor's softmax head is fitted two ways:
   5-fold cross-validation on training + validation, then refitted on both;
 - flip (a candidate): the features of each training image's mirror image added to the training
   rows, and test-time flip (the mean of the probabilities of a test image and of its mirror).
+- layer (the advisor's rule, on the whole of training + validation instead of its sample): LogME
+  ranks the features 2, 4 and 6 blocks below the top; a softmax head cross-validated on training +
+  validation settles the best of them against the last layer; the head is then fitted as the
+  baseline's on the chosen layer's features.
 A candidate becomes the default only when the paired difference says "better" on both datasets.
 Both are scored on the same test images. Prints each seed, the mean and 95% interval of each, and
 the paired difference (a paired bootstrap over the same test images of every split). Results go
@@ -26,10 +30,12 @@ import numpy as np
 from _common import REPO, machine
 
 from tl_core import backbones, data
+from tl_core.advisor import EARLY_CUTS, _pooled, cross_validated_layers
 from tl_core.config import DataConfig
 from tl_core.features import extract_features
 from tl_core.heads import LinearHead
 from tl_core.metrics import mean_accuracy_interval, paired_verdict
+from tl_core.transferability import logme
 
 SHARED = REPO.parent / "shared" / "datasets"
 SIZES = {"clipart8": 224, "fashion_mnist_2k": 64}
@@ -37,10 +43,12 @@ RECIPES = {"baseline": "validation", "recipe": "cv"}
 # Candidate 2: mirrored images' features added to the training rows, and test-time flip (the mean of
 # the probabilities of each test image and its mirror); C on the validation split as the default.
 FLIP = "flip"
+LAYER = "layer"
 
 
-def features_of(name: str, backbone: str) -> tuple[np.ndarray, np.ndarray, data.DecodedDataset]:
-    """Features of every image and of its mirror image (flipped left to right)."""
+def features_of(name: str, backbone: str) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], data.DecodedDataset]:
+    """Features of every image, of its mirror image (flipped left to right), and from blocks
+    :data:`EARLY_CUTS` below the top (``{cut: features}``)."""
     size = SIZES[name]
     decoded = data.decode_dataset(data.load_images(SHARED / name), size)
     spec = backbones.get_spec(backbone)
@@ -48,15 +56,18 @@ def features_of(name: str, backbone: str) -> tuple[np.ndarray, np.ndarray, data.
     model = backbones.build_feature_model(spec, base, size)
     features = np.asarray(extract_features(model, decoded.x, 32), dtype=np.float32)
     mirrored = np.asarray(extract_features(model, np.ascontiguousarray(decoded.x[:, :, ::-1]), 32), dtype=np.float32)
-    return features, mirrored, decoded
+    cuts = [c for c in EARLY_CUTS if c < spec.n_blocks]
+    early = _pooled(base, [backbones.block_output_layer(spec, base, c) for c in cuts], decoded.x, 32,
+                    backbones.preprocessing_layer(spec))
+    return features, mirrored, {c: np.asarray(f, np.float32) for c, f in zip(cuts, early)}, decoded
 
 
 def run_dataset(name: str, seeds: list[int], backbone: str) -> dict:
     started = time.perf_counter()
-    features, mirrored, decoded = features_of(name, backbone)
+    features, mirrored, early, decoded = features_of(name, backbone)
     print(f"\n{name}: {len(decoded.y)} images, {len(decoded.class_names)} classes, {SIZES[name]} px, "
           f"features {features.shape[1]} ({time.perf_counter() - started:.0f} s)")
-    correct = {recipe: [] for recipe in (*RECIPES, FLIP)}
+    correct = {recipe: [] for recipe in (*RECIPES, FLIP, LAYER)}
     rows = []
     for seed in seeds:
         splits = data.split_dataset(decoded, DataConfig(seed=seed))
@@ -78,18 +89,31 @@ def run_dataset(name: str, seeds: list[int], backbone: str) -> dict:
         hits = (head.classes_[probabilities.argmax(axis=1)] == decoded.y[te]).astype(np.int8)
         correct[FLIP].append(hits)
         row[FLIP] = {"accuracy": float(hits.mean()), "C": head.C_, "seconds": time.perf_counter() - t0}
+        t0 = time.perf_counter()
+        fit = np.concatenate([tr, va])
+        layers = {0: features, **early}
+        ranked = max(early, key=lambda cut: logme(early[cut][fit], decoded.y[fit]))
+        accuracy = cross_validated_layers({cut: layers[cut][fit] for cut in (0, ranked)}, decoded.y[fit], [0, ranked])
+        chosen = ranked if accuracy[ranked] > accuracy[0] else 0
+        head = LinearHead("softmax", seed=seed).fit(layers[chosen][tr], decoded.y[tr], layers[chosen][va], decoded.y[va])
+        hits = (head.predict(layers[chosen][te]) == decoded.y[te]).astype(np.int8)
+        correct[LAYER].append(hits)
+        row[LAYER] = {"accuracy": float(hits.mean()), "cut": chosen, "logme_first": ranked,
+                      "cv_accuracy": {str(k): v for k, v in accuracy.items()}, "seconds": time.perf_counter() - t0}
+        print(f"  seed {seed}: layer {row[LAYER]['accuracy']:.3f} ({chosen} blocks down; LogME's first {ranked}, "
+              f"cross-validated {accuracy[ranked]:.3f} vs last layer {accuracy[0]:.3f})")
         rows.append(row)
         print(f"  seed {seed}: flip {row[FLIP]['accuracy']:.3f} (C={row[FLIP]['C']:g})")
         print(f"  seed {seed}: baseline {row['baseline']['accuracy']:.3f} (C={row['baseline']['C']:g})  "
               f"recipe {row['recipe']['accuracy']:.3f} (C={row['recipe']['C']:g}, "
               f"{row['recipe']['class_weight'] or 'no'} class weights, {row['recipe']['seconds']:.1f} s)")
     summary = {}
-    for recipe in (*RECIPES, FLIP):
+    for recipe in (*RECIPES, FLIP, LAYER):
         mean, low, high = mean_accuracy_interval(correct[recipe])
         summary[recipe] = {"mean": mean, "ci": [low, high]}
         print(f"  {recipe:<8} mean {mean:.3f} (95% CI {low:.3f}-{high:.3f}) over {len(seeds)} splits")
     paired = {}
-    for candidate in ("recipe", FLIP):
+    for candidate in ("recipe", FLIP, LAYER):
         verdict = paired_verdict(correct[candidate], correct["baseline"])
         paired[candidate] = verdict
         print(f"  {candidate} - baseline: {verdict['difference'] * 100:+.1f} points "
