@@ -5,6 +5,7 @@ legacy multipage app for a session that starts before ``st.navigation`` has run 
 dropped the sidebar and the page titles on a freshly started server.
 """
 
+import inspect
 import json
 import os
 import time
@@ -12,20 +13,20 @@ import time
 import streamlit as st
 
 from ui.sidebar import render_sidebar
-from ui.state import PAGES, confirm_workspace_link, workspace
+from ui.state import ICONS, PAGES, confirm_workspace_link, workspace
 
 
 def main() -> None:
-    st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧠", layout="wide")
+    st.set_page_config(page_title="Transfer Learning Studio", page_icon=ICONS["train"], layout="wide")
     pages = [
-        st.Page(PAGES["data"], title="Data", icon="📁", url_path="data", default=True),
-        st.Page(PAGES["strategy"], title="Strategy", icon="🧭", url_path="strategy"),
-        st.Page(PAGES["train"], title="Train", icon="🏋️", url_path="train"),
-        st.Page(PAGES["runs"], title="Runs", icon="📊", url_path="runs"),
-        st.Page(PAGES["result"], title="Result", icon="🔗", url_path="result"),
-        st.Page(PAGES["predict"], title="Predict", icon="🔮", url_path="predict"),
+        st.Page(PAGES["data"], title="Data", icon=ICONS["data"], url_path="data"),
+        st.Page(PAGES["strategy"], title="Strategy", icon=ICONS["strategy"], url_path="strategy"),
+        st.Page(PAGES["train"], title="Train", icon=ICONS["train"], url_path="train"),
+        st.Page(PAGES["runs"], title="Runs", icon=ICONS["runs"], url_path="runs"),
+        st.Page(PAGES["result"], title="Result", icon=ICONS["result"], url_path="result"),
+        st.Page(PAGES["predict"], title="Predict", icon=ICONS["predict"], url_path="predict"),
     ]
-    page = st.navigation(pages)
+    page = st.navigation(_with_root(pages))
     # Root-level secrets (.streamlit/secrets.toml, Community Cloud's Secrets box) become environment
     # variables: the settings TL_HOSTED, TL_DATABASE_URL, TL_ARTIFACTS_URL... and cloud credentials,
     # which the training worker inherits. Streamlit loads them at start; this makes sure of it.
@@ -38,6 +39,22 @@ def main() -> None:
         page.run()
     finally:
         _log_render(page.title, time.perf_counter() - started)
+
+
+def _with_root(pages: list) -> list:
+    """The pages plus what the root URL shows: the Data page.
+
+    Streamlit serves its default page at ``/`` only, so a default Data page made ``/data`` a
+    "Page not found" (a bookmark, a link in the README). Where ``st.Page`` takes ``visibility``
+    (not yet in 1.52), a hidden page is the default: ``/`` shows the Data page through it and
+    ``/data`` stays the Data page's own address. Older versions make the Data page the default.
+    """
+    if "visibility" not in inspect.signature(st.Page).parameters:
+        return [st.Page(PAGES["data"], title="Data", icon=pages[0].icon, url_path="data", default=True), *pages[1:]]
+    # url_path "home" is never shown (the default page lives at "/"); it keeps this page's id
+    # apart from the visible Data page's.
+    return [st.Page(PAGES["data"], title="Data", icon=pages[0].icon, url_path="home", default=True,
+                    visibility="hidden"), *pages]
 
 
 def _log_render(title: str, seconds: float) -> None:

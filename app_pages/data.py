@@ -22,6 +22,7 @@ from tl_core.errors import TLCoreError
 from tl_core.escape import markdown as plain
 from ui.gallery import class_thumbnails
 from ui.state import (
+    ICONS,
     PAGES,
     current_dataset,
     dataset_report,
@@ -32,7 +33,7 @@ from ui.state import (
     workspace,
 )
 
-st.title("📁 Data")
+st.title(f"{ICONS['data']} Data")
 st.caption("One folder per class. JPEG, PNG, BMP, GIF, WebP and TIFF are read; anything else is listed, not lost.")
 store = get_store()
 
@@ -50,19 +51,67 @@ def _load(source, name: str, save: bool) -> None:
     st.rerun()
 
 
+def _class_folder_files(uploads) -> list[tuple[str, bytes, str]]:
+    """``(file, bytes, class)`` from a folder upload: each file's class is its first folder below the
+    chosen one (``flowers/tulip/a.jpg`` is a tulip); files directly in the chosen folder have none."""
+    files = []
+    for upload in uploads:
+        parts = upload.name.replace("\\", "/").split("/")
+        files.append((parts[-1], upload.getvalue(), parts[1] if len(parts) >= 3 else ""))
+    return files
+
+
+MODE_WORDS = {"RGB": "colour", "RGBA": "colour with transparency", "P": "palette colour", "CMYK": "CMYK colour",
+              "YCbCr": "colour", "L": "grayscale", "LA": "grayscale with transparency", "1": "black and white",
+              "I": "16/32-bit grayscale", "I;16": "16-bit grayscale", "F": "floating-point grayscale"}
+
+
+def _sizes_in_words(width: dict, height: dict) -> str:
+    """``all 300 x 300 px``, or the range of widths and of heights."""
+    if width["min"] == width["max"] and height["min"] == height["max"]:
+        return f"all {width['min']} x {height['min']} px"
+    return f"{width['min']}-{width['max']} px wide, {height['min']}-{height['max']} px high"
+
+
+def _modes_in_words(modes: dict[str, int]) -> str:
+    """``500 grayscale`` or ``480 colour, 20 grayscale``, largest first (Pillow's image modes, in words)."""
+    counts: dict[str, int] = {}
+    for mode, count in modes.items():
+        words = MODE_WORDS.get(mode, f"mode {mode}")
+        counts[words] = counts.get(words, 0) + count
+    return ", ".join(f"{count} {words}" for words, count in sorted(counts.items(), key=lambda item: -item[1]))
+
+
 # A deployed app sets TL_HOSTED=1: visitors must not browse the server's disk.
-tab_names = ["Upload a zip", "Upload per class"] + ([] if hosted() else ["Local folder"]) + ["Sample sets", "Saved datasets"]
+tab_names = (["Upload a zip", "Upload a folder", "Upload per class"] + ([] if hosted() else ["Local folder"])
+             + ["Sample sets", "Saved datasets"])
 tabs = dict(zip(tab_names, st.tabs(tab_names)))
-zip_tab, class_tab, sample_tab, saved_tab = (tabs[n] for n in ("Upload a zip", "Upload per class", "Sample sets", "Saved datasets"))
+zip_tab, directory_tab, class_tab, sample_tab, saved_tab = (
+    tabs[n] for n in ("Upload a zip", "Upload a folder", "Upload per class", "Sample sets", "Saved datasets"))
 folder_tab = tabs.get("Local folder")
 with zip_tab:
-    upload = st.file_uploader("A .zip with one folder per class", type=["zip"], key="zip_upload")
-    if upload is not None and st.button("Load this zip", type="primary"):
+    upload = st.file_uploader("A .zip with one folder per class: it loads as soon as it is uploaded", type=["zip"],
+                              key="zip_upload")
+    # Loaded once per uploaded file: the widget keeps the file across reruns.
+    if upload is not None and st.session_state.get("zip_loaded") != upload.file_id:
+        st.session_state["zip_loaded"] = upload.file_id
         refused = upload_too_large([upload])
         if refused:
             st.error(plain(refused))
         else:
             _load(upload.getvalue(), dataset_name(upload.name), save=True)
+
+with directory_tab:
+    chosen = st.file_uploader("A folder with one folder of images per class", accept_multiple_files="directory",
+                              key="folder_upload",
+                              help="Choose the folder that holds the class folders (flowers/, with flowers/tulip/, "
+                                   "flowers/rose/, ...). Each image's class is the name of its folder.")
+    if chosen and st.button(f"Load these {len(chosen)} files", type="primary", key="load_folder_upload"):
+        refused = upload_too_large(chosen)
+        if refused:
+            st.error(plain(refused))
+        else:
+            _load(_class_folder_files(chosen), dataset_name(chosen[0].name.split("/")[0], "Uploaded folder"), save=True)
 
 with class_tab:
     n_classes = st.number_input("Number of classes", min_value=2, max_value=50, value=2)
@@ -149,11 +198,7 @@ if report["n_classes"] < 2:
 
 st.plotly_chart(charts.class_counts(report["per_class"]), key="class_counts")
 if report["width"]:
-    st.caption(
-        f"Sizes: {report['width']['min']}-{report['width']['max']} px wide, "
-        f"{report['height']['min']}-{report['height']['max']} px high · "
-        f"colour modes: {', '.join(f'{k} {v}' for k, v in report['modes'].items())}"
-    )
+    st.caption(f"Images: {_sizes_in_words(report['width'], report['height'])}; {_modes_in_words(report['modes'])}.")
 
 if report["skipped"]:
     st.subheader("Skipped images")
@@ -170,4 +215,4 @@ if report["ignored"]:
 
 st.subheader("Thumbnails")
 class_thumbnails(dataset["path"], report["class_names"])
-st.page_link(PAGES["strategy"], label="Next: get a strategy recommendation", icon="🧭")
+st.page_link(PAGES["strategy"], label="Next: get a strategy recommendation", icon=ICONS["strategy"])

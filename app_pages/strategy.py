@@ -9,15 +9,23 @@ import pandas as pd
 import streamlit as st
 
 from tl_core import charts
-from tl_core.advisor import LARGE_MIN_PER_CLASS, PART_WEIGHTS, SCRATCH_MIN_PER_CLASS, SIMILAR_MIN, recommend
+from tl_core.advisor import (
+    BENCH,
+    LARGE_MIN_PER_CLASS,
+    PART_WEIGHTS,
+    SCRATCH_MIN_PER_CLASS,
+    SIMILAR_MIN,
+    bench_sentence,
+    recommend,
+)
 from tl_core.backbones import BACKBONES
 from tl_core.charts import STRATEGY_LABELS
 from tl_core.errors import TLCoreError
 from tl_core.escape import markdown as plain
 from ui.advice import as_recommendation, cached_advice, measure, weights_on_disk
-from ui.state import PAGES, dataset_stamp, get_store, require_dataset
+from ui.state import ICONS, PAGES, dataset_stamp, get_store, missing_weights, require_dataset
 
-st.title("🧭 Strategy")
+st.title(f"{ICONS['strategy']} Strategy")
 loaded = require_dataset()
 if loaded is None:
     st.stop()
@@ -38,7 +46,10 @@ if advice is None:
         with st.spinner(f"Measuring a sample of your images with {BACKBONES[backbone].title}..."):
             advice = measure(store, dataset["path"], stamp, backbone)
         if "error" in advice:
-            st.warning(f"Could not measure domain similarity: {plain(advice['error'])}")
+            # Without weights, the engine's message ends in "train with weights 'none'": no advice for
+            # someone who came for transfer learning. The page says how to get the weights instead.
+            st.warning(missing_weights(backbone) or f"Could not measure domain similarity: {plain(advice['error'])}",
+                       icon=":material/cloud_off:")
             advice = None
 
 if advice is not None:
@@ -69,15 +80,18 @@ y = similarity / SIMILAR_MIN if similarity < SIMILAR_MIN else 1 + (similarity - 
 y = min(max(y, 0.05), 1.95)
 left, right = st.columns([3, 2])
 with left:
-    st.plotly_chart(charts.decision_matrix(rec.size, rec.domain, (x, y)), key="matrix")
+    st.plotly_chart(charts.decision_matrix(rec.size, rec.domain, (x, y), measured=advice is not None), key="matrix")
 with right:
     st.subheader(f"Recommended: {STRATEGY_LABELS[rec.strategy]}")
+    if advice is None:
+        st.caption("From your answer, not measured: measure domain similarity (above) to place your data by its "
+                   "images.")
     st.markdown(f"**{rec.cell}** — {rec.size} data, {rec.domain} domain.")
     for reason in rec.reasons:
         st.markdown(f"- {reason}")
     shown = {k: v for k, v in rec.settings.items() if k != "strategy"}
     st.markdown("Settings: " + ", ".join(f"`{k}={v}`" for k, v in shown.items()))
-    st.page_link(PAGES["train"], label="Next: train with these settings", icon="🏋️")
+    st.page_link(PAGES["train"], label="Next: train with these settings", icon=ICONS["train"])
 
 if advice is not None:
     st.subheader("Measurements")
@@ -126,8 +140,10 @@ with st.expander("How the advisor decides"):
   layers needs on the order of a thousand images per class (Yosinski et al. 2014 fine-tuned with about
   1,300; Kornblith et al. 2019 find fine-tuning's lead over frozen features shrinks as data per class
   falls to the hundreds; the CS231n notes and the Keras guide call a few hundred per class small).
-  Our own runs agree: at 200 per class (Fashion-MNIST, 2,000 images) frozen features are the best
-  choice; at 2,000 per class (20,000 images) training the whole network wins (README, *The strategy advisor*).
+  Our own runs on a different domain (Fashion-MNIST) found no size where retraining pays: frozen
+  features from an earlier block were best at {BENCH['small']['per_class']:,} per class
+  ({BENCH['small']['earlier_features']:.3f}) and at {BENCH['large']['per_class']:,} per class
+  ({BENCH['large']['earlier_features']:.3f}) (README, *The strategy advisor*).
 - **Domain similarity** to ImageNet, from a sample of up to 300 of your images, in [0, 1]: the
   weighted mean of *activation statistics* (how close your images' statistics inside the network are
   to the ImageNet statistics its BatchNorm layers store; weight {PART_WEIGHTS['statistics']}), *ImageNet recognition* (how
@@ -139,7 +155,6 @@ with st.expander("How the advisor decides"):
   the backbone's own input size here; `python -m tl_core advise --image-size N` compares them at the
   size you will train at) and the better one is recommended. Training **from scratch** is
   recommended only from **{SCRATCH_MIN_PER_CLASS}** images per class (He et al. 2019: random
-  initialisation needs that much data, and long schedules, to catch up); at 2,000 per class of
-  Fashion-MNIST our bench measured from scratch 0.78 against 0.86 for earlier-layer features.
+  initialisation needs that much data, and long schedules, to catch up); {bench_sentence()}.
 """
     )

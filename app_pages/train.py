@@ -24,10 +24,10 @@ from tl_core.hardware import describe_machine
 from tl_core.jobs import ensure_worker, queue_snapshot, refresh_seconds, resume, submit
 from tl_core.metrics import interval_text, reliability
 from ui.reliability import costly_time_note, plain
-from ui.run_view import live_run
-from ui.state import PAGES, get_store, hosted, require_dataset, workspace
+from ui.run_view import live_run, resumable
+from ui.state import ICONS, PAGES, get_store, hosted, missing_weights, require_dataset, workspace
 
-st.title("🏋️ Train")
+st.title(f"{ICONS['train']} Train")
 store = get_store()
 key = workspace()
 
@@ -71,13 +71,23 @@ def live_panel(interval: float) -> None:
                               f"{plain(run.get('error') or '')}")
             with right:
                 st.page_link(PAGES["result"], label="Open", query_params={"run": run["id"]})
-                if run["status"] != "succeeded" and st.button("Resume", key=f"resume_{run['id']}",
+                if resumable(run) and st.button("Resume", key=f"resume_{run['id']}",
                                                                help="Go on from the last completed epoch"):
                     try:
                         resume(store, run["id"])
                     except TLCoreError as err:  # already queued again (another tab, a double click)
                         st.toast(plain(err))
                     st.rerun(scope="fragment")
+
+
+def plan_summary(planned) -> str:
+    """``14 runs: Feature extractor (softmax) x 5 splits, ...`` for the runs of a comparison."""
+    counts: dict[str, int] = {}
+    for variant, _ in planned:
+        name = comparison.strategy_label({"strategy": variant.strategy, "head": variant.head,
+                                          "start_from_probe": variant.start_from_probe})
+        counts[name] = counts.get(name, 0) + 1
+    return f"{len(planned)} runs: " + ", ".join(f"{name} x {n} split{'s' if n > 1 else ''}" for name, n in counts.items())
 
 
 # First, so a reloaded page shows the running jobs even before a dataset is chosen; every second
@@ -104,6 +114,7 @@ st.caption(
     + (f" · recommended: **{STRATEGY_LABELS[rec.strategy]}**" if rec else "")
 )
 
+weights_slot = st.empty()  # filled once the form's settings are known: the weights they need
 with st.form("settings"):
     c1, c2, c3 = st.columns(3)
     backbone = c1.selectbox("Backbone", list(BACKBONES), index=list(BACKBONES).index(defaults.backbone),
@@ -120,25 +131,28 @@ with st.form("settings"):
     seed = c4.number_input("Seed", 0, 2**31 - 1, defaults.seed)
     with st.expander("Fine-tuning and training settings"):
         c1, c2, c3 = st.columns(3)
-        epochs = c1.number_input("Stage 1 / scratch epochs (early stopping)", 1, 500, defaults.epochs)
+        epochs = c1.number_input("Stage 1 epochs", 1, 500, defaults.epochs,
+                                 help="Epochs of stage 1, or of training from scratch; early stopping may end it sooner.")
         fine_tune_epochs = c2.number_input("Stage 2 epochs", 0, 500, defaults.fine_tune_epochs)
-        unfreeze_blocks = c3.number_input("Blocks to unfreeze in stage 2 (-1 = all, 0 = skip stage 2)", -1, 17, defaults.unfreeze_blocks)
+        unfreeze_blocks = c3.number_input("Blocks to unfreeze", -1, 17, defaults.unfreeze_blocks,
+                                          help="In stage 2, counted from the top: -1 = all, 0 = skip stage 2.")
         c1, c2, c3, c4 = st.columns(4)
         learning_rate = c1.number_input("Learning rate (new layers)", 1e-6, 1.0, defaults.learning_rate, format="%.0e")
         fine_tune_learning_rate = c2.number_input("Learning rate (stage 2)", 1e-7, 1.0, defaults.fine_tune_learning_rate, format="%.0e")
-        augment = c3.checkbox("Augmentation (flip, rotation, zoom, contrast)", defaults.augment,
-                              help="Without augmentation the frozen part of the ConvNet runs once: stage 1 trains on "
+        augment = c3.checkbox("Augmentation", defaults.augment,
+                              help="Random flips, rotations, zooms and contrast changes. Without augmentation the frozen part of the ConvNet runs once: stage 1 trains on "
                                    "cached features, stage 2 on cached activations below the unfrozen blocks. With it, "
                                    "every epoch sees new images, so the whole ConvNet runs every epoch (slower).")
         start_from_probe = c3.checkbox(
             "LP-FT: start from the probe", defaults.start_from_probe,
             help="Stage 1 is the feature extractor's softmax head, folded into one layer, and stage 2 fine-tunes "
                  "from it, instead of training a new fully connected layer first.")
-        accelerate = c3.checkbox("On a GPU: mixed precision + XLA", defaults.accelerate,
-                                 help="float16 compute and compiled training steps on a GPU; no effect on a CPU.")
-        feature_cut = c4.number_input("Feature extractor: features from N blocks below the top (0 = last layer)", 0, 16,
-                                      defaults.feature_cut,
-                                      help="Earlier layers are more generic; the Strategy page measures which fits your labels best.")
+        accelerate = c3.checkbox("Mixed precision + XLA", defaults.accelerate,
+                                 help="On a GPU: float16 compute and compiled training steps; no effect on a CPU.")
+        feature_cut = c4.number_input("Feature blocks below the top", 0, 16, defaults.feature_cut,
+                                      help="Feature extractor: features from this many blocks below the top (0 = the "
+                                           "last layer). Earlier layers are more generic; the Strategy page measures "
+                                           "which fits your labels best.")
     share_images = st.checkbox(
         "Show my images on the public result page", value=not hosted(),
         help="A result link shows metrics, curves and the confusion matrix to anyone who has it. With this on, "
@@ -155,7 +169,7 @@ with st.form("settings"):
         "Comparison: splits for fine-tuning and from scratch", 1, COMPARE_MAX_SPLITS, COMPARE_COSTLY_SPLITS,
         help="Each split trains both again: the comparison takes about this many times their training time "
              "(below). One split compares them on its test images alone.")
-    b3.caption(costly_time_note(store, dataset["name"], key))
+    plan_slot = st.empty()  # what Compare runs, once the form's settings are known
 
 # The recommended feature block was measured on the recommended backbone; another backbone's
 # blocks differ, so its features come from its last layer unless the user set a block.
@@ -189,9 +203,18 @@ if config.strategy == "finetune":
             "end to end." if config.unfreeze_blocks < 0 else
             "the frozen layers run once; stage 1 trains on cached features and stage 2 on cached activations "
             "below the unfrozen blocks (the same result as running them every epoch, several times faster)."))
-if train_clicked or compare_clicked:
-    planned = comparison.plan(config, data_config, costly_splits=int(costly_splits)) if compare_clicked \
-        else [(config, data_config)]
+planned_comparison = comparison.plan(config, data_config, costly_splits=int(costly_splits))
+plan_slot.caption(f"Compare queues {plan_summary(planned_comparison)}. "
+                  + costly_time_note(store, dataset["name"], key))
+planned = planned_comparison if compare_clicked else [(config, data_config)]
+# Checked before anything is queued: a run without its weights would fail a minute later.
+missing = next(filter(None, map(missing_weights, sorted({v.backbone for v, _ in planned if v.weights == "imagenet"}))),
+               None)
+if missing:
+    weights_slot.warning(missing, icon=":material/cloud_off:")
+if (train_clicked or compare_clicked) and missing:
+    st.error("Not queued: it needs the ImageNet weights named above.")
+elif train_clicked or compare_clicked:
     group = uuid.uuid4().hex[:8] if compare_clicked else None
     try:
         quotas.check_runs(store, [v for v, _ in planned], key)  # hosted: a comparison is refused whole, or queued whole

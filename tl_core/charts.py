@@ -7,11 +7,13 @@ run labels) goes in through :func:`tl_core.escape.plotly`, so it reads as typed.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import plotly.graph_objects as go
 
 from tl_core import escape
+from tl_core.backbones import BACKBONES
 from tl_core.progress import EPOCH_STAGES
 
 STRATEGY_LABELS = {
@@ -22,14 +24,37 @@ STRATEGY_LABELS = {
 
 
 def run_label(run: dict[str, Any]) -> str:
-    """``Feature extractor (ovr) · mobilenet · Ab3x`` for legends and pickers."""
+    """``Feature extractor (ovr, 4 blocks below the top) · mobilenet · Ab3x`` for legends and pickers.
+
+    The brackets hold what tells runs of one strategy apart: the head and the feature block, LP-FT or
+    augmentation, an image size other than the backbone's own.
+    """
     train = (run.get("config") or {}).get("train", {})
-    label = STRATEGY_LABELS.get(train.get("strategy"), train.get("strategy", "?"))
-    if train.get("strategy") == "feature_extractor":
-        label += f" ({train.get('head')})"
-    if train.get("weights") == "none" and train.get("strategy") != "scratch":
+    strategy = train.get("strategy")
+    label = STRATEGY_LABELS.get(strategy, strategy or "?")
+    details = []
+    if strategy == "feature_extractor":
+        details.append(str(train.get("head")))
+        if train.get("feature_cut"):
+            details.append(f"{train['feature_cut']} blocks below the top")
+    if strategy == "finetune" and train.get("start_from_probe"):
+        details.append("LP-FT")
+    if strategy != "feature_extractor" and train.get("augment"):
+        details.append("augmented")
+    spec = BACKBONES.get(train.get("backbone"))
+    if train.get("image_size") and spec is not None and train["image_size"] != spec.input_size:
+        details.append(f"{train['image_size']} px")
+    if details:
+        label += f" ({', '.join(details)})"
+    if train.get("weights") == "none" and strategy != "scratch":
         label += " [random weights]"
     return f"{label} · {train.get('backbone')} · {run['id'][:4]}"
+
+
+def _epoch_ticks(fig: go.Figure) -> dict[str, Any]:
+    """Whole epochs only on an epoch axis (Plotly's own ticks for 2 epochs fall at 0.5 and 1.5)."""
+    last = max((x for trace in fig.data for x in (trace.x or ()) if x is not None), default=1)
+    return {"tickformat": "d", "tick0": 0, "dtick": 1 if last <= 20 else math.ceil(last / 10)}
 
 
 def _texts(values) -> list[str]:
@@ -47,8 +72,10 @@ def class_counts(per_class: dict[str, int]) -> go.Figure:
     return _layout(fig, "Images per class", 320)
 
 
-def decision_matrix(size: str, domain: str, point: tuple[float, float] | None = None) -> go.Figure:
-    """The 2 x 2 matrix, the recommended cell highlighted and the dataset drawn as a point."""
+def decision_matrix(size: str, domain: str, point: tuple[float, float] | None = None, *,
+                    measured: bool = True) -> go.Figure:
+    """The 2 x 2 matrix, the recommended cell highlighted and the dataset drawn as a point (its height
+    a guess from the user's answer when the similarity is not ``measured``)."""
     cells = [
         ("small", "similar", "Retrain only the new layers<br>(frozen ConvNet features)"),
         ("small", "different", "Retrain only the new layers<br>(earlier-layer features)"),
@@ -66,7 +93,7 @@ def decision_matrix(size: str, domain: str, point: tuple[float, float] | None = 
         )
         fig.add_annotation(x=x0 + 0.5, y=y0 + 0.8, text=f"<b>{text}</b>", showarrow=False, font=dict(size=13))
     if point is not None:
-        fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers+text", text=["your data"],
+        fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers+text", text=["your data" if measured else "your data (similarity not measured)"],
                                  textposition="bottom center", marker=dict(size=16, color="#DC2626", symbol="star")))
     fig.update_xaxes(range=[0, 2], tickvals=[0.5, 1.5], ticktext=["small data", "large data"], showgrid=False, zeroline=False)
     fig.update_yaxes(range=[0, 2], tickvals=[0.5, 1.5], ticktext=["different domain", "similar domain"], showgrid=False, zeroline=False)
@@ -87,7 +114,7 @@ def learning_curves(runs: list[dict[str, Any]], metric: str = "val_accuracy") ->
             fig.add_trace(go.Scatter(x=xs, y=[e.get(metric) for e in epochs], mode="lines+markers",
                                      name=escape.plotly(f"{run_label(run)} {stage}")))
             offset = xs[-1]
-    fig.update_xaxes(title="epoch")
+    fig.update_xaxes(title="epoch", **_epoch_ticks(fig))
     fig.update_yaxes(title=metric.replace("_", " "))
     return _layout(fig, f"Learning curves ({metric.replace('_', ' ')})")
 
@@ -120,20 +147,37 @@ def stage_curves(epochs: dict[str, list[dict[str, float]]]) -> go.Figure:
             fig.add_annotation(x=offset + 0.5, y=1.0, yref="paper", text="stage 2 starts", showarrow=False,
                                xanchor="left", font=dict(size=11, color="#6B7280"))
         offset = xs[-1]
-    fig.update_xaxes(title="epoch")
+    fig.update_xaxes(title="epoch", **_epoch_ticks(fig))
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     return _layout(fig, "Loss and accuracy per epoch")
 
 
-def accuracy_vs_time(runs: list[dict[str, Any]]) -> go.Figure:
+def time_ticks(seconds: list[float]) -> list[float]:
+    """Ticks for a log-scale time axis spanning ``seconds``: 1, 10, 100 s..., with 2 and 5 between them
+    when the times span less than three powers of ten (Plotly's own read "3 4 5 ... 10 2 3")."""
+    positive = [s for s in seconds if s and s > 0] or [1.0]
+    low, high = math.floor(math.log10(min(positive))), math.ceil(math.log10(max(positive)))
+    high = max(high, low + 1)
+    steps = (1, 2, 5) if high - low < 3 else (1,)
+    return [float(f"{step * 10.0**k:g}") for k in range(low, high + 1) for step in steps if step == 1 or k < high]
+
+
+def accuracy_vs_time(runs: list[dict[str, Any]], *, best: set[str] = frozenset()) -> go.Figure:
+    """Each run's test accuracy against its training time (log scale); runs in ``best`` drawn as stars."""
     fig = go.Figure()
+    seconds = []
     for run in runs:
         metrics = run.get("metrics") or {}
         if metrics.get("test_accuracy") is None:
             continue
+        seconds.append(metrics.get("seconds"))
         fig.add_trace(go.Scatter(x=[metrics.get("seconds")], y=[metrics["test_accuracy"]], mode="markers",
-                                 marker=dict(size=14), name=escape.plotly(run_label(run))))
-    fig.update_xaxes(title="training time (s)", type="log")
+                                 marker=dict(size=18 if run["id"] in best else 14,
+                                             symbol="star" if run["id"] in best else "circle"),
+                                 name=escape.plotly(("★ " if run["id"] in best else "") + run_label(run))))
+    ticks = time_ticks(seconds)
+    fig.update_xaxes(title="training time (s)", type="log", tickvals=ticks,
+                     ticktext=[f"{t:g} s" for t in ticks], minor=dict(showgrid=False, ticks=""))
     fig.update_yaxes(title="test accuracy", range=[0, 1.12])
     return _layout(fig, "Test accuracy against training time")
 

@@ -11,6 +11,20 @@ from tl_core.charts import run_label
 from tl_core.progress import EPOCH_STAGES, STAGE_TITLES
 
 
+# Failures that resuming can fix: the engine says "resume" in the errors of runs that stopped on
+# their way (a killed or vanished training process, a full disk); a run could not be sent to the
+# Ray cluster; an unexpected exception (often out of memory). A setting, the data or missing weights
+# (every other error) fail the same way again.
+RESUMABLE_ERRORS = ("resume", "Could not send the run to the Ray cluster", "Unexpected error")
+
+
+def resumable(run: dict) -> bool:
+    """Whether a Resume button can help this run: cancelled, or failed for a reason resuming fixes."""
+    if run["status"] == "cancelled":
+        return True
+    error = (run.get("error") or "").lower()
+    return run["status"] == "failed" and any(marker.lower() in error for marker in RESUMABLE_ERRORS)
+
 
 def stage_fraction(info: dict | None) -> float:
     """How far one stage of a progress snapshot is, 0 to 1."""

@@ -9,7 +9,7 @@ from tl_core.charts import run_label
 from tl_core.escape import markdown as plain
 from tl_core.jobs import ensure_worker, queue_snapshot, refresh_seconds
 from ui.run_view import stage_fraction
-from ui.state import PAGES, current_dataset, get_store, hosted, workspace
+from ui.state import ICONS, PAGES, current_dataset, get_store, hosted, workspace
 
 REFRESH = (2, 2, 10)  # seconds between refreshes: a run of mine training, waiting, nothing of mine
 
@@ -42,10 +42,10 @@ def render_sidebar() -> None:
         dataset = current_dataset()
         st.markdown("**Dataset**")
         if dataset:
-            st.caption(f"📁 {plain(dataset['name'])}")
+            st.caption(f"{ICONS['data']} {plain(dataset['name'])}")
         else:
             st.caption("None loaded yet.")
-            st.page_link(PAGES["data"], label="Load one", icon="📁")
+            st.page_link(PAGES["data"], label="Load one", icon=ICONS["data"])
         # Refreshed every 2 s while this visitor has work queued or running, every 10 s otherwise:
         # many open sessions must not keep the server busy redrawing nothing.
         interval = refresh_seconds(queue_snapshot(get_store(), workspace()), *REFRESH)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import streamlit as st
 
-from tl_core.backbones import get_spec
+from tl_core.backbones import WEIGHTS_DIR_ENV, get_spec, local_weights_file
 from tl_core.config import TrainConfig
 from tl_core.data import DataConfig, build_report, decode_dataset, load_images
 from tl_core.errors import TLCoreError
@@ -33,6 +34,15 @@ PAGES = {
     "runs": "app_pages/runs.py",
     "result": "app_pages/result.py",
     "predict": "app_pages/predict.py",
+}
+# Streamlit's Material icons (a font it ships): emoji render as empty boxes where no emoji font is installed.
+ICONS = {
+    "data": ":material/folder_open:",
+    "strategy": ":material/explore:",
+    "train": ":material/model_training:",
+    "runs": ":material/leaderboard:",
+    "result": ":material/link:",
+    "predict": ":material/image_search:",
 }
 
 
@@ -103,7 +113,7 @@ def confirm_workspace_link() -> None:
     st.warning(
         f"This link opens the private workspace {key[:4]}…: its saved datasets and runs. Open it only if it "
         "is yours (your bookmark). Anyone with this link can see and change what is in it, and what you "
-        "upload there is theirs to see too.", icon="🔐")
+        "upload there is theirs to see too.", icon=":material/lock:")
     left, right = st.columns(2)
     if left.button("Open this workspace", type="primary", key="open_linked_workspace"):
         st.session_state["workspace"] = key
@@ -113,6 +123,39 @@ def confirm_workspace_link() -> None:
         st.query_params[WORKSPACE_PARAM] = st.session_state["workspace"]
         st.rerun()
     st.stop()
+
+
+KERAS_WEIGHTS_HOST = ("storage.googleapis.com", 443)  # where keras.applications downloads its weights
+
+
+@st.cache_data(ttl=600, show_spinner=False)
+def _can_download_weights() -> bool:
+    """Whether Keras' weights server answers (one connection at most every 10 minutes, never a download)."""
+    try:
+        socket.create_connection(KERAS_WEIGHTS_HOST, timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+def missing_weights(backbone: str) -> str | None:
+    """What to do when ``backbone``'s ImageNet weights are neither on disk nor downloadable, else ``None``.
+
+    On disk: ``$TL_WEIGHTS_DIR`` or Keras' download cache (``~/.keras/models``). The message names the
+    files and the restart a new ``TL_WEIGHTS_DIR`` needs (the server reads it when it starts).
+    """
+    spec = get_spec(backbone)
+    if local_weights_file(spec.weights_files) is not None or _can_download_weights():
+        return None
+    where = (f"The folder in `{WEIGHTS_DIR_ENV}` has none of them, and this" if os.environ.get(WEIGHTS_DIR_ENV)
+             else f"`{WEIGHTS_DIR_ENV}` is not set, and this")
+    names = " or ".join(f"`{name}`" for name in (spec.weights_files[0], spec.weights_files[-1]))
+    return (f"**The ImageNet weights of {spec.title} are not on this machine.** {where} machine cannot download "
+            f"them, so a run with weights 'imagenet' would fail. To use them:\n"
+            f"1. Put {names} (Keras' own download) in a folder, e.g. `~/weights`.\n"
+            f"2. Stop the app and start it again with the variable set: "
+            f"`{WEIGHTS_DIR_ENV}=~/weights streamlit run app.py`. The app reads `{WEIGHTS_DIR_ENV}` only when it "
+            "starts, so a restart is needed.")
 
 
 def upload_limit_mb() -> float:
@@ -155,7 +198,15 @@ def may_show_images(run: dict[str, Any]) -> bool:
 
 
 def current_dataset() -> dict[str, Any] | None:
-    """``{path, name}`` of the dataset this session works on, if one is loaded."""
+    """``{path, name}`` of the dataset this session works on, if one is loaded.
+
+    A new session (a reload, a new tab) starts with the dataset loaded last in its workspace.
+    """
+    if "dataset" not in st.session_state and not st.session_state.get("dataset_restored"):
+        st.session_state["dataset_restored"] = True  # once: a removed dataset is not brought back
+        previous = last_dataset()
+        if previous is not None:
+            st.session_state["dataset"] = {"path": previous["path"], "name": previous["name"]}
     return st.session_state.get("dataset")
 
 
@@ -213,11 +264,7 @@ def require_dataset() -> tuple[dict[str, Any], dict[str, Any]] | None:
     dataset = current_dataset()
     if dataset is None:
         st.info("Load a dataset first.")
-        previous = last_dataset()
-        if previous and st.button(f"Continue with “{plain(previous['name'])}”", key="continue_dataset"):
-            set_dataset(previous["path"], previous["name"])
-            st.rerun()
-        st.page_link(PAGES["data"], label="Go to Data", icon="📁")
+        st.page_link(PAGES["data"], label="Go to Data", icon=ICONS["data"])
         return None
     report = dataset_report(dataset["path"])
     return (dataset, report) if report is not None else None
