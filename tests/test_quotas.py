@@ -132,3 +132,26 @@ def test_the_data_page_deletes_a_saved_upload_to_free_room(store, toy_folder):
     at.button(key="delete_dataset").click().run()
     assert not at.exception, at.exception
     assert list_datasets(store) == [] and not any(datasets_dir(store).iterdir())
+
+
+def test_resuming_a_run_counts_against_the_queue_quota(tmp_path, monkeypatch):
+    """A failed run queued again by Resume takes a place in its workspace's queue like a new one."""
+    from tl_core.config import TrainConfig
+    from tl_core.errors import QuotaError
+    from tl_core.jobs import resume, submit
+    from tl_core.store import RunStore, new_workspace_key
+
+    monkeypatch.setenv("TL_QUOTA_QUEUED_RUNS", "1")
+    monkeypatch.setenv("TL_RAY_ADDRESS", "")
+    store = RunStore(tmp_path / "data")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    ws = new_workspace_key()
+    config = TrainConfig(strategy="feature_extractor", backbone="vgg16", weights="none", image_size=32)
+    failed = submit(store, folder, config, workspace=ws)
+    assert store.claim_next_queued() == failed
+    store.finish(failed, "failed", error="The training worker stopped while this run was in progress.")
+    submit(store, folder, config, workspace=ws)  # the workspace's one queued run
+    with pytest.raises(QuotaError, match="at most 1"):
+        resume(store, failed)
+    assert store.get_run(failed)["status"] == "failed"

@@ -26,7 +26,6 @@ from tl_core.config import (
 )
 from tl_core.datasets import with_local_source
 from tl_core.errors import TLCoreError
-from tl_core.metrics import accuracy_text, reliability
 from tl_core.progress import EPOCH_STAGES, STAGE_TITLES
 
 
@@ -136,11 +135,15 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
         "model_path": run["model_path"] if run["status"] == "succeeded" else None,
     }
     if metrics.get("confusion_matrix"):  # n_test, test_accuracy_ci, macro_f1_ci, majority_baseline, flags
+        from tl_core.metrics import reliability  # scipy and scikit-learn: not in the idle worker
+
         summary.update(reliability(metrics))
     return summary
 
 
 def _print_accuracy(run: dict[str, Any]) -> None:
+    from tl_core.metrics import accuracy_text, reliability  # scipy and scikit-learn: not in the idle worker
+
     metrics = run["metrics"]
     print(f"test accuracy {accuracy_text(metrics)}, macro F1 {metrics['macro_f1']:.3f}")
     for flag in reliability(metrics, macro_f1=False)["flags"]:
@@ -236,9 +239,13 @@ def cmd_show(args) -> dict[str, Any]:
 
 
 def cmd_worker(args) -> dict[str, Any]:
+    if args.run:  # one run the worker claimed, in a fresh process the worker started (its niceness included)
+        from tl_core.execution import train_for_worker
+
+        return {"status": train_for_worker(args.data_dir, args.run, worker_pid=args.worker_pid)}
     from tl_core.jobs import lower_priority, run_worker
 
-    lower_priority()  # before TensorFlow loads: its start-up is CPU-heavy too
+    lower_priority()  # before its children load TensorFlow: its start-up is CPU-heavy too
     executed = run_worker(_store(args), idle_exit_seconds=args.idle_exit, once=args.once)
     return {"executed": executed}
 
@@ -375,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", parents=[common], help="execute queued runs (the app starts this)")
     worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--idle-exit", type=float, default=600.0, help="seconds idle before exiting")
+    worker.add_argument("--run", help=argparse.SUPPRESS)  # the worker's child: train this claimed run
+    worker.add_argument("--worker-pid", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
 
     resume = sub.add_parser("resume", parents=[common], help="resume a failed or cancelled run from its last epoch")

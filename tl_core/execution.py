@@ -1,8 +1,14 @@
-"""Executing one claimed run in this process: the local worker (:mod:`tl_core.jobs`) and Ray jobs
-(:mod:`tl_core.ray_jobs`) both call it, so progress, cancel and results go through the same store."""
+"""Executing one claimed run in this process: the local worker's child processes (:mod:`tl_core.jobs`)
+and Ray jobs (:mod:`tl_core.ray_jobs`) both call it, so progress, cancel and results go through the
+same store."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
+import threading
 import time
 
 from tl_core.config import DataConfig, TrainConfig
@@ -39,6 +45,46 @@ def train_claimed(store: RunStore, run_id: str) -> None:
         progress=WorkerProgress(store, run_id),
         run_id=run_id,
     )
+
+
+class _WorkerOwnedStore(RunStore):
+    """The store as a worker's child process uses it: the worker that claimed the run stays its owner.
+
+    So a killed worker fails its run at once, whether or not its dying child has been reaped yet.
+    """
+
+    def set_status(self, run_id: str, status: str, error: str | None = None) -> None:
+        if status != "running":  # the run is running already, owned by the worker
+            super().set_status(run_id, status, error)
+
+
+def train_for_worker(data_dir: str, run_id: str, *, worker_pid: int) -> str:
+    """Train, in this fresh process, a run the worker process ``worker_pid`` claimed; returns its final status.
+
+    This process ends as soon as the worker does (the worker's successor fails the run as interrupted).
+    """
+    _end_with_parent(worker_pid)
+    store = _WorkerOwnedStore(data_dir)
+    train_claimed(store, run_id)
+    return store.get_run(run_id)["status"]
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):  # the kernel kills this process when its parent dies
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:  # it died before that
+        os._exit(1)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def execute_run(store: RunStore, run_id: str) -> str:

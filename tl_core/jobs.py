@@ -7,6 +7,9 @@ tabs and a restarted app server. One worker per data folder is guaranteed by an 
 then marks failed, with an explanation, each ``running`` run whose process is gone. POSIX only
 (``fcntl``): Linux, macOS, WSL.
 
+The worker itself never imports TensorFlow: it trains each run it claims in a fresh child process,
+so the memory a run took goes back to the operating system when the run ends.
+
 With ``TL_RAY_ADDRESS`` set, :func:`submit` sends each run to a Ray cluster instead
 (:mod:`tl_core.ray_jobs`) and no local worker is started; both execute a run with
 :func:`tl_core.execution.execute_run`, so progress, cancel and results go through the same store.
@@ -16,13 +19,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tl_core import ray_jobs
+from tl_core import quotas, ray_jobs
 from tl_core.config import DataConfig, TrainConfig, run_payload
 from tl_core.errors import ConfigError, DataError
 from tl_core.execution import train_claimed
@@ -37,6 +41,10 @@ INTERRUPTED = (
     "The training worker stopped while this run was in progress (it crashed, was killed or the "
     "machine restarted). Resume it to go on from its last completed epoch."
 )
+# TensorFlow keeps most of what a run allocated until its process exits, so a worker that trained in
+# its own process grew run after run (bench/memory_ten_runs.py). TL_WORKER_IN_PROCESS=1 does that
+# anyway (the bench's baseline); by default each run trains in a fresh child process.
+FRESH_PROCESS_PER_RUN = os.environ.get("TL_WORKER_IN_PROCESS", "") != "1"
 
 
 def submit(
@@ -63,9 +71,7 @@ def submit(
     """
     config.validate()
     data_config.validate()
-    from tl_core.quotas import check_runs  # hosted workspaces only; a comparison checks all its runs first
-
-    check_runs(store, [config], workspace)
+    quotas.check_runs(store, [config], workspace)  # hosted workspaces only; a comparison checks all its runs first
     path = Path(source).expanduser().resolve()
     if not path.exists():
         raise DataError(f"No folder or zip file at '{path}'.")
@@ -97,7 +103,11 @@ def resume(store: RunStore, run_id: str) -> None:
 
     It goes on from its last completed epoch when it has checkpoints (runs that train epochs);
     decoding and feature extraction come back from their caches.
+
+    Raises:
+        QuotaError: the run's hosted workspace already has its quota of queued and running runs.
     """
+    quotas.check_queue(store, store.get_run(run_id).get("workspace"))
     on_ray = ray_jobs.enabled()
     store.requeue(run_id, executor="ray" if on_ray else None)
     if on_ray:
@@ -194,8 +204,12 @@ def lower_priority() -> None:
         os.nice(WORKER_NICENESS)
 
 
-def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: float = 0.5, once: bool = False) -> int:
+def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: float = 0.5, once: bool = False,
+               *, fresh_process: bool = FRESH_PROCESS_PER_RUN) -> int:
     """Execute queued runs one at a time until idle for ``idle_exit_seconds``.
+
+    Args:
+        fresh_process: train each run in a child process (:func:`train_in_child`); False: in this one.
 
     Returns:
         The number of runs executed; 0 at once if another worker holds the lock.
@@ -212,8 +226,8 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
                 return 0
             time.sleep(0.05)
     try:
-        # TensorFlow is imported with the first run (train_claimed), so a second worker started by
-        # mistake exits in a fraction of a second instead of loading it.
+        # TensorFlow is imported only where a run trains, so a second worker started by mistake exits
+        # in a fraction of a second instead of loading it.
         store.fail_interrupted(INTERRUPTED)
         executed, idle_since = 0, time.monotonic()
         while True:
@@ -223,9 +237,44 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
                     return executed
                 time.sleep(poll_seconds)
                 continue
-            train_claimed(store, run_id)
+            (train_in_child if fresh_process else train_claimed)(store, run_id)
             executed += 1
             idle_since = time.monotonic()
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+
+
+def train_in_child(store: RunStore, run_id: str) -> None:
+    """Train a run this process claimed in a fresh ``python -m tl_core worker --run`` process; wait for it.
+
+    This process stays the run's owner in the store, so a killed worker fails the run at once (the
+    child dies with it); a child that dies alone fails its run with how it ended.
+    """
+    command = [sys.executable, "-m", "tl_core", "worker", "--data-dir", str(store.data_dir.resolve()),
+               "--quiet", "--run", run_id, "--worker-pid", str(os.getpid())]
+    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=engine_env(**store.env_vars()))
+    stopped_here = False
+    try:
+        child.wait()
+    finally:
+        if child.poll() is None:  # the worker itself is stopping (Ctrl-C, an error): so does its run
+            stopped_here = True
+            child.kill()
+            child.wait()
+        if store.get_run(run_id)["status"] == "running":
+            reason = INTERRUPTED if stopped_here else unfinished_reason(child.returncode)
+            store.finish(run_id, "failed", error=reason)
+
+
+def unfinished_reason(returncode: int) -> str:
+    """Why a run whose training process ended on its own before finishing it failed, and what to do."""
+    if returncode == -signal.SIGKILL:
+        how = ("was killed (SIGKILL; on a small machine most often because memory ran out: a smaller image "
+               "size or batch size needs less)")
+    elif returncode < 0:
+        how = f"was stopped by signal {-returncode}"
+    else:
+        how = f"exited with code {returncode} (its output is in the worker's log, worker.log in the data folder)"
+    return (f"The run's training process {how} before the run ended. "
+            "Resume it to go on from its last completed epoch.")
