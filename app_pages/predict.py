@@ -9,10 +9,11 @@ from tl_core import charts
 from tl_core.charts import run_label
 from tl_core.data import prepare_image
 from tl_core.errors import ImageDecodeError, TLCoreError
-from tl_core.export import load_model_file, model_file
+from tl_core.export import best_run, load_model_file, model_file
 from tl_core.gradcam import grad_cam, overlay
 from tl_core.hardware import keep_off_gpu
 from tl_core.metrics import interval_text
+from ui.gallery import heat_legend, zoom
 from ui.reliability import plain, show_flags
 from ui.state import PAGES, get_store, workspace
 
@@ -32,17 +33,27 @@ def load_model(path: str):
     return load_model_file(path)  # Keras safe mode: no Python code from a file ever runs
 
 
-labels = {f"{run_label(r)} · test accuracy {r['metrics']['test_accuracy']:.1%} ({interval_text(r['metrics'])})": r
-          for r in finished}
-choice = st.selectbox("Model", list(labels))
+best = best_run(finished)
+labels = {f"{run_label(r)} · test accuracy {r['metrics']['test_accuracy']:.1%} ({interval_text(r['metrics'])})"
+          + (" · best" if r["id"] == best["id"] else ""): r for r in finished}
+choice = st.selectbox("Model", list(labels), index=finished.index(best),
+                      help="It opens on the model with the highest test accuracy (the most recent of equals).")
 run = labels[choice]
 metrics = run["metrics"]
 st.caption("Classes: " + plain(", ".join(metrics["class_names"])))
 show_flags(metrics)
-uploads = st.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"], accept_multiple_files=True)
+files, camera = st.columns([3, 2])
+uploads = files.file_uploader("Images", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"],
+                              accept_multiple_files=True)
+# The camera starts only when asked: a browser asks for its permission as soon as the widget is live.
+use_camera = camera.toggle("Use the camera", key="use_camera")
+photo = camera.camera_input("Take a photo", disabled=not use_camera, label_visibility="collapsed")
+pictures = [(upload.name, upload.getvalue()) for upload in uploads or []]
+if photo is not None:
+    pictures.append(("camera photo", photo.getvalue()))
 store.run_dir(run["id"])  # after a wiped disk: fetches the run's folder from the artifacts location
 path = model_file(run)
-if not uploads or path is None:
+if not pictures or path is None:
     st.stop()
 
 try:
@@ -54,20 +65,24 @@ size = metrics["image_size"]
 classes = metrics["class_names"]
 explain = st.selectbox("Grad-CAM heat map for", ["the predicted class", *classes],
                        help="Red where the ConvNet's last feature maps pushed this class's score up.")
-for index, upload in enumerate(uploads):
+heat_legend()
+for index, (name, data) in enumerate(pictures):  # files and the camera's photo: one prediction path
     try:
-        pixels, image = prepare_image(upload.getvalue(), size)  # exactly as the training images were
+        pixels, image = prepare_image(data, size)  # exactly as the training images were
     except ImageDecodeError as err:
-        st.warning(plain(f"{upload.name}: skipped ({err})."))
+        st.warning(plain(f"{name}: skipped ({err})."))
         continue
     target = None if explain == "the predicted class" else classes.index(explain)
     cams, probabilities = grad_cam(model, pixels[None], target)  # the prediction and its heat map, one pass
     probabilities = probabilities[0]
     order = np.argsort(-probabilities)[:5]
     left, middle, right = st.columns([1, 1, 2])
-    left.image(image, caption=plain(upload.name), width=180)
+    left.image(image, caption=plain(name), width=180)
     shown = classes[int(order[0])] if target is None else explain
-    middle.image(overlay(image, cams[0]), caption=f"Grad-CAM: {plain(shown)}", width=180)
+    heat = overlay(image, cams[0])
+    middle.image(heat, caption=f"Grad-CAM: {plain(shown)}", width=180)
+    with middle:
+        zoom(heat, name)
     top = {classes[i]: float(probabilities[i]) for i in order}
     right.markdown(f"**{plain(next(iter(top)))}** ({next(iter(top.values())):.0%})")
-    right.plotly_chart(charts.top_classes(top), key=f"pred_{index}_{upload.name}")
+    right.plotly_chart(charts.top_classes(top), key=f"pred_{index}_{name}")

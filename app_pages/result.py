@@ -6,11 +6,12 @@ import pandas as pd
 import streamlit as st
 
 from tl_core import charts
-from tl_core.backbones import weights_label
 from tl_core.charts import run_label
 from tl_core.errors import TLCoreError
 from tl_core.escape import markdown as plain
-from tl_core.export import html_report, model_file
+from tl_core.export import (best_run, html_report, model_file, readable_settings, split_text, take_home,
+                            take_home_name, take_home_usage)
+from tl_core.hardware import keep_off_gpu
 from tl_core.jobs import resume
 from tl_core.metrics import reliability
 from tl_core.store import is_valid_run_id
@@ -22,14 +23,31 @@ from ui.state import get_store, may_show_images, owns, workspace
 store = get_store()
 run_id = st.query_params.get("run")
 
+
+def _picker_label(run: dict, best: dict | None) -> str:
+    """A run as the picker lists it: its label, its test accuracy (or how it ended), the best marked."""
+    if run["status"] != "succeeded":
+        return f"{run_label(run)} · {run['status']}"
+    mark = " · best" if best is not None and run["id"] == best["id"] else ""
+    return f"{run_label(run)} · test accuracy {run['metrics']['test_accuracy']:.1%}{mark}"
+
+
+def _take_home_bytes(run: dict) -> bytes:
+    keep_off_gpu()  # built on the CPU: the GPU and its memory are the training worker's
+    return take_home(run).read_bytes()
+
+
 if not run_id:
     st.title("🔗 Result")
     finished = [r for r in store.list_runs(workspace=workspace()) if r["status"] in ("succeeded", "failed", "cancelled")]
     if not finished:
         st.info("No finished run yet.")
         st.stop()
-    labels = {run_label(r): r["id"] for r in finished}
-    choice = st.selectbox("Run", list(labels))
+    best = best_run(finished)
+    labels = {_picker_label(r, best): r["id"] for r in finished}
+    choice = st.selectbox("Run", list(labels), index=finished.index(best) if best else 0,
+                          help="It opens on the finished run with the highest test accuracy "
+                               "(the most recent of equals).")
     if st.button("Open", type="primary"):
         st.query_params["run"] = labels[choice]
         st.rerun()
@@ -89,10 +107,17 @@ if path is not None:
     # Callables: the file is read (and the report built) only when the button is clicked.
     # on_click="ignore": a click does not rerun the page, so a second download never races a rerun
     # that re-registers the deferred files (seen as a generic ".bin" name in the browser test).
-    d1.download_button("Download the model (.keras)", path.read_bytes, file_name=f"model-{run['id'][:8]}.keras",
-                       mime="application/octet-stream", on_click="ignore")
+    d1.download_button("Download the model (.zip)", lambda: _take_home_bytes(run), file_name=take_home_name(run),
+                       mime="application/zip", on_click="ignore",
+                       help="model.keras (takes pictures of any size; resizes them itself), classes.json (the class "
+                            "names) and a README, in one zip. Loads with plain Keras.")
 d2.download_button("Download the report (HTML)", lambda: html_report(run, files=may_show_images(run)), file_name=f"report-{run['id'][:8]}.html",
                    mime="text/html", on_click="ignore")
+
+if path is not None:
+    with st.expander("Use the downloaded model in Python"):
+        st.caption("Save a picture as photo.jpg beside the zip and run this (Python with keras, tensorflow, pillow):")
+        st.code(take_home_usage(run), language="python")
 
 names = ["Overview", "Confusion matrix", "Per class", "Most confident mistakes", "Curves"]
 can_export = mine and path is not None
@@ -102,15 +127,18 @@ with overview:
     left, right = st.columns(2)
     with left:
         st.markdown("**Settings**")
-        shown = {**train, "weights": weights_label(train.get("weights"))}  # never the server's paths
-        st.dataframe(pd.DataFrame({"setting": list(shown), "value": [str(v) for v in shown.values()]}), hide_index=True)
+        shown = readable_settings(train, metrics)  # only what applied to its strategy; never the server's paths
+        # A table, not a grid: long values (a weights file's name) wrap instead of being cut. Its cells are
+        # Markdown: the values are escaped, so a file name reads as typed.
+        st.table(pd.DataFrame({"setting": list(shown), "value": [plain(v) for v in shown.values()]}),
+                 hide_index=True, hide_header=True)
     with right:
         st.markdown("**Dataset**")
         if dataset:
             st.write(f"{dataset['n_images']} images in {dataset['n_classes']} classes · {len(dataset['skipped'])} skipped")
             st.plotly_chart(charts.class_counts(dataset["per_class"]), key="result_counts")
         if metrics:
-            st.write(f"Split: {metrics.get('split')} · trained on {metrics.get('hardware')} · weights: {plain(weights_label(metrics.get('weights')))}")
+            st.write(f"{split_text(metrics.get('split'))} · trained on {plain(metrics.get('hardware'))}")
             for note in metrics.get("notes", []):
                 st.caption(plain(note))
 with confusion_tab:

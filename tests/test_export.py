@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import REPO
 from tl_core.config import TrainConfig
 from tl_core.errors import ExportError
-from tl_core.export import FORMATS, export_run, html_report, load_model_file, model_file, tflite_interpreter
+from tl_core.export import FORMATS, export_run, html_report, load_model_file, model_card, model_file, tflite_interpreter
 from tl_core.export import test_split as run_test_split  # not collected as a test
 from tl_core.runner import run_training
 
@@ -131,3 +131,16 @@ def test_export_command_prints_path_agreement_and_accuracy(trained, tmp_path):
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert last["path"] == str(tmp_path / "m.tflite") and os.path.getsize(last["path"]) > 0
     assert last["agreement"] >= 0.8 and last["accuracy"] >= 0.6 and os.path.isfile(last["card"])
+
+
+def test_the_report_and_card_read_the_split_and_settings_in_words(trained, tmp_path):
+    _, run = trained
+    split = run["metrics"]["split"]
+    words = f"{split['train']} training / {split['val']} validation / {split['test']} test images"
+    report = html_report(run)
+    assert words in report and "{'train'" not in report
+    assert "<td>Features from</td><td>the last layer</td>" in report and "fine_tune_learning_rate" not in report
+    card, _ = model_card(run, {"format": "keras", "path": str(tmp_path / "model.keras"), "bytes": 1, "agreement": 1.0,
+                               "accuracy": 1.0, "app_accuracy": 1.0, "n_test": split["test"], "passed": True,
+                               "required_agreement": 1.0})
+    assert f"## Split\n{words} (stratified" in card

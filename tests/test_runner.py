@@ -226,7 +226,7 @@ def test_real_transfer_beats_random_features_on_clipart8(monkeypatch, store):
     assert run["status"] == "succeeded", run["error"]
     assert run["metrics"]["test_accuracy"] >= 0.65  # 8 classes; the largest is 21% of the images
     assert len(run["dataset"]["skipped"]) == 4  # the four 168-megapixel drawings
-    assert str(SHARED_WEIGHTS) in run["metrics"]["weights"]
+    assert run["metrics"]["weights"] == "ImageNet (mobilenet_v1_1.0_224_imagenet_notop.weights.h5)"  # no server folder
 
 
 def test_feature_extractor_from_an_earlier_block(toy_folder, store):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tl_core import charts, escape
-from tl_core.backbones import weights_label
+from tl_core.backbones import BACKBONES, weights_label
 from tl_core.errors import ExportError, TLCoreError
 from tl_core.metrics import reliability
 
@@ -63,7 +63,7 @@ def html_report(run: dict[str, Any], files: bool = True) -> str:
     )
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
-        for k, v in sorted(public_settings(train).items())
+        for k, v in readable_settings(train, metrics).items()
     )
     per_class = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
@@ -90,13 +90,82 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ddd;paddi
 {time.strftime('%Y-%m-%d %H:%M', time.localtime(run['created_at']))}</p>
 {headline}
 <p>{dataset.get('n_images', '?')} images in {dataset.get('n_classes', '?')} classes;
-{len(dataset.get('skipped', []))} skipped. Split: {html.escape(str(metrics.get('split', '')))}.</p>
+{len(dataset.get('skipped', []))} skipped. {html.escape(split_text(metrics.get('split')))}.</p>
 {plots}
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>test images</th></tr>{per_class}</table>
 <h2>Most confident mistakes</h2><table><tr><th>file</th><th>true</th><th>predicted</th><th>probability</th></tr>{mistakes}</table>
 <h2>Settings</h2><table>{rows}</table>
 <p>{'<br>'.join(html.escape(n) for n in metrics.get('notes', []))}</p>
 </body></html>"""
+
+
+def split_text(split: dict[str, int] | None) -> str:
+    """``211 training / 46 validation / 46 test images`` from a run's split sizes."""
+    if not split:
+        return "unknown"
+    return (f"{split.get('train', 0)} training / {split.get('val', 0)} validation / "
+            f"{split.get('test', 0)} test images")
+
+
+HEAD_NAMES = {"softmax": "softmax (multinomial logistic)", "ovr": "one-vs-rest logistic", "svm": "linear SVM"}
+
+
+def readable_settings(train: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, str]:
+    """The settings that applied to a run's strategy, under names a person reads (never a server path).
+
+    Args:
+        train: the run's ``TrainConfig`` as stored (``config["train"]``).
+        metrics: the run's metrics, when it finished: the image size and the weights file it used.
+    """
+    metrics = metrics or {}
+    strategy = train.get("strategy")
+    spec = BACKBONES.get(train.get("backbone"))
+    size = train.get("image_size") or metrics.get("image_size") or (spec.input_size if spec else None)
+    shown = {"Strategy": charts.STRATEGY_LABELS.get(strategy, str(strategy)),
+             "Backbone": spec.title if spec else str(train.get("backbone"))}
+    if strategy != "scratch":
+        shown["Pretrained weights"] = weights_label(metrics.get("weights") or train.get("weights"))
+    shown["Image size"] = f"{size} x {size} px" if size else "the backbone's own"
+    if strategy == "feature_extractor":
+        cut = train.get("feature_cut") or 0
+        shown["Head"] = HEAD_NAMES.get(train.get("head"), str(train.get("head")))
+        shown["Features from"] = f"{cut} blocks below the top" if cut else "the last layer"
+    else:
+        shown.update(_trained_settings(train))
+    shown["Seed"] = str(train.get("seed"))
+    return shown
+
+
+def _trained_settings(train: dict[str, Any]) -> dict[str, str]:
+    """The settings of the strategies that train with Adam: two-stage fine-tuning and from scratch."""
+    shown = {}
+    probe = train.get("strategy") == "finetune" and train.get("start_from_probe")
+    stage1 = "Stage 1 " if train.get("strategy") == "finetune" else ""
+    if probe:
+        shown["Stage 1"] = "linear probe on the frozen features (LP-FT)"
+    else:
+        shown[f"{stage1}epochs (at most)".capitalize()] = str(train.get("epochs"))
+        shown[f"{stage1}learning rate".capitalize()] = f"{train.get('learning_rate'):g}"
+        shown["New dense layer"] = f"{train.get('dense_units')} units" if train.get("dense_units") else "none"
+        shown["Dropout"] = f"{train.get('dropout'):g}"
+    if train.get("strategy") == "finetune":
+        blocks = train.get("unfreeze_blocks")
+        shown["Stage 2 unfreezes"] = {-1: "every block", 0: "nothing (no stage 2)", 1: "the top block"}.get(
+            blocks, f"the top {blocks} blocks")
+        if blocks:
+            shown["Stage 2 epochs (at most)"] = str(train.get("fine_tune_epochs"))
+            shown["Stage 2 learning rate"] = f"{train.get('fine_tune_learning_rate'):g}"
+    shown["Augmentation"] = "flip, rotation, zoom, contrast" if train.get("augment") else "off"
+    shown["Early stopping"] = f"after {train.get('patience')} epochs without improvement"
+    shown["Batch size"] = str(train.get("batch_size"))
+    return shown
+
+
+def best_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The succeeded run with the highest test accuracy (ties: the most recent), or ``None``."""
+    scored = [r for r in runs
+              if r["status"] == "succeeded" and (r.get("metrics") or {}).get("test_accuracy") is not None]
+    return max(scored, key=lambda r: (r["metrics"]["test_accuracy"], r.get("created_at") or 0), default=None)
 
 
 def public_settings(train: dict[str, Any]) -> dict[str, Any]:
@@ -195,6 +264,85 @@ def any_size_model(model, image_size: int):
     resized = keras.layers.Resizing(image_size, image_size, interpolation="bilinear", antialias=True,
                                     name="resize_to_model")(inputs)
     return keras.Model(inputs, model(resized), name="exported_classifier")
+
+
+# The one file "Download the model" offers: the any-size model and its class names, zipped.
+TAKE_HOME_FILES = ("model.keras", "classes.json", "README.md")
+TAKE_HOME_USAGE = """import json, zipfile
+import keras, numpy as np
+from PIL import Image, ImageOps
+
+with zipfile.ZipFile("ZIP") as bundle:  # the file "Download the model" saved
+    bundle.extractall("FOLDER")
+model = keras.saving.load_model("FOLDER/model.keras")  # any image size: it resizes inside
+classes = json.load(open("FOLDER/classes.json"))  # class names, in the model's output order
+image = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB")  # your picture
+probabilities = model.predict(np.asarray(image, dtype="float32")[None], verbose=0)[0]
+print(classes[int(probabilities.argmax())], f"({probabilities.max():.0%})")"""
+
+
+def take_home_name(run: dict[str, Any]) -> str:
+    """The file name "Download the model" gives its zip: ``model-<first 8 characters of the run id>.zip``."""
+    return f"model-{run['id'][:8]}.zip"
+
+
+def take_home_usage(run: dict[str, Any]) -> str:
+    """Python that loads the downloaded zip with plain Keras (safe mode) and classifies ``photo.jpg``."""
+    name = take_home_name(run)
+    return TAKE_HOME_USAGE.replace("ZIP", name).replace("FOLDER", name.removesuffix(".zip"))
+
+
+def take_home(run: dict[str, Any]) -> Path:
+    """The zip "Download the model" offers, built once beside the run's model and reused.
+
+    It holds ``model.keras`` (:func:`any_size_model`: RGB pixels 0-255 of any size, resized and
+    preprocessed inside, loadable with plain Keras in safe mode), ``classes.json`` (the class names
+    in the model's output order) and ``README.md`` (what it is and :func:`take_home_usage`).
+
+    Raises:
+        ExportError: the run has no saved model, or it cannot be loaded.
+    """
+    import os
+    import tempfile
+    import zipfile
+
+    path = model_file(run)
+    if path is None:
+        raise ExportError("Only a finished run with a saved model can be downloaded.")
+    bundle = path.parent / "take-home.zip"
+    if bundle.is_file() and bundle.stat().st_mtime >= path.stat().st_mtime:
+        return bundle
+    metrics = run["metrics"]
+    with tempfile.TemporaryDirectory(prefix="tl-take-home-", dir=path.parent) as scratch:
+        model, partial = Path(scratch) / "model.keras", Path(scratch) / "take-home.zip"
+        any_size_model(load_model_file(path), metrics["image_size"]).save(model)
+        with zipfile.ZipFile(partial, "w") as archive:
+            archive.write(model, "model.keras")  # stored as is: a .keras file is a zip already
+            archive.writestr("classes.json", json.dumps(metrics["class_names"], indent=1), zipfile.ZIP_DEFLATED)
+            archive.writestr("README.md", _take_home_readme(run), zipfile.ZIP_DEFLATED)
+        os.replace(partial, bundle)  # atomic: a second click never reads a half-written zip
+    return bundle
+
+
+def _take_home_readme(run: dict[str, Any]) -> str:
+    metrics = run["metrics"]
+    size = metrics["image_size"]
+    shown = ", ".join(escape.markdown(name) for name in metrics["class_names"])  # user text: shown as typed
+    return f"""# {escape.markdown(charts.run_label(run))}
+
+Test accuracy {metrics['test_accuracy']:.1%} ({split_text(metrics.get('split'))}; run `{run['id']}`).
+
+- `model.keras`: a Keras 3 model. It takes RGB pixels 0-255 (float32) of any size, as a batch, and
+  resizes them to {size} x {size} itself; preprocessing is inside. Plain `keras.saving.load_model`
+  loads it, in safe mode: it holds no Python code.
+- `classes.json`: the class names, in the order of the model's outputs: {shown}.
+
+## Use it
+
+```python
+{take_home_usage(run)}
+```
+"""
 
 
 def _predict_keras(path: Path, x: np.ndarray) -> np.ndarray:
@@ -436,7 +584,7 @@ Classes: {', '.join(shown)}. Images per class: {escape.markdown(dataset.get('per
 (sha256 of the files and their labels).
 
 ## Split
-{escape.markdown(metrics.get('split'))} (stratified, seed {config.get('data', {}).get('seed')}; identical files kept in one split).
+{split_text(metrics.get('split'))} (stratified, seed {config.get('data', {}).get('seed')}; identical files kept in one split).
 
 ## Model
 Backbone **{escape.markdown(train.get('backbone'))}**, weights: {escape.markdown(card['model']['weights'])}.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import zipfile
 
 import pytest
 
@@ -101,9 +103,11 @@ def test_upload_train_share(app_server, browser, screenshot_dir, tmp_path):
     report = open(download.value.path(), encoding="utf-8").read()
     assert f"Test accuracy <b>{accuracy}</b>" in report and "Confusion matrix" in report
     with shared.expect_download() as download:
-        shared.get_by_role("button", name="Download the model (.keras)").click()
-    assert download.value.suggested_filename.endswith(".keras")
-    assert open(download.value.path(), "rb").read(2) == b"PK"  # a .keras file is a zip
+        shared.get_by_role("button", name="Download the model (.zip)").click()
+    assert download.value.suggested_filename.endswith(".zip")
+    with zipfile.ZipFile(download.value.path()) as bundle:  # the any-size model, its classes, how to use it
+        assert {"model.keras", "classes.json", "README.md"} <= set(bundle.namelist())
+        assert sorted(json.loads(bundle.read("classes.json"))) == ["blue", "green", "red"]
     # Export: the file is written, loaded back in another process and checked on the test split.
     shared.get_by_role("tab", name="Export").click()
     shared.get_by_role("button", name="Export and check").click()
