@@ -15,11 +15,11 @@ from tl_core.hardware import keep_off_gpu
 from tl_core.metrics import interval_text
 from ui.gallery import heat_legend, zoom
 from ui.reliability import plain, show_flags
-from ui.state import PAGES, get_store, workspace
+from ui.state import ICONS, PAGES, get_store, workspace
 
 keep_off_gpu()  # the server predicts on the CPU; the GPU and its memory are the training worker's
 
-st.title("🔮 Predict")
+st.title(f"{ICONS['predict']} Predict")
 store = get_store()
 finished = store.list_runs(status="succeeded", workspace=workspace())
 if not finished:

@@ -18,7 +18,7 @@ from tl_core.store import is_valid_run_id
 from ui.export_panel import export_panel
 from ui.gallery import mistakes_gallery
 from ui.reliability import show_flags
-from ui.state import get_store, may_show_images, owns, workspace
+from ui.state import ICONS, get_store, may_show_images, owns, workspace
 
 store = get_store()
 run_id = st.query_params.get("run")
@@ -38,7 +38,7 @@ def _take_home_bytes(run: dict) -> bytes:
 
 
 if not run_id:
-    st.title("🔗 Result")
+    st.title(f"{ICONS['result']} Result")
     finished = [r for r in store.list_runs(workspace=workspace()) if r["status"] in ("succeeded", "failed", "cancelled")]
     if not finished:
         st.info("No finished run yet.")
@@ -65,7 +65,7 @@ except TLCoreError:
 metrics = run.get("metrics") or {}
 dataset = run.get("dataset") or {}
 train = (run.get("config") or {}).get("train", {})
-st.title(f"🔗 {run_label(run)}")
+st.title(f"{ICONS['result']} {run_label(run)}")
 
 mine = owns(run)  # hosted: the visitor whose workspace made it; anyone else reads it only
 if run["status"] != "succeeded":
