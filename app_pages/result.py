@@ -130,8 +130,8 @@ with overview:
         shown = readable_settings(train, metrics)  # only what applied to its strategy; never the server's paths
         # A table, not a grid: long values (a weights file's name) wrap instead of being cut. Its cells are
         # Markdown: the values are escaped, so a file name reads as typed.
-        st.table(pd.DataFrame({"setting": list(shown), "value": [plain(v) for v in shown.values()]}),
-                 hide_index=True, hide_header=True)
+        # The names as the index: Streamlit 1.52 (the floor) has no hide_index for tables.
+        st.table(pd.DataFrame({"value": [plain(v) for v in shown.values()]}, index=pd.Index(list(shown), name="setting")))
     with right:
         st.markdown("**Dataset**")
         if dataset:

@@ -35,7 +35,7 @@ def _train(folder, store, **settings):
 def _settings(app) -> dict[str, str]:
     """The Result page's settings table, its Markdown escapes read back as text."""
     table = app.table[0].value
-    return {key: re.sub(r"\\(.)", r"\1", value) for key, value in zip(table["setting"], table["value"])}
+    return {key: re.sub(r"\\(.)", r"\1", value) for key, value in zip(table.index, table["value"])}
 
 
 def _non_square_photo(path, color=TOY_COLORS["red"]) -> bytes:
