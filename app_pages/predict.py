@@ -7,9 +7,10 @@ import streamlit as st
 
 from tl_core import charts
 from tl_core.charts import run_label
+from tl_core.comparison import best_run
 from tl_core.data import prepare_image
 from tl_core.errors import ImageDecodeError, TLCoreError
-from tl_core.export import best_run, load_model_file, model_file
+from tl_core.export import load_model_file, model_file
 from tl_core.gradcam import grad_cam, overlay
 from tl_core.hardware import keep_off_gpu
 from tl_core.metrics import interval_text

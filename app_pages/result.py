@@ -7,9 +7,10 @@ import streamlit as st
 
 from tl_core import charts
 from tl_core.charts import run_label
+from tl_core.comparison import best_run
 from tl_core.errors import TLCoreError
 from tl_core.escape import markdown as plain
-from tl_core.export import (best_run, html_report, model_file, readable_settings, split_text, take_home,
+from tl_core.export import (html_report, model_file, readable_settings, split_text, take_home,
                             take_home_name, take_home_usage)
 from tl_core.hardware import keep_off_gpu
 from tl_core.jobs import resume

@@ -17,17 +17,6 @@ UNNAMED = "(no name)"
 MISSING = "—"  # what a cell without a value shows (Streamlit writes "None" otherwise)
 
 
-def best_per_dataset(runs: list[dict]) -> set[str]:
-    """The ids of the finished runs with the highest test accuracy on their dataset (ties: all of them)."""
-    best: dict[str, float] = {}
-    for run in runs:
-        accuracy = (run.get("metrics") or {}).get("test_accuracy")
-        if run["status"] == "succeeded" and accuracy is not None:
-            name = run.get("name") or UNNAMED
-            best[name] = max(best.get(name, accuracy), accuracy)
-    return {run["id"] for run in runs if run["status"] == "succeeded"
-            and (run.get("metrics") or {}).get("test_accuracy") == best.get(run.get("name") or UNNAMED)}
-
 st.title(f"{ICONS['runs']} Runs")
 store = get_store()
 key = workspace()
@@ -44,7 +33,7 @@ if len(datasets) > 1:
                            key="runs_datasets", help="The runs, comparisons and charts below are those of these "
                                                      "datasets. Leave it empty to see every run.")
     runs = [run for run in runs if (run.get("name") or UNNAMED) in (shown or datasets)]
-top_runs = best_per_dataset(runs)
+top_runs = comparison.best_per_dataset(runs)
 
 best_runs = set()
 for position, (group, members) in enumerate(list(comparison.groups(runs).items())[:MAX_COMPARISONS_SHOWN]):

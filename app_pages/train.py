@@ -14,6 +14,7 @@ from tl_core.config import (
     COMPARE_COSTLY_SPLITS,
     COMPARE_FEATURE_SPLITS,
     COMPARE_MAX_SPLITS,
+    HEAD_NAMES,
     HEADS,
     STRATEGIES,
     DataConfig,
@@ -122,7 +123,7 @@ with st.form("settings"):
     strategy = c2.selectbox("Strategy", STRATEGIES, index=STRATEGIES.index(defaults.strategy),
                             format_func=STRATEGY_LABELS.get)
     head = c3.selectbox("Head (feature extractor)", HEADS, index=HEADS.index(defaults.head),
-                        format_func={"softmax": "softmax (multinomial)", "ovr": "one-vs-rest logistic", "svm": "linear SVM"}.get)
+                        format_func=HEAD_NAMES.get)
     c1, c2, c3, c4 = st.columns(4)
     weights = c1.selectbox("Weights", ["imagenet", "none"], index=0 if defaults.weights == "imagenet" else 1,
                            help="'none' = random initialisation: shows what transfer buys.")

@@ -266,9 +266,7 @@ def measure_domain(
     layers.setdefault(0, measurements["logme"])  # the last layer at this size: already computed
     layers = dict(sorted(layers.items()))
     measurements["explained_variance"] = parts["transferability"]
-    by_cut = dict(zip(cuts, layer_features))
-    by_cut[0] = by_cut.get(0, results[0])
-    layer_accuracy = cross_validated_layers(by_cut, y, [0, max(layers, key=layers.get)])
+    layer_accuracy = cross_validated_layers(dict(zip(cuts, layer_features)), y, [0, max(layers, key=layers.get)])
 
     if bns:
         stats = results[len(cuts) : len(cuts) + 2 * len(bns)]

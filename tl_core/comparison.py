@@ -181,3 +181,23 @@ def groups(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         if group:
             out.setdefault(group, []).append(run)
     return out
+
+
+def _accuracy(run: dict[str, Any]) -> float | None:
+    return (run.get("metrics") or {}).get("test_accuracy") if run["status"] == "succeeded" else None
+
+
+def best_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The succeeded run with the highest test accuracy (ties: the most recent), or ``None``."""
+    scored = [r for r in runs if _accuracy(r) is not None]
+    return max(scored, key=lambda r: (_accuracy(r), r.get("created_at") or 0), default=None)
+
+
+def best_per_dataset(runs: list[dict[str, Any]]) -> set[str]:
+    """The ids of the succeeded runs with the highest test accuracy on their dataset (ties: all of them)."""
+    by_dataset: dict[Any, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_dataset.setdefault(run.get("name"), []).append(run)
+    best = {name: best_run(members) for name, members in by_dataset.items()}
+    return {run["id"] for run in runs
+            if best[run.get("name")] is not None and _accuracy(run) == _accuracy(best[run.get("name")])}

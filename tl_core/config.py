@@ -15,6 +15,7 @@ from tl_core.errors import ConfigError
 
 STRATEGIES = ("feature_extractor", "finetune", "scratch")
 HEADS = ("softmax", "ovr", "svm")
+HEAD_NAMES = {"softmax": "softmax (multinomial logistic)", "ovr": "one-vs-rest logistic", "svm": "linear SVM"}
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_ZIP_BYTES = 8 * 1024**3
 DEFAULT_MAX_ZIP_ENTRIES = 200_000

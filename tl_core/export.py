@@ -13,6 +13,7 @@ import numpy as np
 
 from tl_core import charts, escape
 from tl_core.backbones import BACKBONES, weights_label
+from tl_core.config import HEAD_NAMES
 from tl_core.errors import ExportError, TLCoreError
 from tl_core.metrics import reliability
 
@@ -107,7 +108,6 @@ def split_text(split: dict[str, int] | None) -> str:
             f"{split.get('test', 0)} test images")
 
 
-HEAD_NAMES = {"softmax": "softmax (multinomial logistic)", "ovr": "one-vs-rest logistic", "svm": "linear SVM"}
 
 
 def readable_settings(train: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, str]:
@@ -159,13 +159,6 @@ def _trained_settings(train: dict[str, Any]) -> dict[str, str]:
     shown["Early stopping"] = f"after {train.get('patience')} epochs without improvement"
     shown["Batch size"] = str(train.get("batch_size"))
     return shown
-
-
-def best_run(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The succeeded run with the highest test accuracy (ties: the most recent), or ``None``."""
-    scored = [r for r in runs
-              if r["status"] == "succeeded" and (r.get("metrics") or {}).get("test_accuracy") is not None]
-    return max(scored, key=lambda r: (r["metrics"]["test_accuracy"], r.get("created_at") or 0), default=None)
 
 
 def public_settings(train: dict[str, Any]) -> dict[str, Any]:
