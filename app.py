@@ -5,7 +5,6 @@ legacy multipage app for a session that starts before ``st.navigation`` has run 
 dropped the sidebar and the page titles on a freshly started server.
 """
 
-import inspect
 import json
 import os
 import time
@@ -45,12 +44,9 @@ def _with_root(pages: list) -> list:
     """The pages plus what the root URL shows: the Data page.
 
     Streamlit serves its default page at ``/`` only, so a default Data page made ``/data`` a
-    "Page not found" (a bookmark, a link in the README). Where ``st.Page`` takes ``visibility``
-    (not yet in 1.52), a hidden page is the default: ``/`` shows the Data page through it and
-    ``/data`` stays the Data page's own address. Older versions make the Data page the default.
+    "Page not found" (a bookmark, a link in the README). A hidden page is the default instead: ``/``
+    shows the Data page through it and ``/data`` stays the Data page's own address.
     """
-    if "visibility" not in inspect.signature(st.Page).parameters:
-        return [st.Page(PAGES["data"], title="Data", icon=pages[0].icon, url_path="data", default=True), *pages[1:]]
     # url_path "home" is never shown (the default page lives at "/"); it keeps this page's id
     # apart from the visible Data page's.
     return [st.Page(PAGES["data"], title="Data", icon=pages[0].icon, url_path="home", default=True,

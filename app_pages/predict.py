@@ -14,7 +14,7 @@ from tl_core.export import load_model_file, model_file
 from tl_core.gradcam import grad_cam, overlay
 from tl_core.hardware import keep_off_gpu
 from tl_core.metrics import interval_text
-from ui.gallery import heat_legend, zoom
+from ui.gallery import heat_legend, short_name, zoom
 from ui.reliability import plain, show_flags
 from ui.state import ICONS, PAGES, get_store, workspace
 
@@ -78,7 +78,8 @@ for index, (name, data) in enumerate(pictures):  # files and the camera's photo:
     probabilities = probabilities[0]
     order = np.argsort(-probabilities)[:5]
     left, middle, right = st.columns([1, 1, 2])
-    left.image(image, caption=plain(name), width=180)
+    left.image(image, width=180)
+    left.caption(plain(short_name(name)), help=plain(name))  # one line: the middle of a long name cut
     shown = classes[int(order[0])] if target is None else explain
     heat = overlay(image, cams[0])
     middle.image(heat, caption=f"Grad-CAM: {plain(shown)}", width=180)

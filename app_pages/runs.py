@@ -51,19 +51,21 @@ for position, (group, members) in enumerate(list(comparison.groups(runs).items()
         if not summary["strategies"]:
             st.caption("No finished run yet.")
             continue
+        n_shared = len(summary["shared_seeds"])
+        shared_column = f"mean, {n_shared} shared split{'s' if n_shared != 1 else ''}"
         st.dataframe(pd.DataFrame([{
             "": "★" if s["best"] else "",
             "strategy": s["label"],
             "splits": f"{s['n_splits']} of {s['planned']}",
             "mean accuracy": s["mean_accuracy"],
             "95% CI": "{:.1%}-{:.1%}".format(*s["accuracy_ci"]),
-            f"mean, {len(summary['shared_seeds'])} shared splits": s["shared_mean_accuracy"],
+            shared_column: s["shared_mean_accuracy"],
             "mean time (s)": s["seconds"],
             "warning": f"flagged on {s['flagged']} of {s['n_splits']} splits" if s["flagged"] else "",
             "per split": ", ".join(f"{a:.1%}" for a in s["accuracies"]),
         } for s in summary["strategies"]]), hide_index=True, column_config={
             "mean accuracy": st.column_config.NumberColumn(format="%.3f", help="Over this strategy's own splits"),
-            f"mean, {len(summary['shared_seeds'])} shared splits": st.column_config.NumberColumn(
+            shared_column: st.column_config.NumberColumn(
                 format="%.3f", help="Over the splits every strategy finished (the order within the best group "
                                     "and the rest); each verdict uses the splits its two strategies share"),
             "mean time (s)": st.column_config.NumberColumn(format="%.1f"),
@@ -145,7 +147,10 @@ finished = [r for r in runs if r["status"] == "succeeded"]
 if finished:
     st.plotly_chart(charts.accuracy_vs_time(finished, best=top_runs), key="acc_time")
     labels = {run_label(r): r for r in finished}
-    chosen = st.multiselect("Compare learning curves of", list(labels), default=list(labels)[:4])
+    # Feature-extractor runs fit in one step (no curve): the default shows runs that have epochs.
+    with_curves = [name for name, r in labels.items()
+                   if (r.get("config") or {}).get("train", {}).get("strategy") != "feature_extractor"]
+    chosen = st.multiselect("Compare learning curves of", list(labels), default=(with_curves or list(labels))[:4])
     selected = [store.get_run(labels[name]["id"]) for name in chosen]
     with_epochs = [r for r in selected if any(r["epochs"].values())]
     if with_epochs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from tl_core.advisor import (
 )
 from tl_core.backbones import BACKBONES
 from tl_core.charts import STRATEGY_LABELS
+from tl_core.config import TrainConfig
 from tl_core.errors import TLCoreError
 from tl_core.escape import markdown as plain
+from tl_core.export import readable_settings
 from ui.advice import as_recommendation, cached_advice, measure, weights_on_disk
 from ui.state import ICONS, PAGES, dataset_stamp, get_store, missing_weights, require_dataset
 
@@ -36,7 +39,10 @@ stamp = dataset_stamp(Path(dataset["path"]))
 backbone = st.selectbox("Measure with backbone", list(BACKBONES), index=list(BACKBONES).index("mobilenet"),
                         format_func=lambda b: BACKBONES[b].title, key="advice_backbone")
 advice = cached_advice(store, dataset["path"], stamp, backbone)
-if advice is None:
+missing = missing_weights(backbone) if advice is None else None
+if missing:  # measuring runs the pretrained network: say how to get it instead of offering a button that fails
+    st.warning(missing, icon=":material/cloud_off:")
+elif advice is None:
     automatic = weights_on_disk(backbone)
     slot = st.empty()
     clicked = slot.button("Measure domain similarity", type="primary",
@@ -84,13 +90,14 @@ with left:
 with right:
     st.subheader(f"Recommended: {STRATEGY_LABELS[rec.strategy]}")
     if advice is None:
-        st.caption("From your answer, not measured: measure domain similarity (above) to place your data by its "
-                   "images.")
+        st.caption("From your answer, not measured: " + ("measuring your images needs the ImageNet weights (above)."
+                   if missing else "measure domain similarity (above) to place your data by its images."))
     st.markdown(f"**{rec.cell}** — {rec.size} data, {rec.domain} domain.")
     for reason in rec.reasons:
         st.markdown(f"- {reason}")
-    shown = {k: v for k, v in rec.settings.items() if k != "strategy"}
-    st.markdown("Settings: " + ", ".join(f"`{k}={v}`" for k, v in shown.items()))
+    settings = readable_settings({**dataclasses.asdict(TrainConfig()), **rec.settings, "strategy": rec.strategy})
+    st.markdown("Settings: " + plain(" · ".join(f"{k}: {v}" for k, v in settings.items()
+                                                if k not in ("Strategy", "Seed"))))
     st.page_link(PAGES["train"], label="Next: train with these settings", icon=ICONS["train"])
 
 if advice is not None:
@@ -121,8 +128,9 @@ if advice is not None:
                                for k, v in advice["layers"].items()])
         st.markdown("**Which layer's features fit your labels** (LogME ranks them, higher is better; a softmax "
                     "head cross-validated on the sample settles the best against the last layer)")
-        st.dataframe(layers, hide_index=True, width="stretch", column_config={
-            "cross-validated accuracy": st.column_config.NumberColumn(format="%.3f")})
+        st.dataframe(layers, hide_index=True, width="stretch", placeholder="—", column_config={
+            "cross-validated accuracy": st.column_config.NumberColumn(
+                format="%.3f", help="Measured for the last layer and LogME's best earlier layer; '—': not needed")})
     with c2:
         ranking = pd.DataFrame([{"backbone": r["title"], "LogME": r["logme"]} for r in advice["ranking"]])
         st.markdown("**Backbones ranked by transferability** (weights on disk)")

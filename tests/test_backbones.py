@@ -127,6 +127,25 @@ def test_offline_imagenet_without_local_weights_names_tl_weights_dir(monkeypatch
     assert "mobilenet_v2_1.0_224_imagenet_notop.weights.h5" in str(info.value)
 
 
+def test_tl_offline_never_downloads_and_says_where_weights_go(monkeypatch, tmp_path):
+    """TL_OFFLINE=1 (a machine that must not download): imagenet without a local file is refused at
+    once, online or not; a file in TL_WEIGHTS_DIR or in Keras' cache is still used."""
+    monkeypatch.setenv("TL_OFFLINE", "1")
+    monkeypatch.delenv("TL_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    spec = get_spec("vgg16")
+    with pytest.raises(WeightsUnavailableError, match="TL_WEIGHTS_DIR") as info:
+        resolve_weights(spec, "imagenet")
+    assert "vgg16_imagenet_notop.weights.h5" in str(info.value)
+    cached = tmp_path / "keras" / "models" / spec.weights_files[-1]
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"as Keras downloaded it")
+    assert resolve_weights(spec, "imagenet").keras_arg == "imagenet"  # Keras reads its own cache
+    (tmp_path / spec.weights_files[0]).write_bytes(b"fake")
+    monkeypatch.setenv("TL_WEIGHTS_DIR", str(tmp_path))
+    assert resolve_weights(spec, "imagenet").keras_arg == str(tmp_path / spec.weights_files[0])
+
+
 @needs_shared_weights
 def test_real_mobilenet_weights_load_from_tl_weights_dir(monkeypatch):
     monkeypatch.setenv("TL_WEIGHTS_DIR", str(SHARED_WEIGHTS))

@@ -88,16 +88,31 @@ def test_offline_sample_builds_from_scikit_learn(app):
 
 
 def test_strategy_page_places_the_dataset_and_recommends(app, folder, monkeypatch, tmp_path):
-    # No weights on disk: the page does not measure by itself (that could mean a download); it asks.
+    # No weights on disk and no way to download them: the page says how to get them, offers no
+    # measurement that would fail, and recommends from the user's answer.
     monkeypatch.delenv("TL_WEIGHTS_DIR", raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("TL_OFFLINE", "1")
     _open(app, "strategy", **_dataset(folder))
-    assert any(b.label == "Measure domain similarity" for b in app.button)
+    assert not any(b.label == "Measure domain similarity" for b in app.button)
+    assert "The ImageNet weights of MobileNet v1 are not on this machine" in app.warning[0].value
+    assert "streamlit run app.py" in app.warning[0].value
     assert app.subheader[0].value == "Recommended: Feature extractor"
     assert any("smallest class has 8 images" in m.value for m in app.markdown)
     app.radio[0].set_value("different")
     app.run()
     assert "different domain" in " ".join(m.value for m in app.markdown)
+
+
+def test_strategy_page_asks_before_a_measurement_that_may_download(app, folder, monkeypatch, tmp_path):
+    # No weights on disk, but a machine that can download them: measuring could mean a download of
+    # megabytes, so the page asks (the weights server's answer is the one thing not tried for real here).
+    monkeypatch.delenv("TL_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr("ui.state._can_download_weights", lambda: True)
+    _open(app, "strategy", **_dataset(folder))
+    assert any(b.label == "Measure domain similarity" for b in app.button)
+    assert not app.warning
 
 
 @needs_shared_weights

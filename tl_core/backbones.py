@@ -33,6 +33,7 @@ class _LazyKeras:
 
 keras = _LazyKeras()
 WEIGHTS_DIR_ENV = "TL_WEIGHTS_DIR"
+OFFLINE_ENV = "TL_OFFLINE"  # "1": never download weights (air-gapped machines, servers that ship them)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
@@ -162,6 +163,8 @@ def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> Resolved
         candidate = _find_file([os.environ.get(WEIGHTS_DIR_ENV)], spec.weights_files)
         if candidate is not None:
             return ResolvedWeights(str(candidate), f"imagenet-{_digest(candidate)}", f"ImageNet ({candidate.name})")
+        if offline() and local_weights_file(spec.weights_files) is None:
+            raise WeightsUnavailableError(_offline_message(spec, ConnectionError(f"{OFFLINE_ENV}=1: no download")))
         return ResolvedWeights("imagenet", "imagenet-keras", "ImageNet (Keras download)")
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -192,6 +195,11 @@ def _find_file(folders: list[str | None], filenames: tuple[str, ...]) -> Path | 
             if folder and (candidate := Path(folder).expanduser() / filename).is_file():
                 return candidate
     return None
+
+
+def offline() -> bool:
+    """Whether ``TL_OFFLINE=1`` forbids downloading weights: only ``TL_WEIGHTS_DIR`` and Keras' cache count."""
+    return os.environ.get(OFFLINE_ENV, "").strip() == "1"
 
 
 def local_weights_file(filenames: tuple[str, ...]) -> Path | None:

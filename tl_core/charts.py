@@ -66,8 +66,22 @@ def _layout(fig: go.Figure, title: str, height: int = 360) -> go.Figure:
     return fig
 
 
+TICK_CHARS = 16  # a class name on an axis is cut to this many characters (whole in the hover)
+TICKS_ACROSS = 90  # characters of class names that fit side by side under a chart; more are slanted
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= TICK_CHARS else name[: TICK_CHARS - 1].rstrip() + "…"
+
+
 def class_counts(per_class: dict[str, int]) -> go.Figure:
-    fig = go.Figure(go.Bar(x=_texts(per_class), y=list(per_class.values()), marker_color="#4F46E5"))
+    """Images per class as bars; long class names cut short on the axis so they do not overlap."""
+    names = _texts(per_class)
+    fig = go.Figure(go.Bar(x=names, y=list(per_class.values()), marker_color="#4F46E5",
+                           hovertemplate="%{x}: %{y} images<extra></extra>"))
+    short = [_short(name) for name in per_class]
+    fig.update_xaxes(tickvals=names, ticktext=_texts(short),
+                     tickangle=0 if sum(len(name) + 2 for name in short) <= TICKS_ACROSS else -30)
     fig.update_yaxes(title="images")
     return _layout(fig, "Images per class", 320)
 

@@ -269,7 +269,8 @@ with zipfile.ZipFile("ZIP") as bundle:  # the file "Download the model" saved
     bundle.extractall("FOLDER")
 model = keras.saving.load_model("FOLDER/model.keras")  # any image size: it resizes inside
 classes = json.load(open("FOLDER/classes.json"))  # class names, in the model's output order
-image = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB")  # your picture
+image = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGBA")  # your picture
+image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image).convert("RGB")  # transparency on white, as the app
 probabilities = model.predict(np.asarray(image, dtype="float32")[None], verbose=0)[0]
 print(classes[int(probabilities.argmax())], f"({probabilities.max():.0%})")"""
 

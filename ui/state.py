@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from tl_core.backbones import WEIGHTS_DIR_ENV, get_spec, local_weights_file
+from tl_core.backbones import WEIGHTS_DIR_ENV, get_spec, local_weights_file, offline
 from tl_core.config import TrainConfig
 from tl_core.data import DataConfig, build_report, decode_dataset, load_images
 from tl_core.errors import TLCoreError
@@ -130,7 +130,11 @@ KERAS_WEIGHTS_HOST = ("storage.googleapis.com", 443)  # where keras.applications
 
 @st.cache_data(ttl=600, show_spinner=False)
 def _can_download_weights() -> bool:
-    """Whether Keras' weights server answers (one connection at most every 10 minutes, never a download)."""
+    """Whether Keras' weights server answers (one connection at most every 10 minutes, never a download).
+    ``TL_OFFLINE=1`` says no without trying: a machine that must not download (air-gapped, or a hosted
+    server whose operator ships the weights)."""
+    if offline():
+        return False
     try:
         socket.create_connection(KERAS_WEIGHTS_HOST, timeout=3).close()
     except OSError:

@@ -32,11 +32,16 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _serve(data_dir: Path, extra_env: dict[str, str] | None = None):
-    """``streamlit run app.py`` on a free loopback port with its own data folder; yields its URL."""
+def _serve(data_dir: Path, extra_env: dict[str, str] | None = None, *, weights: bool = True):
+    """``streamlit run app.py`` on a free loopback port with its own data folder; yields its URL.
+    Without ``weights`` the server has no ImageNet weights at all: no ``TL_WEIGHTS_DIR``, an empty
+    Keras cache and ``TL_OFFLINE=1`` (as on a machine that cannot download them)."""
     port = _free_port()
     env = {**os.environ, "TL_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), **(extra_env or {})}
-    if MOBILENET_NOTOP.is_file():  # real weights on disk: the Strategy page measures the data itself
+    if not weights:
+        env.pop("TL_WEIGHTS_DIR", None)
+        env.update(TL_OFFLINE="1", KERAS_HOME=str(data_dir / "keras-home"))
+    elif MOBILENET_NOTOP.is_file():  # real weights on disk: the Strategy page measures the data itself
         env["TL_WEIGHTS_DIR"] = str(SHARED_WEIGHTS)
     log = open(data_dir / "server.log", "wb")
     server = subprocess.Popen(
