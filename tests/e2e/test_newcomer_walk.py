@@ -80,13 +80,18 @@ def _wait_until_finished(store: RunStore, n_runs: int, timeout: float) -> list[d
 
 def test_without_weights_the_app_says_what_to_do_before_anything_is_queued(offline_server, browser, tmp_path,
                                                                           screenshot_dir):
-    archive = tmp_path / "shapes.zip"
-    archive.write_bytes(zip_folder(make_toy_folder(tmp_path / "shapes", n_per_class=8), prefix="shapes/"))
+    folder = make_toy_folder(tmp_path / "shapes", n_per_class=8)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(offline_server["url"] + "/")
     page.get_by_role("heading", name=re.compile("Data")).first.wait_for(timeout=TIMEOUT)
-    _upload(page, archive)
+    # A whole folder of class folders, straight from the browser (no zip), as Teachable Machine users do.
+    page.get_by_role("tab", name="Upload a folder").click()
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').nth(1).set_input_files(str(folder))
+    page.get_by_role("button", name="Load these 24 files").click()
     page.get_by_text("Health of").wait_for(timeout=TIMEOUT)
+    page.get_by_text("Health of “shapes”").wait_for(timeout=TIMEOUT)
+    for name in ("red", "green", "blue"):
+        page.get_by_text(name, exact=True).first.wait_for(timeout=TIMEOUT)
 
     _goto_page(page, "Strategy")  # measuring needs the weights: the page says how to get them
     page.get_by_text("The ImageNet weights of MobileNet v1 are not on this machine").wait_for(timeout=TIMEOUT)
