@@ -88,8 +88,8 @@ def test_with_weights_on_disk_train_shows_no_warning(store, folder, monkeypatch,
 def test_without_weights_strategy_does_not_advise_random_weights_nor_pass_an_answer_for_a_measurement(
         offline, store, folder):
     at = _page("strategy", folder)
-    next(b for b in at.button if b.label == "Measure domain similarity").click()
-    at.run(timeout=300)
+    # Without weights there is nothing to measure: no button that would fail, the guidance instead.
+    assert not [b for b in at.button if b.label == "Measure domain similarity"]
     text = " ".join(w.value for w in at.warning)
     assert "TL_WEIGHTS_DIR" in text and "weights 'none'" not in text
     assert any("not measured" in c.value for c in at.caption)
