@@ -52,7 +52,7 @@ photo = camera.camera_input("Take a photo", disabled=not use_camera, label_visib
 pictures = [(upload.name, upload.getvalue()) for upload in uploads or []]
 if photo is not None:
     pictures.append(("camera photo", photo.getvalue()))
-store.run_dir(run["id"])  # after a wiped disk: fetches the run's folder from the artifacts location
+store.ensure_local(run["id"])  # after a wiped disk: fetches the run's folder from the artifacts location
 path = model_file(run)
 if not pictures or path is None:
     st.stop()

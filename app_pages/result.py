@@ -59,6 +59,7 @@ if not is_valid_run_id(run_id):
     st.stop()
 try:
     run = store.get_run(run_id)
+    store.ensure_local(run_id)  # its model and heat maps, from the artifacts location after a wiped disk
 except TLCoreError:
     st.error("No run with this id: it may have been deleted, or the link is incomplete.")
     st.stop()

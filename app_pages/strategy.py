@@ -15,7 +15,9 @@ from tl_core.advisor import (
     LARGE_MIN_PER_CLASS,
     PART_WEIGHTS,
     SCRATCH_MIN_PER_CLASS,
+    SAMPLE_SIZE,
     SIMILAR_MIN,
+    anchors_sentence,
     bench_sentence,
     recommend,
 )
@@ -78,8 +80,8 @@ else:
     similarity = 0.85 if domain == "similar" else 0.35
 st.session_state["recommendation"] = rec
 
-# The point: x on a log scale of the smallest class (1 to 1,000 images fill the "small" half,
-# 1,000 to 1,000,000 the "large" half); y the similarity, SIMILAR_MIN on the row boundary.
+# The point: x on a log scale of the smallest class (1 to LARGE_MIN_PER_CLASS images fill the "small"
+# half, from there to its square the "large" half); y the similarity, SIMILAR_MIN on the row boundary.
 smallest = max(rec.measurements["min_per_class"], 1)
 x = min(max(math.log10(smallest) / math.log10(LARGE_MIN_PER_CLASS), 0.05), 1.95)
 y = similarity / SIMILAR_MIN if similarity < SIMILAR_MIN else 1 + (similarity - SIMILAR_MIN) / (1 - SIMILAR_MIN)
@@ -144,7 +146,7 @@ if advice is not None:
 with st.expander("How the advisor decides"):
     st.markdown(
         f"""
-- **Data size**: images in the smallest class. *Large* from **{LARGE_MIN_PER_CLASS}**: retraining deep
+- **Data size**: images in the smallest class. *Large* from **{LARGE_MIN_PER_CLASS:,}**: retraining deep
   layers needs on the order of a thousand images per class (Yosinski et al. 2014 fine-tuned with about
   1,300; Kornblith et al. 2019 find fine-tuning's lead over frozen features shrinks as data per class
   falls to the hundreds; the CS231n notes and the Keras guide call a few hundred per class small).
@@ -152,17 +154,16 @@ with st.expander("How the advisor decides"):
   features from an earlier block were best at {BENCH['small']['per_class']:,} per class
   ({BENCH['small']['earlier_features']:.3f}) and at {BENCH['large']['per_class']:,} per class
   ({BENCH['large']['earlier_features']:.3f}) (README, *The strategy advisor*).
-- **Domain similarity** to ImageNet, from a sample of up to 300 of your images, in [0, 1]: the
+- **Domain similarity** to ImageNet, from a sample of up to {SAMPLE_SIZE} of your images, in [0, 1]: the
   weighted mean of *activation statistics* (how close your images' statistics inside the network are
   to the ImageNet statistics its BatchNorm layers store; weight {PART_WEIGHTS['statistics']}), *ImageNet recognition* (how
   confidently the ImageNet classifier names your images; {PART_WEIGHTS['recognition']}) and *transferability* (how much of your
   labels a linear model on the features explains, from LogME, You et al. 2021; {PART_WEIGHTS['transferability']}). *Similar* from
-  **{SIMILAR_MIN}**: measured anchors are photographs 0.89, clip art 0.78, Fashion-MNIST 0.60,
-  8 x 8 digits 0.54, noise 0.12.
+  **{SIMILAR_MIN}**; measured anchors: {anchors_sentence()}.
 - **Different domain**: features from earlier blocks are compared with the last layer's (LogME, at
   the backbone's own input size here; `python -m tl_core advise --image-size N` compares them at the
   size you will train at) and the better one is recommended. Training **from scratch** is
-  recommended only from **{SCRATCH_MIN_PER_CLASS}** images per class (He et al. 2019: random
+  recommended only from **{SCRATCH_MIN_PER_CLASS:,}** images per class (He et al. 2019: random
   initialisation needs that much data, and long schedules, to catch up); {bench_sentence()}.
 """
     )

@@ -58,10 +58,7 @@ from tl_core.progress import NullProgress
 from tl_core.runner import run_training
 from tl_core.store import RunStore
 
-def memory(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
+from tl_core.hardware import process_memory as memory
 
 class PeakByStage(NullProgress):
     # The peak so far at the end of each stage: where the peak was reached.

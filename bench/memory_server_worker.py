@@ -25,6 +25,7 @@ from _common import CHROMIUM_ARGS as ARGS
 from _common import REPO, machine, start_app
 
 from tl_core.backbones import BACKBONES, local_weights_file
+from tl_core.hardware import process_memory
 from tl_core.store import RunStore
 
 BUDGET = 2.0e9  # bytes
@@ -32,10 +33,10 @@ BUDGET = 2.0e9  # bytes
 
 def rss(pid: int, field: str = "VmHWM") -> int:
     """Resident bytes of a process: ``VmHWM`` (its peak so far) or ``VmRSS`` (now)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} for {pid}")
+    value = process_memory(field, pid)
+    if not value:
+        raise RuntimeError(f"no {field} for {pid}")
+    return value
 
 
 def subset(source: Path, n: int, target: Path) -> Path:

@@ -34,6 +34,7 @@ from _common import CHROMIUM_ARGS, DEFAULT_DATA, REPO, machine, start_app
 
 from tl_core import comparison
 from tl_core.config import DataConfig, TrainConfig
+from tl_core.hardware import process_memory
 from tl_core.jobs import ensure_worker, submit, worker_alive
 from tl_core.store import RunStore
 
@@ -44,10 +45,7 @@ RESULTS = REPO / "bench" / "results" / "memory_ten_runs"
 
 def rss(pid: int) -> int:
     """Resident bytes of a process now; 0 once it is gone."""
-    try:
-        return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
-    except (OSError, IndexError):
-        return 0
+    return process_memory("VmRSS", pid)
 
 
 def descendants(pid: int) -> list[int]:

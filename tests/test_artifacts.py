@@ -42,6 +42,7 @@ def test_a_finished_run_is_copied_and_a_wiped_disk_gets_it_back(tmp_path, bucket
     shutil.rmtree(tmp_path / "data")  # the host restarts on an empty disk
     fresh = RunStore(tmp_path / "data", database_url=database, artifacts_url=bucket)
     assert fresh.get_run(run_id)["status"] == "failed"
+    fresh.ensure_local(run_id)
     assert (fresh.run_dir(run_id) / "checkpoints" / "stage1.weights.h5").read_bytes() == b"w" * 1000  # to resume
 
     fresh.requeue(run_id)
@@ -157,7 +158,7 @@ def test_a_fresh_server_on_a_wiped_disk_shows_and_predicts_with_an_old_run(
 
     from tl_core.config import TrainConfig
     from tl_core.data import prepare_image
-    from tl_core.export import load_model_file
+    from tl_core.model_files import load_model_file
     from tl_core.runner import run_training
 
     before = RunStore(tmp_path / "before", database_url=postgres_url, artifacts_url=bucket)
@@ -172,6 +173,7 @@ def test_a_fresh_server_on_a_wiped_disk_shows_and_predicts_with_an_old_run(
     shutil.rmtree(tmp_path / "before")  # the disk is wiped; the database and the bucket remain
     after = RunStore(tmp_path / "after", database_url=postgres_url, artifacts_url=bucket)
     again = after.get_run(run["id"])
+    after.ensure_local(run["id"])
     assert again["status"] == "succeeded" and again["metrics"]["test_accuracy"] == run["metrics"]["test_accuracy"]
     assert again["epochs"] == run["epochs"]
     predicted = load_model_file(again["model_path"]).predict(pixels, verbose=0)  # fetched back
@@ -243,14 +245,14 @@ def test_a_run_trained_on_another_machine_replaces_the_stale_copy_here_once_it_e
     run_id = app.create_run({"train": {}}, executor="ray")
     assert app.run_dir(run_id).is_dir()  # made when it was queued
     assert node.claim_run(run_id)
-    app.get_run(run_id)  # while it trains: nothing to replace yet
+    app.ensure_local(run_id)  # while it trains: nothing to replace yet
     node.run_dir(run_id).mkdir(parents=True)  # as the runner makes it
     (node.run_dir(run_id) / "model.keras").write_bytes(b"model")
     node._update(run_id, owner_host="gpu-node-1")  # as a Ray node on another machine records it
     node.finish(run_id, "succeeded", {"test_accuracy": 0.9})
 
-    app.get_run(run_id)
+    app.ensure_local(run_id)
     assert (app.run_dir(run_id) / "model.keras").read_bytes() == b"model"
     (app.run_dir(run_id) / "gradcam").mkdir()  # drawn here later: never replaced again
-    app.get_run(run_id)
+    app.ensure_local(run_id)
     assert (app.run_dir(run_id) / "gradcam").is_dir()

@@ -116,3 +116,13 @@ def test_compare_runs_every_strategy_on_the_same_splits_and_gives_verdicts(tmp_p
     assert shown["config"]["train"]["unfreeze_blocks"] == 2  # "0 = skip stage 2" is not a two-stage run
     assert len(shown["epochs"]["stage2"]) == 1
     assert last_json(cli("show", runs[3]["run_id"], "--json", data_dir=tmp_path / "store"))["config"]["train"]["weights"] == "none"
+
+
+def test_the_cli_defaults_are_the_train_configs_and_the_export_formats_are_the_engines():
+    from tl_core.__main__ import _train_config, build_parser
+    from tl_core.config import EXPORT_FORMATS, TrainConfig
+
+    parser = build_parser()
+    assert _train_config(parser.parse_args(["train", "--data", "x"])) == TrainConfig()
+    export = parser.parse_args(["export", "RUN", "--format", EXPORT_FORMATS[-1], "--out", "x"])
+    assert export.format == EXPORT_FORMATS[-1]

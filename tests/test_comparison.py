@@ -92,7 +92,7 @@ def test_runs_without_per_image_predictions_are_counted_not_paired(compared, tmp
 
 def _stored_run(store, strategy: str, head: str, seed: int, correct: list[int], group: str = "g2") -> dict:
     """A finished run in a real store whose test predictions are right where ``correct`` says."""
-    from tl_core.store import write_json_atomic
+    from tl_core.fsutil import write_json_atomic
 
     payload = {"train": {"strategy": strategy, "head": head}, "data": {"seed": seed}, "source": "x", "group": group}
     run_id = store.create_run(payload, status="running")

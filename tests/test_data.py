@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import TOY_COLORS, make_toy_folder, png_bytes, toy_image, zip_folder
-from tl_core import data as data_module
+from tl_core.data import decode as data_module  # where _decode_one lives
 from tl_core.config import DataConfig
 from tl_core.data import (
     Rows,

@@ -67,3 +67,31 @@ def test_advisor_refuses_nonsense():
         recommend({"a": 10}, "alien")
     with pytest.raises(ConfigError, match="no usable image"):
         recommend({"a": 0}, "similar")
+
+
+def test_a_corrected_version_relabels_and_excludes_and_leaves_the_original_alone(store, tmp_path):
+    from conftest import make_toy_folder
+
+    from tl_core.datasets import EXCLUDE, KEEP, corrected_version
+
+    folder = make_toy_folder(tmp_path / "toy", n_per_class=4)
+    before = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    image_set = load_images(folder)
+    first, second, third = (item.name for item in image_set.items[:3])
+    other = next(c for c in image_set.class_names if not first.startswith(c + "/"))
+    path = corrected_version(store, image_set, {first: other, second: EXCLUDE, third: KEEP}, "toy (corrected)")
+
+    corrected = load_images(path)
+    assert len(corrected.items) == len(image_set.items) - 1
+    counts = {c: sum(i.label == c for i in corrected.items) for c in corrected.class_names}
+    original = {c: sum(i.label == c for i in image_set.items) for c in image_set.class_names}
+    assert counts[other] == original[other] + 1
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == before  # nothing deleted
+    assert "toy (corrected)" in [d["name"] for d in list_datasets(store)]
+
+    with pytest.raises(DataError, match="not one of this dataset's classes"):
+        corrected_version(store, image_set, {first: "<b>nope</b>"}, "x")
+    with pytest.raises(DataError, match="not in this dataset"):
+        corrected_version(store, image_set, {"nope/a.png": EXCLUDE}, "x")
+    with pytest.raises(DataError, match="nothing to save"):
+        corrected_version(store, image_set, {i.name: EXCLUDE for i in image_set.items}, "x")

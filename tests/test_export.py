@@ -14,7 +14,8 @@ from PIL import Image
 from conftest import REPO
 from tl_core.config import TrainConfig
 from tl_core.errors import ExportError
-from tl_core.export import FORMATS, export_run, html_report, load_model_file, model_card, model_file, tflite_interpreter
+from tl_core.export import FORMATS, export_run, html_report, model_card, tflite_interpreter
+from tl_core.model_files import load_model_file, model_file
 from tl_core.export import test_split as run_test_split  # not collected as a test
 from tl_core.runner import run_training
 

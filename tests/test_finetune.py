@@ -14,7 +14,7 @@ import pytest
 
 from conftest import make_toy_folder
 from tl_core import backbones, finetune
-from tl_core import data as data_module
+from tl_core.data import arrays as data_module
 from tl_core import features as features_module
 from tl_core.config import DataConfig, TrainConfig
 from tl_core.data import decode_dataset, load_images, split_dataset
@@ -52,9 +52,11 @@ def _two_stage(toy, cache_dir=None, **overrides):
     config = TrainConfig(**{**settings, **overrides})
     kernels = {name: base.get_layer(name).get_weights()[0].copy() for name in ("block4_conv3", "block5_conv3")}
     result = train_two_stage(
-        feature_model, lambda n: backbones.set_trainable_blocks(spec, base, n), data, 3, config, NullProgress(), features,
+        feature_model, data, 3, config=config, progress=NullProgress(), features=features,
+        unfreeze=lambda n: backbones.set_trainable_blocks(spec, base, n),
         # With a folder for its cache, stage 2 trains on cached activations; without, end to end.
-        (lambda n: backbones.split_at_block(spec, base, n, 32)) if cache_dir is not None else None, cache_dir=cache_dir,
+        split=(lambda n: backbones.split_at_block(spec, base, n, 32)) if cache_dir is not None else None,
+        cache_dir=cache_dir,
     )
     return result, base, data, kernels
 
@@ -103,7 +105,8 @@ def test_batchnorm_statistics_stay_put_in_stage2(toy):
     bn = base.get_layer("conv_pw_13_bn")
     before = [w.copy() for w in bn.get_weights()]
     config = TrainConfig(strategy="finetune", epochs=1, fine_tune_epochs=1, unfreeze_blocks=-1, batch_size=8)
-    train_two_stage(feature_model, lambda n: backbones.set_trainable_blocks(spec, base, n), data, 3, config, NullProgress(), features)
+    train_two_stage(feature_model, data, 3, config=config, progress=NullProgress(), features=features,
+                    unfreeze=lambda n: backbones.set_trainable_blocks(spec, base, n))
     assert base.get_layer("conv_pw_13").trainable
     for old, new in zip(before, bn.get_weights()):
         np.testing.assert_array_equal(old, new)  # gamma, beta, moving mean and variance
@@ -115,9 +118,8 @@ def test_augmentation_runs_stage1_end_to_end(toy):
     data = {part: (decoded.x[idx], decoded.y[idx]) for part, idx in splits.items()}
     features = {part: extract_features(feature_model, x) for part, (x, _) in data.items()}
     config = TrainConfig(backbone="vgg16", epochs=1, fine_tune_epochs=0, augment=True, batch_size=8, start_from_probe=False)
-    result = train_two_stage(
-        feature_model, lambda n: backbones.set_trainable_blocks(spec, base, n), data, 3, config, NullProgress(), features
-    )
+    result = train_two_stage(feature_model, data, 3, config=config, progress=NullProgress(), features=features,
+                             unfreeze=lambda n: backbones.set_trainable_blocks(spec, base, n))
     assert "augmentation" in result.notes[0] and list(result.history) == ["stage1"]
     assert any(layer.name == "augmentation" for layer in result.model.layers)
 
@@ -128,7 +130,7 @@ def test_scratch_trains_every_layer_and_fits_the_training_set(toy):
     first_kernel = base.get_layer("block1_conv1").get_weights()[0].copy()
     data = {part: (decoded.x[idx], decoded.y[idx]) for part, idx in splits.items()}
     config = TrainConfig(backbone="vgg16", strategy="scratch", epochs=8, batch_size=8, dense_units=32, patience=8)
-    result = train_scratch(feature_model, data, 3, config, NullProgress())
+    result = train_scratch(feature_model, data, 3, config=config, progress=NullProgress())
     history = result.history["scratch"]
     assert not np.allclose(base.get_layer("block1_conv1").get_weights()[0], first_kernel)
     assert history[-1]["loss"] < history[0]["loss"] * 0.8
@@ -141,7 +143,7 @@ def test_stage2_caches_only_what_fits_on_disk_with_a_margin_and_under_the_limit(
     assert finetune._no_room_for_cache(tmp_path, 400 * mb) is None
     refused = finetune._no_room_for_cache(tmp_path, 600 * mb)  # 1 GB of the free space stays free
     assert refused == f"its activation cache would take 600 MB and {tmp_path} has 1,536 MB free"
-    monkeypatch.setattr(finetune, "CACHE_LIMIT_BYTES", 100 * mb)
+    monkeypatch.setenv("TL_ACTIVATION_CACHE_MB", "100")
     assert "(limit TL_ACTIVATION_CACHE_MB=100)" in finetune._no_room_for_cache(tmp_path, 400 * mb)
 
 

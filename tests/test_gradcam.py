@@ -15,7 +15,7 @@ from PIL import Image
 
 from tl_core import backbones
 from tl_core.config import TrainConfig
-from tl_core.export import load_model_file
+from tl_core.model_files import load_model_file
 from tl_core.gradcam import colorize, grad_cam, overlay, split_classifier, upsample
 from tl_core.runner import run_training
 
@@ -130,10 +130,7 @@ import keras, numpy as np
 from tl_core import backbones
 from tl_core.gradcam import grad_cams
 
-def memory(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
+from tl_core.hardware import process_memory as memory
 
 spec = backbones.get_spec("mobilenetv2")
 features = backbones.build_feature_model(spec, backbones.build_base(spec, backbones.resolve_weights(spec, "none"), 224), 224)

@@ -37,10 +37,7 @@ from pathlib import Path
 import numpy as np
 from tl_core import data
 
-def memory(field):
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
+from tl_core.hardware import process_memory as memory
 
 def start():
     try:
@@ -85,8 +82,9 @@ model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))  # pe
 extract_features(model, np.zeros((64, size, size, 3), np.uint8), 16)  # TensorFlow's start-up is not the data's
 cache = Path(sys.argv[2])
 before = start()
-decoded, features = decode_and_extract(image_set, size, DataConfig(), cache, model, lambda hashes: cache / "f.npy",
-                                       16, NullProgress())
+decoded, features = decode_and_extract(image_set, size, DataConfig(), cache_dir=cache, feature_model=model,
+                                       features_path=lambda hashes: cache / "f.npy", batch_size=16,
+                                       progress=NullProgress())
 growth = memory("VmHWM") - before
 rows = [0, 1234, len(decoded.x) - 1]
 expected = np.asarray(decoded.x[rows], np.float32).mean(axis=(1, 2))

@@ -1,5 +1,8 @@
-"""The engine's imports go down its layers: no import cycle, not even one hidden inside a function,
-and no Streamlit."""
+"""Imports go down the layers: app_pages -> ui -> tl_core, never up; inside the engine no import cycle,
+not even one hidden inside a function, no Streamlit, and training never imports serving code.
+
+CI runs this file with the rest of the suite; ``python -m pytest tests/test_layers.py`` alone takes a second.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +14,33 @@ ENGINE = REPO / "tl_core"
 
 
 def _imports(path) -> set[str]:
-    """Every tl_core module ``path`` imports, at the top or inside a function."""
+    """Every tl_core, ui or app_pages module (and streamlit) ``path`` imports, at the top or inside a function."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("ui", "app_pages"):
+            found.add(node.module)
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "tl_core":
             names = [f"tl_core.{a.name}" for a in node.names] if node.module == "tl_core" else [node.module]
             found.update(names)
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] in ("tl_core", "streamlit"))
+            found.update(a.name for a in node.names if a.name.split(".")[0] in ("tl_core", "streamlit", "ui", "app_pages"))
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "streamlit":
             found.add("streamlit")
     return found
 
 
+def _module_name(path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _engine_modules() -> dict:
+    """``{module name: path}`` of every engine module, the data package's included."""
+    return {_module_name(p): p for p in ENGINE.rglob("*.py")}
+
+
 def _graph() -> dict[str, set[str]]:
-    modules = {f"tl_core.{p.stem}": p for p in ENGINE.glob("*.py")}
+    modules = _engine_modules()
     return {name: (_imports(path) & set(modules)) - {name} for name, path in modules.items()}
 
 
@@ -60,4 +75,40 @@ def test_a_cycle_is_found_when_there_is_one():
 
 
 def test_the_engine_never_imports_streamlit():
-    assert [p.name for p in ENGINE.glob("*.py") if "streamlit" in _imports(p)] == []
+    assert [p.name for p in ENGINE.rglob("*.py") if "streamlit" in _imports(p)] == []
+
+
+def test_the_data_package_is_walked_too():
+    graph = _graph()
+    assert "tl_core.data.decode" in graph and "tl_core.data.arrays" in graph["tl_core.data.decode"]
+
+
+def test_layers_go_one_way_pages_ui_engine():
+    """The engine imports neither ui nor app_pages; ui never imports a page."""
+    up = {"tl_core": ("ui", "app_pages"), "ui": ("app_pages",)}
+    found = []
+    for layer, above in up.items():
+        for path in (REPO / layer).rglob("*.py"):
+            found += [f"{_module_name(path)} -> {m}" for m in _imports(path) if m.split(".")[0] in above]
+    assert found == []
+
+
+# Training (a run from data to a stored model) never needs the serving side: exports, cards, reports.
+TRAINING = ("tl_core.runner", "tl_core.finetune", "tl_core.features", "tl_core.heads", "tl_core.gradcam",
+            "tl_core.explain", "tl_core.execution")
+SERVING = ("tl_core.export",)
+
+
+def _reachable(graph, start) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for dep in graph[todo.pop()]:
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return seen
+
+
+def test_training_never_imports_serving_code():
+    graph = _graph()
+    assert {m: sorted(_reachable(graph, m) & set(SERVING)) for m in TRAINING} == {m: [] for m in TRAINING}

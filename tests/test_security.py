@@ -160,7 +160,7 @@ def test_saved_datasets_are_listed_only_in_their_workspace(tmp_path, store, toy_
 def test_a_model_file_carrying_python_code_is_refused(tmp_path):
     import keras
 
-    from tl_core.export import load_model_file
+    from tl_core.model_files import load_model_file
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))

@@ -17,7 +17,7 @@ from test_pages import _open, app  # noqa: F401 - app: the AppTest fixture
 
 from tl_core.config import TrainConfig
 from tl_core.data import prepare_image
-from tl_core import export
+from tl_core import export, model_files
 from tl_core.runner import run_training
 
 
@@ -70,9 +70,9 @@ def test_the_downloaded_model_takes_any_size_and_its_snippet_names_the_apps_clas
     printed = proc.stdout.strip().splitlines()[-1].rsplit(" (", 1)[0]
 
     pixels, _ = prepare_image(photo, run["metrics"]["image_size"])  # what the Predict page does
-    app_probabilities = np.asarray(export.load_model_file(export.model_file(run))(pixels[None], training=False))[0]
+    app_probabilities = np.asarray(model_files.load_model_file(model_files.model_file(run))(pixels[None], training=False))[0]
     assert printed == run["metrics"]["class_names"][int(app_probabilities.argmax())]
-    model = export.load_model_file(tmp_path / name.removesuffix(".zip") / "model.keras")
+    model = model_files.load_model_file(tmp_path / name.removesuffix(".zip") / "model.keras")
     assert tuple(model.input_shape) == (None, None, None, 3)
 
 

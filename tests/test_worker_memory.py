@@ -29,8 +29,7 @@ from pathlib import Path
 from tl_core.jobs import run_worker
 from tl_core.store import RunStore
 
-def rss():
-    return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) * 1024
+from tl_core.hardware import process_memory as rss
 
 store = RunStore(sys.argv[1])
 idle = rss()

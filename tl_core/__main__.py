@@ -19,6 +19,7 @@ from tl_core.config import (
     COMPARE_COSTLY_SPLITS,
     COMPARE_FEATURE_SPLITS,
     COMPARE_MAX_SPLITS,
+    EXPORT_FORMATS,
     HEADS,
     STRATEGIES,
     DataConfig,
@@ -272,6 +273,7 @@ def cmd_export(args) -> dict[str, Any]:
 
     store = _store(args)
     run = with_local_source(store, store.get_run(args.run_id))
+    store.ensure_local(args.run_id)
     result = export_run(run, args.format, args.out)
     if Path(args.out).resolve().is_relative_to(store.run_dir(args.run_id).resolve()):
         store.publish(args.run_id)  # kept with the run when the disk is wiped
@@ -285,10 +287,11 @@ def cmd_export(args) -> dict[str, Any]:
 
 
 def cmd_gradcam(args) -> dict[str, Any]:
-    from tl_core.gradcam import explain_mistakes
+    from tl_core.explain import explain_mistakes
 
     store = _store(args)
-    written = explain_mistakes(with_local_source(store, store.get_run(args.run_id)), store.run_dir(args.run_id))
+    run = with_local_source(store, store.get_run(args.run_id))
+    written = explain_mistakes(run, store.ensure_local(args.run_id))
     store.publish(args.run_id)
     if not args.json:
         print(f"{len(written)} heat maps in {store.run_dir(args.run_id) / 'gradcam'}")
@@ -303,6 +306,7 @@ def cmd_cancel(args) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tl_core.advisor import SAMPLE_SIZE
     from tl_core.backbones import BACKBONES
 
     parser = argparse.ArgumentParser(prog="python -m tl_core", description="Transfer Learning Studio, headless.")
@@ -319,9 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     advise = sub.add_parser("advise", parents=[common], help="measure size and domain similarity, recommend a strategy")
     advise.add_argument("--data", required=True, help="folder of class folders, or a .zip")
-    advise.add_argument("--backbone", default="mobilenet", choices=list(BACKBONES))
-    advise.add_argument("--weights", default="imagenet", help="imagenet or a weights file path")
-    advise.add_argument("--sample", type=int, default=300, help="images measured (stratified sample)")
+    advise.add_argument("--backbone", default=TrainConfig.backbone, choices=list(BACKBONES))
+    advise.add_argument("--weights", default=TrainConfig.weights, help="imagenet or a weights file path")
+    advise.add_argument("--sample", type=int, default=SAMPLE_SIZE, help="images measured (stratified sample)")
     advise.add_argument("--image-size", type=int, default=None, help="size training will use, when not the backbone's own")
     advise.add_argument("--no-rank", action="store_true", help="do not rank the other backbones with weights on disk")
     advise.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
@@ -329,15 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     training = argparse.ArgumentParser(add_help=False)
     training.add_argument("--data", required=True, help="folder of class folders, or a .zip")
-    training.add_argument("--backbone", default="mobilenet", choices=list(BACKBONES))
-    training.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file path")
+    training.add_argument("--backbone", default=TrainConfig.backbone, choices=list(BACKBONES))
+    training.add_argument("--weights", default=TrainConfig.weights, help="imagenet, none, or a weights file path")
     training.add_argument("--image-size", type=int, default=None, help="default: the backbone's own (224)")
-    training.add_argument("--batch-size", type=int, default=32)
-    training.add_argument("--epochs", type=int, default=30, help="stage 1 / from-scratch epochs (early stopping)")
-    training.add_argument("--fine-tune-epochs", type=int, default=10, help="stage 2 epochs")
-    training.add_argument("--unfreeze-blocks", type=int, default=2, help="top blocks unfrozen in stage 2 (-1: all)")
-    training.add_argument("--learning-rate", type=float, default=1e-3)
-    training.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
+    training.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    training.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="stage 1 / from-scratch epochs (early stopping)")
+    training.add_argument("--fine-tune-epochs", type=int, default=TrainConfig.fine_tune_epochs, help="stage 2 epochs")
+    training.add_argument("--unfreeze-blocks", type=int, default=TrainConfig.unfreeze_blocks, help="top blocks unfrozen in stage 2 (-1: all)")
+    training.add_argument("--learning-rate", type=float, default=TrainConfig.learning_rate)
+    training.add_argument("--fine-tune-learning-rate", type=float, default=TrainConfig.fine_tune_learning_rate)
     training.add_argument("--augment", action="store_true")
     training.add_argument("--start-from-probe", action=argparse.BooleanOptionalAction,
                           default=TrainConfig.start_from_probe,
@@ -347,14 +351,14 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--no-stage-cache", action="store_true",
                           help="fine-tuning: run both stages end to end on pixels (the canonical recipe, slower)")
     training.add_argument("--no-accelerate", action="store_true", help="on a GPU: no mixed precision, no XLA")
-    training.add_argument("--seed", type=int, default=42)
+    training.add_argument("--seed", type=int, default=TrainConfig.seed)
     training.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
     training.add_argument("--name", default=None)
 
     train = sub.add_parser("train", parents=[common, training], help="train and store one run")
-    train.add_argument("--strategy", default="feature_extractor", choices=STRATEGIES)
-    train.add_argument("--head", default="softmax", choices=HEADS)
-    train.add_argument("--feature-cut", type=int, default=0,
+    train.add_argument("--strategy", default=TrainConfig.strategy, choices=STRATEGIES)
+    train.add_argument("--head", default=TrainConfig.head, choices=HEADS)
+    train.add_argument("--feature-cut", type=int, default=TrainConfig.feature_cut,
                        help="feature extractor: take features this many blocks below the top (0: last layer)")
     train.set_defaults(func=cmd_train)
 
@@ -391,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.set_defaults(func=cmd_resume)
     export = sub.add_parser("export", parents=[common], help="export a run's model, checked against the app's model")
     export.add_argument("run_id")
-    export.add_argument("--format", required=True, choices=["keras", "savedmodel", "tflite", "tflite-int8"])
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS)
     export.add_argument("--out", required=True, help="file (or SavedModel folder) to write; the model card goes beside it")
     export.set_defaults(func=cmd_export)
     gradcam = sub.add_parser("gradcam", parents=[common], help="Grad-CAM heat maps of a run's test mistakes")

@@ -3,7 +3,7 @@
 | data size | similar domain | different domain |
 | --- | --- | --- |
 | small | train only new layers on frozen features | the same, from an earlier layer when it transfers better |
-| large | fine-tune all layers after a warm-up | train from scratch (from 5,000 per class; below, as small) |
+| large | fine-tune all layers after a warm-up | train from scratch (from :data:`SCRATCH_MIN_PER_CLASS`; below, as small) |
 
 **Size** is the number of usable images in the smallest class (the median is shown too): "large"
 from :data:`LARGE_MIN_PER_CLASS`.
@@ -21,18 +21,21 @@ sample of at most :data:`SAMPLE_SIZE` images, in one forward pass of the pretrai
 - *transferability*: LogME of the pooled features for the user's labels (You et al. 2021), and
   as the part the share of label variance the evidence-maximising linear model explains.
 
-The similarity is their weighted mean (statistics 0.5, recognition 0.25, transferability 0.25;
-weights renormalised over the parts that could be measured); "similar" from
-:data:`SIMILAR_MIN`. Anchors measured with MobileNet and 300-image samples (README): crops of
-two photographs 0.89, clip art of everyday objects 0.78, Fashion-MNIST 0.60, scikit-learn's 8 x 8
-digits 0.54, uniform noise 0.12; the threshold sits between the clip art and Fashion-MNIST.
+The similarity is their mean weighted by :data:`PART_WEIGHTS` (renormalised over the parts that
+could be measured); "similar" from :data:`SIMILAR_MIN`, which sits between the measured
+:data:`SIMILARITY_ANCHORS` of clip art and of Fashion-MNIST.
+
+Every threshold and figure here is a constant of this module or a results file of ``bench/``; the
+pages, the reasons and the README render them from there (``python bench/readme_facts.py``).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import median
 from typing import Any
 
@@ -54,19 +57,59 @@ LARGE_MIN_PER_CLASS = 1000
 # earlier-layer features (BENCH). Between the two thresholds the large/different cell therefore
 # takes the feature extractor from the layer that transfers best.
 SCRATCH_MIN_PER_CLASS = 5000
-# Test accuracies measured by bench/advisor_vs_best.py (bench/results/advisor_vs_best.txt, MobileNet,
-# Fashion-MNIST: a different domain): the one source of these figures for the pages and the reasons.
-BENCH = {
-    "small": {"per_class": 200, "earlier_features": 0.840, "last_layer": 0.810, "finetune_all": 0.780,
-              "scratch": 0.100},
-    "large": {"per_class": 2000, "earlier_features": 0.887, "last_layer": 0.450, "finetune_all": 0.561,
-              "finetune_top": 0.712, "scratch": 0.776},
+EARLY_CUTS = (2, 4, 6)  # candidate blocks below the top for earlier-layer features
+# Test accuracies measured by bench/advisor_vs_best.py (MobileNet, Fashion-MNIST: a different
+# domain), read from its results file: the one source of these figures for the pages, the reasons and
+# the README. Each entry: the dataset in the results and, per strategy, what its settings must hold.
+BENCH_RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results" / "advisor_vs_best.json"
+_BENCH_RUNS = {
+    "small": ("fashion_mnist_2k", 200),
+    "large": ("fashion_mnist_20k", 2000),
 }
+_BENCH_STRATEGIES = {
+    "earlier_features": lambda s: s["strategy"] == "feature_extractor" and s.get("feature_cut") in EARLY_CUTS,
+    "last_layer": lambda s: s["strategy"] == "feature_extractor" and not s.get("feature_cut"),
+    "finetune_all": lambda s: s["strategy"] == "finetune" and s.get("unfreeze_blocks") == -1,
+    "finetune_top": lambda s: s["strategy"] == "finetune" and (s.get("unfreeze_blocks") or 0) > 0,
+    "scratch": lambda s: s["strategy"] == "scratch",
+}
+
+
+def _read_bench(path: Path = BENCH_RESULTS) -> dict[str, dict[str, Any]]:
+    """``{"small"|"large": {"per_class": n, <strategy>: best test accuracy}}`` from the bench's results;
+    empty when the file is missing (an install without ``bench/``)."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    bench: dict[str, dict[str, Any]] = {}
+    for size, (dataset, per_class) in _BENCH_RUNS.items():
+        figures: dict[str, Any] = {"per_class": per_class}
+        for key, value in results.items():
+            name, _, settings = key.partition("|")
+            if name != dataset:
+                continue
+            for strategy, matches in _BENCH_STRATEGIES.items():
+                if matches(json.loads(settings)):
+                    figures[strategy] = max(figures.get(strategy, 0.0), round(value["accuracy"], 3))
+        bench[size] = figures
+    return bench
+
+
+BENCH = _read_bench()
 SIMILAR_MIN = 0.7
 SAMPLE_SIZE = 300
 PART_WEIGHTS = {"statistics": 0.5, "recognition": 0.25, "transferability": 0.25}
+# Similarities measured with MobileNet on samples of SAMPLE_SIZE images (python -m tl_core advise):
+# SIMILAR_MIN sits between the clip art and Fashion-MNIST.
+SIMILARITY_ANCHORS = {
+    "crops of two photographs": 0.89,
+    "clip art of everyday objects (clipart8)": 0.78,
+    "Fashion-MNIST": 0.60,
+    "scikit-learn's 8 x 8 digits": 0.54,
+    "uniform noise": 0.12,
+}
 DOMAINS = ("similar", "different")
-EARLY_CUTS = (2, 4, 6)  # candidate blocks below the top for earlier-layer features
 # LogME ranks the candidate layers; the best of them and the last layer are then settled by the
 # cross-validated accuracy of a softmax head on their features (a LogME margin of 0.006 once chose
 # a layer 1.3 points worse): this many folds, on the measured sample.
@@ -78,6 +121,11 @@ CELLS = {
     ("large", "similar"): ("finetune", "Fine-tune all layers after a warm-up"),
     ("large", "different"): ("scratch", "Train from scratch"),
 }
+
+
+def anchors_sentence() -> str:
+    """The measured similarity anchors in words, from :data:`SIMILARITY_ANCHORS`."""
+    return ", ".join(f"{name} {value:.2f}" for name, value in SIMILARITY_ANCHORS.items())
 
 
 def bench_sentence() -> str:
@@ -347,6 +395,137 @@ def available_backbones() -> list[str]:
 # --------------------------------------------------------------------------- the verdict
 
 
+FINETUNE_SETTINGS = {"unfreeze_blocks": -1, "epochs": 20, "fine_tune_epochs": 8, "learning_rate": 1e-3,
+                     "fine_tune_learning_rate": 1e-5}
+SCRATCH_SETTINGS = {"weights": "none", "epochs": 15, "patience": 3}
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """What the matrix and the measurements decide, before any words: :func:`_reasons` explains it."""
+
+    size: str
+    domain: str
+    strategy: str
+    cell: str
+    settings: dict[str, Any]
+    short_of_scratch: bool  # the cell says from scratch, the data is below SCRATCH_MIN_PER_CLASS
+    layer_check: str | None = None  # how the feature layer was chosen: "cv", "logme", "last" or None
+
+
+def _decide(size_info: dict[str, Any], domain_name: str, measured: dict[str, Any] | None) -> _Decision:
+    size = size_info["size"]
+    strategy, cell = CELLS[(size, domain_name)]
+    short_of_scratch = strategy == "scratch" and size_info["min_per_class"] < SCRATCH_MIN_PER_CLASS
+    if short_of_scratch:
+        strategy = "feature_extractor"
+    layer_check = None
+    if strategy == "feature_extractor":
+        settings: dict[str, Any] = {"strategy": strategy, "head": "softmax", "feature_cut": 0}
+        if domain_name == "different" and measured and measured.get("layers"):
+            layers = {int(k): v for k, v in measured["layers"].items()}
+            best = max(layers, key=layers.get)
+            accuracy = {int(k): v for k, v in (measured.get("layer_accuracy") or {}).items()}
+            if best != 0 and accuracy.get(best) is not None and 0 in accuracy:
+                layer_check = "cv"  # the cross-validated accuracy of the two settles it
+                if accuracy[best] > accuracy[0]:
+                    settings["feature_cut"] = best
+            elif best != 0 and layers[best] > layers[0]:
+                layer_check = "logme"
+                settings["feature_cut"] = best
+            else:
+                layer_check = "last"
+    elif strategy == "finetune":
+        settings = {"strategy": strategy, **FINETUNE_SETTINGS}
+    else:
+        settings = {"strategy": strategy, **SCRATCH_SETTINGS}
+    return _Decision(size, domain_name, strategy, cell, settings, short_of_scratch, layer_check)
+
+
+def _measured_reasons(measured: dict[str, Any], domain_name: str) -> list[str]:
+    parts, m = measured["parts"], measured["measurements"]
+    shown = ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if v is not None)
+    reasons = [f"Measured similarity to ImageNet: {measured['similarity']:.2f} ({shown}); "
+               + ("at least" if domain_name == "similar" else "below") + f" {SIMILAR_MIN}, so the domain counts as {domain_name}."]
+    if "imagenet_top1" in m:
+        reasons.append(
+            f"The ImageNet classifier's mean top-1 probability on your images is {m['imagenet_top1']:.2f} "
+            f"(prediction entropy {m['imagenet_entropy']:.2f} of its maximum)"
+            + ("; it recognises them well." if parts["recognition"] >= 0.6
+               else "; it recognises some of them." if parts["recognition"] >= 0.5
+               else "; it mostly does not know what they are.")
+        )
+    if "bn_divergence" in m:
+        reasons.append(
+            f"Inside the network, your images' activation statistics are {m['bn_divergence']:.2f} nats "
+            "(mean symmetric KL) from ImageNet's" + (": close." if parts["statistics"] >= SIMILAR_MIN else ": far apart.")
+        )
+    reasons.append(
+        f"A linear model on the pretrained features explains {100 * parts['transferability']:.0f}% of the variance "
+        f"of your labels (LogME {m['logme']:.3f})."
+    )
+    reasons += [f"Not measured: {note}." for note in measured["notes"]]
+    return reasons
+
+
+def _layer_reason(decision: _Decision, measured: dict[str, Any]) -> str:
+    layers = {int(k): v for k, v in measured["layers"].items()}
+    best = max(layers, key=layers.get)
+    if decision.layer_check == "cv":
+        accuracy = {int(k): v for k, v in measured["layer_accuracy"].items()}
+        return (f"LogME ranks features from {best} blocks below the top first ({layers[best]:.3f} vs the last "
+                f"layer's {layers[0]:.3f}); a softmax head cross-validated on the sample settles it: "
+                f"{accuracy[best]:.1%} from {best} blocks down vs {accuracy[0]:.1%} from the last layer, so use "
+                + (f"the features from {best} blocks down." if decision.settings["feature_cut"] else "the last layer."))
+    if decision.layer_check == "logme":
+        return (f"Features from {best} blocks below the top fit your labels better than the last layer's "
+                f"(LogME {layers[best]:.3f} vs {layers[0]:.3f}): earlier layers are more generic, so use them.")
+    return (f"Earlier layers were checked (LogME {', '.join(f'{k} blocks down {v:.3f}' for k, v in sorted(layers.items()) if k)}) "
+            f"and the last layer fits your labels best ({layers[0]:.3f}), so use it.")
+
+
+def _strategy_reason(decision: _Decision) -> str:
+    s = decision.settings
+    if decision.strategy == "feature_extractor":
+        return ("So keep the pretrained ConvNet frozen and train only a new softmax classifier on its features "
+                "(its strength chosen on the validation split): fast, and "
+                + ("the best of the measured options at this size." if decision.short_of_scratch
+                   else "the least prone to overfitting."))
+    if decision.strategy == "finetune":
+        return (f"So warm up new fully connected layers on the frozen ConvNet (up to {s['epochs']} epochs, early "
+                f"stopping, learning rate {s['learning_rate']:g}), then fine-tune all layers for up to "
+                f"{s['fine_tune_epochs']} epochs at {s['fine_tune_learning_rate']:g} so the pretrained features move "
+                "slowly; BatchNormalization stays in inference mode.")
+    return ("ImageNet features transfer poorly to this domain and there is enough data to learn features of its "
+            f"own: train the whole network from random weights (up to {s['epochs']} epochs, early stopping after "
+            f"{s['patience']} without improvement).")
+
+
+def _reasons(decision: _Decision, size_info: dict[str, Any], measured: dict[str, Any] | None) -> list[str]:
+    """The decision in words, each reason citing the measurement or the threshold behind it."""
+    smallest, middle = size_info["min_per_class"], size_info["median_per_class"]
+    reasons = [
+        f"The smallest class has {smallest} images (median {middle:g}): "
+        + (f"at least {LARGE_MIN_PER_CLASS} per class, enough to retrain deep layers." if decision.size == "large"
+           else f"fewer than {LARGE_MIN_PER_CLASS} per class, so retraining deep layers would overfit.")
+    ]
+    if measured:
+        reasons += _measured_reasons(measured, decision.domain)
+    else:
+        reasons.append("You said your images are " + (
+            "similar to everyday photos (ImageNet)." if decision.domain == "similar"
+            else "unlike everyday photos (ImageNet)."))
+    if decision.short_of_scratch:
+        reasons.append(
+            f"Training from scratch needs more: below {SCRATCH_MIN_PER_CLASS} images per class a network learned "
+            f"from random weights trails pretrained features (He et al. 2019; {bench_sentence()})."
+        )
+    if decision.layer_check is not None:
+        reasons.append(_layer_reason(decision, measured))
+    reasons.append(_strategy_reason(decision))
+    return reasons
+
+
 def recommend(per_class: dict[str, int], domain: str | dict[str, Any] = "similar") -> Recommendation:
     """Place a dataset in the decision matrix and give the settings to train with.
 
@@ -363,105 +542,13 @@ def recommend(per_class: dict[str, int], domain: str | dict[str, Any] = "similar
     if measured is None and domain not in DOMAINS:
         raise ConfigError(f"Unknown domain '{domain}'. Choose 'similar' or 'different'.")
     size_info = measure_size(per_class)
-    size = size_info["size"]
-    domain_name = measured["domain"] if measured else domain
-    strategy, cell = CELLS[(size, domain_name)]
-    smallest, middle = size_info["min_per_class"], size_info["median_per_class"]
-    short_of_scratch = strategy == "scratch" and smallest < SCRATCH_MIN_PER_CLASS
-    if short_of_scratch:
-        strategy = "feature_extractor"
-    reasons = [
-        f"The smallest class has {smallest} images (median {middle:g}): "
-        + (f"at least {LARGE_MIN_PER_CLASS} per class, enough to retrain deep layers."
-           if size == "large" else f"fewer than {LARGE_MIN_PER_CLASS} per class, so retraining deep layers would overfit.")
-    ]
-    if measured:
-        parts = measured["parts"]
-        shown = ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if v is not None)
-        reasons.append(
-            f"Measured similarity to ImageNet: {measured['similarity']:.2f} ({shown}); "
-            + ("at least" if domain_name == "similar" else "below") + f" {SIMILAR_MIN}, so the domain counts as {domain_name}."
-        )
-        m = measured["measurements"]
-        if "imagenet_top1" in m:
-            reasons.append(
-                f"The ImageNet classifier's mean top-1 probability on your images is {m['imagenet_top1']:.2f} "
-                f"(prediction entropy {m['imagenet_entropy']:.2f} of its maximum)"
-                + ("; it recognises them well." if parts["recognition"] >= 0.6
-                   else "; it recognises some of them." if parts["recognition"] >= 0.5
-                   else "; it mostly does not know what they are.")
-            )
-        if "bn_divergence" in m:
-            reasons.append(
-                f"Inside the network, your images' activation statistics are {m['bn_divergence']:.2f} nats "
-                "(mean symmetric KL) from ImageNet's" + (": close." if parts["statistics"] >= SIMILAR_MIN else ": far apart.")
-            )
-        reasons.append(
-            f"A linear model on the pretrained features explains {100 * parts['transferability']:.0f}% of the variance "
-            f"of your labels (LogME {m['logme']:.3f})."
-        )
-        for note in measured["notes"]:
-            reasons.append(f"Not measured: {note}.")
-    else:
-        reasons.append("You said your images are " + (
-            "similar to everyday photos (ImageNet)." if domain_name == "similar" else "unlike everyday photos (ImageNet)."))
-
-    if short_of_scratch:
-        reasons.append(
-            f"Training from scratch needs more: below {SCRATCH_MIN_PER_CLASS} images per class a network learned "
-            f"from random weights trails pretrained features (He et al. 2019; {bench_sentence()})."
-        )
-    if strategy == "feature_extractor":
-        settings: dict[str, Any] = {"strategy": strategy, "head": "softmax", "feature_cut": 0}
-        if domain_name == "different" and measured and measured.get("layers"):
-            layers = {int(k): v for k, v in measured["layers"].items()}
-            best = max(layers, key=layers.get)
-            accuracy = {int(k): v for k, v in (measured.get("layer_accuracy") or {}).items()}
-            if best != 0 and accuracy.get(best) is not None and 0 in accuracy:
-                if accuracy[best] > accuracy[0]:
-                    settings["feature_cut"] = best
-                reasons.append(
-                    f"LogME ranks features from {best} blocks below the top first ({layers[best]:.3f} vs the last "
-                    f"layer's {layers[0]:.3f}); a softmax head cross-validated on the sample settles it: "
-                    f"{accuracy[best]:.1%} from {best} blocks down vs {accuracy[0]:.1%} from the last layer, so use "
-                    + (f"the features from {best} blocks down." if accuracy[best] > accuracy[0] else "the last layer.")
-                )
-            elif best != 0 and layers[best] > layers[0]:
-                settings["feature_cut"] = best
-                reasons.append(
-                    f"Features from {best} blocks below the top fit your labels better than the last layer's "
-                    f"(LogME {layers[best]:.3f} vs {layers[0]:.3f}): earlier layers are more generic, so use them."
-                )
-            else:
-                reasons.append(
-                    f"Earlier layers were checked (LogME {', '.join(f'{k} blocks down {v:.3f}' for k, v in sorted(layers.items()) if k)}) "
-                    f"and the last layer fits your labels best ({layers[0]:.3f}), so use it."
-                )
-        reasons.append(
-            "So keep the pretrained ConvNet frozen and train only a new softmax classifier on its features "
-            "(its strength chosen on the validation split): fast, and "
-            + ("the best of the measured options at this size." if short_of_scratch else "the least prone to overfitting.")
-        )
-    elif strategy == "finetune":
-        settings = {"strategy": strategy, "unfreeze_blocks": -1, "epochs": 20, "fine_tune_epochs": 8,
-                    "learning_rate": 1e-3, "fine_tune_learning_rate": 1e-5}
-        reasons.append(
-            "So warm up new fully connected layers on the frozen ConvNet (up to 20 epochs, early stopping, "
-            "learning rate 1e-3), then fine-tune all layers for up to 8 epochs at 1e-5 so the pretrained "
-            "features move slowly; BatchNormalization stays in inference mode."
-        )
-    else:
-        settings = {"strategy": strategy, "weights": "none", "epochs": 15, "patience": 3}
-        reasons.append(
-            "ImageNet features transfer poorly to this domain and there is enough data to learn features of its "
-            "own: train the whole network from random weights (up to 15 epochs, early stopping after 3 without "
-            "improvement)."
-        )
+    decision = _decide(size_info, measured["domain"] if measured else domain, measured)
     measurements = dict(size_info)
     if measured:
         measurements.update({"similarity": measured["similarity"], "parts": measured["parts"], **measured["measurements"]})
-    return Recommendation(size=size, domain=domain_name, strategy=strategy, cell=cell, settings=settings,
-                          reasons=reasons, measurements=measurements)
+    return Recommendation(size=decision.size, domain=decision.domain, strategy=decision.strategy, cell=decision.cell,
+                          settings=decision.settings, reasons=_reasons(decision, size_info, measured),
+                          measurements=measurements)
 
 
 def advise(
@@ -489,7 +576,7 @@ def advise(
     data_config = data_config or DataConfig()
     progress = progress or NullProgress()
     spec = get_spec(backbone)
-    image_set = data.load_images(source)
+    image_set = data.load_images(source, data_config)
     inspected = data.decode_dataset(image_set, None, data_config, progress)
     report = data.build_report(image_set, inspected)
     size_info = measure_size(report["per_class"])

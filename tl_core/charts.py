@@ -13,6 +13,7 @@ from typing import Any
 import plotly.graph_objects as go
 
 from tl_core import escape
+from tl_core.advisor import SCRATCH_MIN_PER_CLASS
 from tl_core.backbones import BACKBONES
 from tl_core.progress import EPOCH_STAGES
 
@@ -94,7 +95,7 @@ def decision_matrix(size: str, domain: str, point: tuple[float, float] | None = 
         ("small", "similar", "Retrain only the new layers<br>(frozen ConvNet features)"),
         ("small", "different", "Retrain only the new layers<br>(earlier-layer features)"),
         ("large", "similar", "Fine-tune all layers<br>after a warm-up"),
-        ("large", "different", "Train from scratch<br>(from 5,000 per class;<br>below: best-layer features)"),
+        ("large", "different", f"Train from scratch<br>(from {SCRATCH_MIN_PER_CLASS:,} per class;<br>below: best-layer features)"),
     ]
     fig = go.Figure()
     for cell_size, cell_domain, text in cells:

@@ -61,8 +61,8 @@ def _test_predictions(store: RunStore, run: dict[str, Any]) -> tuple[tuple[str, 
         except (OSError, ValueError, KeyError):
             if attempt:
                 return None
-            # Finished on another machine (a Ray node): reading the run replaces a stale local copy.
-            store.get_run(run["id"])
+            # Finished on another machine (a Ray node), or a wiped disk: bring the run's folder here.
+            store.ensure_local(run["id"])
     correct = (np.asarray(kept["true"]) == np.asarray(kept["predicted"])).astype(np.int8)
     return (names, correct) if len(names) == len(correct) else None
 

@@ -15,6 +15,8 @@ from tl_core.errors import ConfigError
 
 STRATEGIES = ("feature_extractor", "finetune", "scratch")
 HEADS = ("softmax", "ovr", "svm")
+# The model formats a finished run exports to (tl_core.export checks each against the app's model).
+EXPORT_FORMATS = ("keras", "savedmodel", "tflite", "tflite-int8")
 HEAD_NAMES = {"softmax": "softmax (multinomial logistic)", "ovr": "one-vs-rest logistic", "svm": "linear SVM"}
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_ZIP_BYTES = 8 * 1024**3

@@ -8,6 +8,7 @@ also copied there, and :func:`local_source` brings it back to a server whose dis
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -22,7 +23,8 @@ from PIL import Image
 from tl_core import quotas
 from tl_core.data import DATASET_META, ImageSet, check_usable
 from tl_core.errors import DataError
-from tl_core.store import RunStore, write_json_atomic
+from tl_core.fsutil import new_folder, write_json_atomic
+from tl_core.store import RunStore
 
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 # Path separators, characters Windows refuses in names, control characters and the invisible
@@ -147,6 +149,47 @@ def save_image_set(store: RunStore, image_set: ImageSet, name: str, workspace: s
     if store.artifacts is not None:  # a failed copy is logged: the dataset is saved here all the same
         store.artifacts.try_upload(folder, f"datasets/{folder.name}")
     return folder
+
+
+KEEP, EXCLUDE = "keep", "exclude"
+
+
+def corrected_version(store: RunStore, image_set: ImageSet, decisions: dict[str, str], name: str,
+                      workspace: str | None = None) -> Path:
+    """A new saved dataset: ``image_set`` with some images relabelled or left out; the original is untouched.
+
+    Args:
+        decisions: per image (its name in ``image_set``, ``class/file.jpg``): :data:`KEEP`,
+            :data:`EXCLUDE`, or the class it belongs to instead (an existing class name).
+        name: the new version's name (made safe as :func:`dataset_name` does).
+
+    Returns:
+        The new dataset's folder (see :func:`save_image_set`).
+
+    Raises:
+        DataError: a decision names an image the set does not have, or a class it does not have;
+            or nothing would be left.
+    """
+    names = {item.name for item in image_set.items}
+    classes = set(image_set.class_names)
+    unknown = sorted(set(decisions) - names)
+    if unknown:
+        raise DataError(f"{len(unknown)} image(s) to correct are not in this dataset (e.g. {unknown[0]!r}); "
+                        "it may have changed since the check. Run the check again.")
+    bad = sorted({d for d in decisions.values() if d not in (KEEP, EXCLUDE) and d not in classes})
+    if bad:
+        raise DataError(f"Class {bad[0]!r} is not one of this dataset's classes ({', '.join(sorted(classes))}).")
+    items = []
+    for item in image_set.items:
+        decision = decisions.get(item.name, KEEP)
+        if decision == EXCLUDE:
+            continue
+        items.append(item if decision in (KEEP, item.label) else dataclasses.replace(item, label=decision))
+    if not items:
+        raise DataError("Every image would be left out; nothing to save.")
+    corrected = ImageSet(items, ignored=list(image_set.ignored), source=image_set.source,
+                         empty_classes=sorted(classes - {item.label for item in items}))
+    return save_image_set(store, corrected, name, workspace)
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -294,20 +337,19 @@ def digits_sample(store: RunStore, n_classes: int = 10) -> Path:
     if (folder / "dataset.json").exists():
         return folder
     digits = load_digits()
-    tmp = folder.with_name(folder.name + ".tmp")
-    for index, (image, label) in enumerate(zip(digits.images, digits.target)):
-        if label >= n_classes:
-            continue
-        pixels = (255 - image * (255 / 16)).astype(np.uint8)  # dark ink on white paper
-        target = tmp / f"digit_{label}" / f"{index:04d}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels, "L").resize((32, 32), Image.Resampling.NEAREST).save(target)
-    write_json_atomic(
-        tmp / "dataset.json",
-        {"name": "Handwritten digits (scikit-learn sample)", "created_at": time.time(),
-         "n_files": int(sum(1 for _ in tmp.rglob("*.png"))), "ignored": [], "source": "scikit-learn"},
-    )
-    tmp.rename(folder)
+    with new_folder(folder) as tmp:  # a unique name: two sessions building it at once never mix files
+        for index, (image, label) in enumerate(zip(digits.images, digits.target)):
+            if label >= n_classes:
+                continue
+            pixels = (255 - image * (255 / 16)).astype(np.uint8)  # dark ink on white paper
+            target = tmp / f"digit_{label}" / f"{index:04d}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels, "L").resize((32, 32), Image.Resampling.NEAREST).save(target)
+        write_json_atomic(
+            tmp / "dataset.json",
+            {"name": "Handwritten digits (scikit-learn sample)", "created_at": time.time(),
+             "n_files": int(sum(1 for _ in tmp.rglob("*.png"))), "ignored": [], "source": "scikit-learn"},
+        )
     return folder
 
 

@@ -37,6 +37,7 @@ def train_claimed(store: RunStore, run_id: str) -> None:
     from tl_core.runner import run_training  # TensorFlow: only in the process that trains
 
     payload = store.get_run(run_id)["config"]
+    store.ensure_local(run_id)  # a resumed run's checkpoints, from the artifacts location if need be
     run_training(
         local_source(store, payload["source"]),  # a saved upload comes back from the artifacts location
         TrainConfig.from_dict(payload["train"]),

@@ -13,34 +13,10 @@ import numpy as np
 
 from tl_core import charts, escape
 from tl_core.backbones import BACKBONES, weights_label
-from tl_core.config import HEAD_NAMES
+from tl_core.config import EXPORT_FORMATS, HEAD_NAMES
 from tl_core.errors import ExportError, TLCoreError
 from tl_core.metrics import reliability
-
-
-def model_file(run: dict[str, Any]) -> Path | None:
-    """The run's ``.keras`` file, if it was saved."""
-    path = Path(run.get("model_path") or "")
-    return path if run.get("status") == "succeeded" and path.is_file() else None
-
-
-def load_model_file(path: str | Path):
-    """Load a ``.keras`` file with Keras' safe mode: a file carrying Python code (a ``Lambda``
-    layer's bytecode) is refused, never run. Our own models need no such code.
-
-    Raises:
-        ExportError: the file is not a loadable, safe Keras model.
-    """
-    import keras
-
-    try:
-        return keras.saving.load_model(path, safe_mode=True, compile=False)
-    except ValueError as err:
-        if "safe_mode" in str(err) or "unsafe" in str(err).lower() or "lambda" in str(err).lower():
-            raise ExportError(f"Refused to load {Path(path).name}: it contains Python code (unsafe).") from err
-        raise ExportError(f"{Path(path).name} is not a Keras model this app can load: {err}") from err
-    except (OSError, KeyError, TypeError) as err:
-        raise ExportError(f"{Path(path).name} is not a Keras model this app can load: {err}") from err
+from tl_core.model_files import load_model_file, model_file
 
 
 def html_report(run: dict[str, Any], files: bool = True) -> str:
@@ -181,7 +157,7 @@ def _html_headline(metrics: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- checked exports
 
-FORMATS = ("keras", "savedmodel", "tflite", "tflite-int8")
+FORMATS = EXPORT_FORMATS
 # Top-1 agreement with the app's model an export must reach to be offered without a warning.
 # int8 quantisation changes the weights: its agreement is reported as measured, not required.
 REQUIRED_AGREEMENT = {"keras": 1.0, "savedmodel": 1.0, "tflite": 0.99, "tflite-int8": None}
@@ -198,7 +174,8 @@ def test_split(run: dict[str, Any], cache_dir: Path | None = None) -> tuple[np.n
     Raises:
         ExportError: the dataset the run trained on is gone or changed (nothing to check against).
     """
-    from tl_core.data import DataConfig, decode_dataset, load_images
+    from tl_core.config import DataConfig
+    from tl_core.data import decode_dataset, load_images
 
     folder = Path(run["model_path"]).parent
     metrics = run.get("metrics") or {}

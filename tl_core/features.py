@@ -19,18 +19,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tl_core.data import (
-    DECODER_VERSION,
+from tl_core.data.arrays import (
     RELEASE_BYTES,
     PageRelease,
     create_npy,
     iter_chunks,
     release_pages,
     take_rows,
-    temporary_path,
     truncate_npy,
 )
+from tl_core.data.decode import DECODER_VERSION
 from tl_core.errors import CancelledError
+from tl_core.fsutil import temporary_path
 from tl_core.progress import NullProgress, ProgressListener
 
 FLOAT16_MAX = 60000.0  # outputs beyond float16's range (65,504) are kept as float32

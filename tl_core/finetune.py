@@ -28,18 +28,18 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from tl_core.config import TrainConfig
+from tl_core.config import TrainConfig, env_number
 from tl_core.data import iter_chunks, make_batches
 from tl_core.errors import CancelledError
 from tl_core.features import OutputRows, inference_function
 from tl_core.hardware import inference_batch, jit_compile
 from tl_core.heads import LinearHead, fitted_scaler
 from tl_core.progress import KerasProgressBridge, ProgressListener
-from tl_core.store import write_json_atomic
+from tl_core.fsutil import replacing, write_json_atomic
 
 # Stage 2's activation cache is a file on disk (float16 unless the activations exceed its range);
 # above this size, or without the disk space for it (and a margin), stage 2 runs end to end.
-CACHE_LIMIT_BYTES = int(float(os.environ.get("TL_ACTIVATION_CACHE_MB", "32768")) * 1024**2)
+CACHE_LIMIT_ENV, CACHE_LIMIT_MB = "TL_ACTIVATION_CACHE_MB", 32768
 DISK_MARGIN_BYTES = 1024**3
 
 
@@ -157,16 +157,86 @@ class _EpochGuard(keras.callbacks.Callback):
         self.cut_short = bool(self.model.stop_training)
 
 
-class _Backup(keras.callbacks.BackupAndRestore):
-    """Keras' per-epoch backup, skipped for an epoch cut short by a cancel (it did not complete)."""
+class _EpochBackup(keras.callbacks.Callback):
+    """The weights (optimizer state included) after every completed epoch, and the epoch count.
 
-    def __init__(self, stopped, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self._stopped = stopped
+    What Keras' ``BackupAndRestore`` does, without its side effect: that callback leaves the epoch
+    to resume from on the model, so the next stage's ``fit`` on the same model would start late.
+    Here the caller passes ``initial_epoch`` to ``fit`` (:meth:`StageCheckpoints.restored_epoch`).
+    Each epoch's weights get a file of their own; the metadata file naming it is renamed into place
+    last, so a kill at any moment leaves the previous complete epoch. An epoch cut short by a cancel
+    is not saved (it did not complete).
+    """
+
+    METADATA = "training_metadata.json"
+    LEGACY_WEIGHTS = "latest.weights.h5"  # the file of checkpoints written by BackupAndRestore
+
+    def __init__(self, folder: Path, cut_short: Callable[[], bool]) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+        self._cut_short = cut_short
+
+    @classmethod
+    def saved(cls, folder: Path) -> tuple[int, Path | None]:
+        """``(epochs completed, their weights file)`` of the backup in ``folder``; ``(0, None)`` if none."""
+        try:
+            meta = json.loads((Path(folder) / cls.METADATA).read_text())
+            return int(meta["epoch"]), Path(folder) / meta.get("weights", cls.LEGACY_WEIGHTS)
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0, None
+
+    def on_train_begin(self, logs=None):
+        epoch, weights = self.saved(self.folder)
+        if epoch and weights is not None and weights.exists():
+            if self.model.optimizer is not None and not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)  # its state is in the file too
+            self.model.load_weights(weights)
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self._stopped():
-            super().on_epoch_end(epoch, logs)
+        if self._cut_short():
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _, previous = self.saved(self.folder)
+        weights = self.folder / f"epoch-{epoch + 1}.weights.h5"
+        with replacing(weights) as tmp:
+            self.model.save_weights(tmp)
+        write_json_atomic(self.folder / self.METADATA, {"epoch": epoch + 1, "weights": weights.name})
+        if previous is not None and previous != weights:
+            previous.unlink(missing_ok=True)
+
+
+class _EpochSaver(keras.callbacks.Callback):
+    """After each completed epoch: the history so far, the early-stopping state and, when the epoch
+    is the best so far, its weights (what early stopping would restore after a resume)."""
+
+    def __init__(self, checkpoints: StageCheckpoints, stage: str, bridge, stopper: _ResumableStopping,
+                 cut_short: Callable[[], bool]) -> None:
+        super().__init__()
+        self.checkpoints, self.stage, self.bridge, self.stopper = checkpoints, stage, bridge, stopper
+        self._cut_short = cut_short
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._cut_short():
+            return  # an epoch cut short by a cancel is not a completed one
+        stopper, path = self.stopper, self.checkpoints._path
+        if stopper.wait == 0 and stopper.best_epoch == epoch:  # this epoch is the best so far
+            with replacing(path(self.stage, ".best.npz")) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, *self.model.get_weights())
+        best = None if stopper.best is None else float(stopper.best)
+        state = {"best": best, "wait": stopper.wait, "best_epoch": stopper.best_epoch}
+        write_json_atomic(path(self.stage, ".history.json"), {"history": self.bridge.history, "stopper": state})
+
+
+class _AfterEpoch(keras.callbacks.Callback):
+    """Calls ``action`` after each completed epoch (placed last: the epoch's files are all written)."""
+
+    def __init__(self, action: Callable[[], None], cut_short: Callable[[], bool]) -> None:
+        super().__init__()
+        self._action, self._cut_short = action, cut_short
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self._cut_short():
+            self._action()
 
 
 class StageCheckpoints:
@@ -197,10 +267,7 @@ class StageCheckpoints:
 
     def restored_epoch(self, stage: str) -> int:
         """The last completed epoch saved in the stage's backup (0 when there is none)."""
-        try:
-            return int(json.loads((self.folder / stage / "training_metadata.json").read_text())["epoch"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
+        return _EpochBackup.saved(self.folder / stage)[0]
 
     def finished(self, stage: str, model: keras.Model) -> list[dict[str, float]] | None:
         """The history of a stage finished before an interruption, its weights loaded into ``model``."""
@@ -233,34 +300,14 @@ class StageCheckpoints:
                     state["weights"] = None
                 stopper.restored = state
         self.folder.mkdir(parents=True, exist_ok=True)
-
-        def save(epoch_index, logs=None):
-            if stopped():
-                return  # an epoch cut short by a cancel is not a completed one
-            if stopper.wait == 0 and stopper.best_epoch == epoch_index:  # this epoch is the best so far
-                tmp = self._path(stage, ".best.tmp.npz")
-                with open(tmp, "wb") as handle:
-                    np.savez(handle, *saver.model.get_weights())
-                os.replace(tmp, self._path(stage, ".best.npz"))
-            best = stopper.best
-            state = {"best": None if best is None else float(best), "wait": stopper.wait, "best_epoch": stopper.best_epoch}
-            write_json_atomic(self._path(stage, ".history.json"), {"history": bridge.history, "stopper": state})
-
-        saver = keras.callbacks.LambdaCallback(on_epoch_end=save)
-        callbacks = [
-            saver,
-            # double_checkpoint: a kill while the backup is being written leaves the previous one.
-            _Backup(stopped, backup_dir=str(self.folder / stage), save_freq="epoch", delete_checkpoint=False,
-                    double_checkpoint=True),
-        ]
+        callbacks = [_EpochSaver(self, stage, bridge, stopper, stopped), _EpochBackup(self.folder / stage, stopped)]
         if self.on_saved is not None:  # after the backup: the epoch's files are all written
-            callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: stopped() or self.on_saved()))
+            callbacks.append(_AfterEpoch(self.on_saved, stopped))
         return callbacks
 
     def mark_done(self, stage: str, model: keras.Model, history: list[dict[str, float]]) -> None:
-        tmp = self._path(stage, ".tmp.weights.h5")
-        model.save_weights(tmp)
-        os.replace(tmp, self._path(stage, ".weights.h5"))
+        with replacing(self._path(stage, ".weights.h5")) as tmp:
+            model.save_weights(tmp)
         write_json_atomic(self._path(stage, ".history.json"), {"history": history, "done": True})
 
 
@@ -276,13 +323,10 @@ def _fit(model, train, val, epochs, config, progress, stage, checkpoints=None) -
     callbacks = [guard, stopper, bridge]
     if checkpoints is not None:
         callbacks += checkpoints.callbacks(stage, bridge, stopper, lambda: guard.cut_short)
-    try:
-        # shuffle=False: the tf.data pipeline shuffles already.
-        model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=0, shuffle=False)
-    finally:
-        # BackupAndRestore sets the epoch to resume from on the model, and Keras keeps it: the
-        # next stage's fit on the same model must start from epoch 0.
-        model._initial_epoch = None
+    initial_epoch = checkpoints.restored_epoch(stage) if checkpoints is not None else 0
+    # shuffle=False: the tf.data pipeline shuffles already.
+    model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+              verbose=0, shuffle=False)
     if progress.should_stop():
         raise CancelledError(f"Cancelled during {stage}.")
     if checkpoints is not None:
@@ -292,13 +336,14 @@ def _fit(model, train, val, epochs, config, progress, stage, checkpoints=None) -
 
 def train_two_stage(
     feature_model: keras.Model,
-    base_unfreeze,
     data: dict[str, tuple[np.ndarray, np.ndarray]],
     n_classes: int,
+    *,
     config: TrainConfig,
     progress: ProgressListener,
     features: dict[str, np.ndarray],
-    split=None,
+    unfreeze: Callable[[int], int],
+    split: Callable[[int], tuple[keras.Model, keras.Model] | None] | None = None,
     checkpoints: StageCheckpoints | None = None,
     cache_dir: str | os.PathLike | None = None,
 ) -> TrainedModel:
@@ -306,7 +351,9 @@ def train_two_stage(
 
     Args:
         feature_model: pixels -> pooled features, its ConvNet called in inference mode.
-        base_unfreeze: ``callable(n_blocks)`` that unfreezes the ConvNet's top blocks.
+        unfreeze: ``unfreeze(n_blocks)`` makes the ConvNet's top blocks trainable (all with -1, none
+            with 0) and returns the number of trainable weight tensors
+            (``backbones.set_trainable_blocks``).
         data: ``{"train": (x, y), "val": (x, y)}`` uint8 pixels (arrays, memory-mapped caches or
             ``data.Rows`` of one) and class indices.
         features: features of each split from the frozen ConvNet: they set the head's feature
@@ -326,7 +373,7 @@ def train_two_stage(
         head = build_head(feature_model.output_shape[-1], n_classes, config, features["train"])
     augment = build_augmentation(config.seed) if config.augment else None
     model = attach_head(feature_model, head, augment)
-    base_unfreeze(0)
+    unfreeze(0)
     result = TrainedModel(model)
 
     cached = augment is None and config.cache_stages
@@ -378,7 +425,7 @@ def train_two_stage(
         if probe is not None:
             result.notes.append(f"Stage 2 starts at the probe's validation loss, {stage1_val_loss:.4f}.")
         stage1_weights = model.get_weights()
-        n_trainable = base_unfreeze(config.unfreeze_blocks)
+        n_trainable = unfreeze(config.unfreeze_blocks)
         _compile(stage_model, config.fine_tune_learning_rate)  # recompile after changing trainable
         result.history["stage2"] = _fit(stage_model, train, val, config.fine_tune_epochs, config, progress, "stage2",
                                           checkpoints)
@@ -413,9 +460,10 @@ def kept_epoch_note(stage: str, history: list[dict[str, float]] | None) -> str:
 
 def _no_room_for_cache(folder: Path, size: int) -> str | None:
     """Why stage 2's activations (``size`` bytes) cannot be cached in ``folder``; ``None`` if they can."""
-    if size > CACHE_LIMIT_BYTES:
+    limit_mb = env_number(CACHE_LIMIT_ENV, CACHE_LIMIT_MB)  # read here: a bad value is a clear error, not an import crash
+    if size > limit_mb * 1024**2:
         return (f"its activation cache would take {size / 1024**2:,.0f} MB "
-                f"(limit TL_ACTIVATION_CACHE_MB={CACHE_LIMIT_BYTES // 1024**2})")
+                f"(limit {CACHE_LIMIT_ENV}={limit_mb:g})")
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if size > free - DISK_MARGIN_BYTES:
@@ -457,6 +505,7 @@ def train_scratch(
     feature_model: keras.Model,
     data: dict[str, tuple[np.ndarray, np.ndarray]],
     n_classes: int,
+    *,
     config: TrainConfig,
     progress: ProgressListener,
     checkpoints: StageCheckpoints | None = None,

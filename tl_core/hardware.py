@@ -176,3 +176,19 @@ def _patch_keras_for_multi_worker() -> None:
     trainer.reduce_per_replica = reduce_per_replica
     trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
     _PATCHED = True
+
+
+def process_memory(field: str = "VmRSS", pid: int | str = "self") -> int:
+    """A process's memory in bytes from ``/proc/<pid>/status`` (Linux): ``VmRSS`` (resident now) or
+    ``VmHWM`` (its peak so far). 0 when the process is gone or the field is missing (not Linux).
+
+    The benches and the memory tests measure with it; ``/proc/self/clear_refs`` (write ``5``) resets
+    the peak to now.
+    """
+    try:
+        for line in open(f"/proc/{pid}/status").read().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0

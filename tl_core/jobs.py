@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tl_core import quotas, ray_jobs
-from tl_core.config import DataConfig, TrainConfig, run_payload
+from tl_core.config import DataConfig, TrainConfig, env_number, run_payload
 from tl_core.errors import ConfigError, DataError
 from tl_core.execution import train_claimed
 from tl_core.store import RunStore
@@ -36,7 +36,7 @@ LOCK_NAME = "worker.lock"
 SPAWN_STAMP = "worker.spawned"
 SPAWN_GRACE_SECONDS = 15.0
 # Training yields the CPU to the app server, so pages stay quick while a job runs (POSIX niceness).
-WORKER_NICENESS = int(os.environ.get("TL_WORKER_NICE", "10"))
+WORKER_NICE_ENV, WORKER_NICENESS = "TL_WORKER_NICE", 10
 INTERRUPTED = (
     "The training worker stopped while this run was in progress (it crashed, was killed or the "
     "machine restarted). Resume it to go on from its last completed epoch."
@@ -44,7 +44,12 @@ INTERRUPTED = (
 # TensorFlow keeps most of what a run allocated until its process exits, so a worker that trained in
 # its own process grew run after run (bench/memory_ten_runs.py). TL_WORKER_IN_PROCESS=1 does that
 # anyway (the bench's baseline); by default each run trains in a fresh child process.
-FRESH_PROCESS_PER_RUN = os.environ.get("TL_WORKER_IN_PROCESS", "") != "1"
+IN_PROCESS_ENV = "TL_WORKER_IN_PROCESS"
+
+
+def fresh_process_per_run() -> bool:
+    """Whether each run trains in a fresh child process (the default; ``TL_WORKER_IN_PROCESS=1``: not)."""
+    return os.environ.get(IN_PROCESS_ENV, "").strip() != "1"
 
 
 def submit(
@@ -200,16 +205,18 @@ def queue_snapshot(store: RunStore, workspace: str | None = None) -> dict[str, A
 
 def lower_priority() -> None:
     """The background worker's process yields the CPU to the app server (``TL_WORKER_NICE``)."""
-    if WORKER_NICENESS > 0:
-        os.nice(WORKER_NICENESS)
+    niceness = int(env_number(WORKER_NICE_ENV, WORKER_NICENESS))  # a bad value: a ConfigError naming it
+    if niceness > 0:
+        os.nice(min(niceness, 19))
 
 
 def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: float = 0.5, once: bool = False,
-               *, fresh_process: bool = FRESH_PROCESS_PER_RUN) -> int:
+               *, fresh_process: bool | None = None) -> int:
     """Execute queued runs one at a time until idle for ``idle_exit_seconds``.
 
     Args:
-        fresh_process: train each run in a child process (:func:`train_in_child`); False: in this one.
+        fresh_process: train each run in a child process (:func:`train_in_child`); False: in this one;
+            ``None``: as ``TL_WORKER_IN_PROCESS`` says (:func:`fresh_process_per_run`).
 
     Returns:
         The number of runs executed; 0 at once if another worker holds the lock.
@@ -237,7 +244,8 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
                     return executed
                 time.sleep(poll_seconds)
                 continue
-            (train_in_child if fresh_process else train_claimed)(store, run_id)
+            in_child = fresh_process_per_run() if fresh_process is None else fresh_process
+            (train_in_child if in_child else train_claimed)(store, run_id)
             executed += 1
             idle_since = time.monotonic()
     finally:

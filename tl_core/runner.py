@@ -7,7 +7,6 @@ run that fails: the run is stored as ``failed`` with its error (or ``cancelled``
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -17,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from tl_core import backbones, data
-from tl_core.config import DataConfig, TrainConfig, run_payload
+from tl_core.config import DataConfig, TrainConfig, env_number, run_payload
 from tl_core.errors import CancelledError, TLCoreError
+from tl_core.fsutil import write_json_atomic
 from tl_core.features import FeaturePass, extract_features, features_key
 from tl_core.finetune import StageCheckpoints, TrainedModel, train_scratch, train_two_stage
-from tl_core.gradcam import explain_mistakes
+from tl_core.explain import explain_mistakes
 from tl_core.hardware import (
     describe_hardware,
     distribution_strategy,
@@ -34,7 +35,8 @@ from tl_core.hardware import (
 from tl_core.heads import LinearHead
 from tl_core.metrics import evaluate, reliability
 from tl_core.progress import EPOCH_STAGES, MultiProgress, NullProgress, ProgressListener, StageTimer
-from tl_core.store import PREDICTIONS_FILE, SPLIT_FILE, RunStore, write_json_atomic
+from tl_core.model_files import save_model
+from tl_core.store import PREDICTIONS_FILE, SPLIT_FILE, RunStore
 
 
 class StoreProgress(NullProgress):
@@ -119,7 +121,7 @@ def run_training(
     listener = MultiProgress(progress or NullProgress(), StoreProgress(store, run_id), timer)
     started = time.perf_counter()
     try:
-        metrics = _execute(source, config, data_config, store, run_id, listener, timer)
+        metrics = _execute(RunContext(source, config, data_config, store, run_id, listener, timer))
         metrics["seconds"] = time.perf_counter() - started
         store.finish(run_id, "succeeded", metrics)
     except CancelledError as err:
@@ -146,7 +148,7 @@ def run_training(
 
 # With an artifacts location, checkpoints are copied there at most this often, so a run whose
 # machine disappears (a hosted app's restart wipes its disk) resumes elsewhere from a recent epoch.
-CHECKPOINT_MIRROR_SECONDS = float(os.environ.get("TL_CHECKPOINT_MIRROR_SECONDS", "60"))
+CHECKPOINT_MIRROR_ENV, CHECKPOINT_MIRROR_SECONDS = "TL_CHECKPOINT_MIRROR_SECONDS", 60.0
 
 
 def _checkpoint_mirror(store: RunStore, run_id: str):
@@ -154,9 +156,10 @@ def _checkpoint_mirror(store: RunStore, run_id: str):
     if store.artifacts is None:
         return None
     last = [0.0]
+    every = env_number(CHECKPOINT_MIRROR_ENV, CHECKPOINT_MIRROR_SECONDS)
 
     def mirror() -> None:
-        if time.monotonic() - last[0] >= CHECKPOINT_MIRROR_SECONDS:
+        if time.monotonic() - last[0] >= every:
             last[0] = time.monotonic()
             store.publish_quietly(run_id)
 
@@ -178,25 +181,73 @@ def _describe(source: Any) -> str:
     return f"{len(source)} uploaded files"
 
 
-def _execute(source, config, data_config, store, run_id, listener, timer) -> dict[str, Any]:
-    acceleration = use_acceleration(config.accelerate)
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What every step of one run reads: its source and settings, where it is stored, who listens."""
+
+    source: Any
+    config: TrainConfig
+    data_config: DataConfig
+    store: RunStore
+    run_id: str
+    listener: ProgressListener
+    timer: StageTimer
+
+    @property
+    def folder(self) -> Path:
+        return self.store.run_dir(self.run_id)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """The run's data and models once decoding, features and the split are done."""
+
+    image_set: data.ImageSet
+    decoded: data.DecodedDataset
+    features: Any
+    splits: dict[str, np.ndarray]
+    size: int
+    weights: Any
+    spec: Any
+    base: keras.Model
+    feature_model: keras.Model
+    fit_config: TrainConfig
+    distribution: dict[str, Any]
+    distribution_notes: list[str]
+
+
+def _execute(ctx: RunContext) -> dict[str, Any]:
+    acceleration = use_acceleration(ctx.config.accelerate)
     try:
-        metrics = _train_and_evaluate(source, config, data_config, store, run_id, listener, timer)
+        metrics = _train_and_evaluate(ctx)
     finally:
         use_acceleration(False)  # the next run in this process starts from float32
     metrics["acceleration"] = acceleration
     return metrics
 
 
-def _train_and_evaluate(source, config, data_config, store, run_id, listener, timer) -> dict[str, Any]:
-    spec = backbones.get_spec(config.backbone)
-    size = config.image_size or spec.input_size
-    keras.utils.set_random_seed(config.seed)
-
-    image_set = data.load_images(source)
+def _train_and_evaluate(ctx: RunContext) -> dict[str, Any]:
+    """Data and models, training by the run's strategy, then metrics, the saved model and heat maps."""
+    keras.utils.set_random_seed(ctx.config.seed)
     # Several GPUs (or TF_CONFIG, or TL_DISTRIBUTE=all): one model copy per device, built and
     # trained in the strategy's scope; each device takes `batch_size` images per step.
     strategy = distribution_strategy()
+    with strategy.scope():
+        prepared = _prepare(ctx, strategy)
+        trained, probabilities = _train(ctx, prepared)
+    metrics = _measure(ctx, prepared, trained, probabilities)
+    save_model(trained.model, ctx.folder / "model.keras")
+    shutil.rmtree(ctx.folder / "checkpoints", ignore_errors=True)  # the run is complete: nothing to resume
+    _explain(ctx, prepared, trained, metrics)
+    return metrics
+
+
+def _prepare(ctx: RunContext, strategy) -> _Prepared:
+    """Build the ConvNet, decode the images (and extract their features as they decode), report, split."""
+    config, store = ctx.config, ctx.store
+    spec = backbones.get_spec(config.backbone)
+    size = config.image_size or spec.input_size
+    image_set = data.load_images(ctx.source, ctx.data_config)
     replicas = int(strategy.num_replicas_in_sync)
     fit_config = dataclasses.replace(config, batch_size=config.batch_size * replicas)
     distribution = {"strategy": strategy.__class__.__name__, "replicas": replicas,
@@ -206,99 +257,104 @@ def _train_and_evaluate(source, config, data_config, store, run_id, listener, ti
         f"per step, a global batch of {fit_config.batch_size}; learning rates as set "
         f"({config.learning_rate:g}, stage 2 {config.fine_tune_learning_rate:g}), not scaled."
     ]
-    with strategy.scope():
-        weights = backbones.resolve_weights(spec, "none" if config.strategy == "scratch" else config.weights, config.seed)
-        base = backbones.build_base(spec, weights, size, config.seed)
-        feature_model = backbones.build_feature_model(
-            spec, base, size, inference_mode=config.strategy != "scratch", cut=config.feature_cut
+    weights = backbones.resolve_weights(spec, "none" if config.strategy == "scratch" else config.weights, config.seed)
+    base = backbones.build_base(spec, weights, size, config.seed)
+    feature_model = backbones.build_feature_model(
+        spec, base, size, inference_mode=config.strategy != "scratch", cut=config.feature_cut
+    )
+
+    def features_path(hashes) -> Path:
+        identity = weights.identity + ("|mixed" if jit_compile() else "")
+        return store.cache_dir / "features" / (features_key(hashes, spec.name, identity, size, config.feature_cut) + ".npy")
+
+    decoded, features = decode_and_extract(
+        image_set, size, ctx.data_config, cache_dir=store.cache_dir, feature_model=feature_model,
+        features_path=features_path, batch_size=inference_batch(config.batch_size), progress=ctx.listener,
+        need_features=config.strategy in ("feature_extractor", "finetune"),
+    )
+    store.set_dataset(ctx.run_id, data.build_report(image_set, decoded))
+    if ctx.listener.should_stop():
+        raise CancelledError("Cancelled while decoding images.")
+    splits = data.split_dataset(decoded, ctx.data_config)
+    write_json_atomic(ctx.folder / SPLIT_FILE, {part: [decoded.names[i] for i in idx] for part, idx in splits.items()})
+    return _Prepared(image_set, decoded, features, splits, size, weights, spec, base, feature_model, fit_config,
+                     distribution, distribution_notes)
+
+
+def _train(ctx: RunContext, p: _Prepared) -> tuple[TrainedModel, np.ndarray]:
+    """Train by the run's strategy; returns the trained model and its test-split probabilities."""
+    config, listener, decoded, splits = ctx.config, ctx.listener, p.decoded, p.splits
+    if config.strategy == "feature_extractor":
+        return _train_linear_head(p.feature_model, p.features, splits, decoded, config, listener)
+    # Each split reads its pixels from the decoded cache (a memory-mapped file) batch by batch.
+    split_data = {part: (data.Rows(decoded.x, idx), decoded.y[idx]) for part, idx in splits.items()}
+    n_classes = len(decoded.class_names)
+    checkpoints = StageCheckpoints(ctx.folder / "checkpoints", _checkpoint_mirror(ctx.store, ctx.run_id))
+    if config.strategy == "finetune":
+        # One pass of the frozen ConvNet (cached): it sets the head's feature standardisation
+        # and, without augmentation, is all stage 1 needs.
+        spec, base, size = p.spec, p.base, p.size
+        trained = train_two_stage(
+            p.feature_model, split_data, n_classes, config=p.fit_config, progress=listener,
+            features={part: data.Rows(p.features, idx) for part, idx in splits.items()},
+            unfreeze=lambda n: backbones.set_trainable_blocks(spec, base, n),
+            split=lambda n: backbones.split_at_block(spec, base, n, size),
+            checkpoints=checkpoints, cache_dir=ctx.store.cache_dir / "activations",
         )
+    else:
+        trained = train_scratch(p.feature_model, split_data, n_classes, config=p.fit_config, progress=listener,
+                                checkpoints=checkpoints)
+    trained.notes[:0] = checkpoints.notes + p.distribution_notes
+    listener.on_stage_start("evaluate", len(splits["test"]))
+    probabilities = trained.model.predict(
+        data.make_batches(split_data["test"][0], None, inference_batch(config.batch_size)), verbose=0
+    )
+    listener.on_stage_end("evaluate", None)
+    return trained, probabilities
 
-        def features_path(hashes) -> Path:
-            identity = weights.identity + ("|mixed" if jit_compile() else "")
-            return store.cache_dir / "features" / (features_key(hashes, spec.name, identity, size, config.feature_cut) + ".npy")
 
-        decoded, features = decode_and_extract(
-            image_set, size, data_config, store.cache_dir, feature_model, features_path,
-            inference_batch(config.batch_size), listener, config.strategy in ("feature_extractor", "finetune"),
-        )
-        report = data.build_report(image_set, decoded)
-        store.set_dataset(run_id, report)
-        if listener.should_stop():
-            raise CancelledError("Cancelled while decoding images.")
-        splits = data.split_dataset(decoded, data_config)
-        write_json_atomic(
-            store.run_dir(run_id) / SPLIT_FILE,
-            {part: [decoded.names[i] for i in idx] for part, idx in splits.items()},
-        )
-        # Each split reads its pixels from the decoded cache (a memory-mapped file) batch by batch.
-        split_data = {part: (data.Rows(decoded.x, idx), decoded.y[idx]) for part, idx in splits.items()}
-        n_classes = len(decoded.class_names)
-
-        checkpoints = StageCheckpoints(store.run_dir(run_id) / "checkpoints", _checkpoint_mirror(store, run_id))
-        if config.strategy == "feature_extractor":
-            trained, probabilities = _train_linear_head(feature_model, features, splits, decoded, config, listener)
-        else:
-            if config.strategy == "finetune":
-                # One pass of the frozen ConvNet (cached): it sets the head's feature standardisation
-                # and, without augmentation, is all stage 1 needs.
-                trained = train_two_stage(
-                    feature_model,
-                    lambda n: backbones.set_trainable_blocks(spec, base, n),
-                    split_data,
-                    n_classes,
-                    fit_config,
-                    listener,
-                    {part: data.Rows(features, idx) for part, idx in splits.items()},
-                    lambda n: backbones.split_at_block(spec, base, n, size),
-                    checkpoints,
-                    store.cache_dir / "activations",
-                )
-            else:
-                trained = train_scratch(feature_model, split_data, n_classes, fit_config, listener, checkpoints)
-            trained.notes[:0] = checkpoints.notes + distribution_notes
-            listener.on_stage_start("evaluate", len(splits["test"]))
-            probabilities = trained.model.predict(
-                data.make_batches(split_data["test"][0], None, inference_batch(config.batch_size)), verbose=0
-            )
-            listener.on_stage_end("evaluate", None)
-
+def _measure(ctx: RunContext, p: _Prepared, trained: TrainedModel, probabilities: np.ndarray) -> dict[str, Any]:
+    """The run's metrics on its test split, with intervals and flags; the per-image predictions too."""
+    decoded, splits = p.decoded, p.splits
     test_idx = splits["test"]
     # Per test image (in split.json's order): what paired comparisons between runs are made of.
-    write_json_atomic(store.run_dir(run_id) / PREDICTIONS_FILE,
+    write_json_atomic(ctx.folder / PREDICTIONS_FILE,
                       {"true": decoded.y[test_idx].tolist(), "predicted": probabilities.argmax(axis=1).tolist()})
     metrics = evaluate(decoded.y[test_idx], probabilities, decoded.class_names, [decoded.names[i] for i in test_idx])
     metrics.update(
         {
             "test_accuracy": metrics["accuracy"],
             "class_names": decoded.class_names,
-            "image_size": size,
-            "weights": weights.description,
+            "image_size": p.size,
+            "weights": p.weights.description,
             "hardware": describe_hardware(),
             "split": {part: int(len(idx)) for part, idx in splits.items()},
-            "distribution": distribution,
+            "distribution": p.distribution,
             "history": trained.history,
             "notes": trained.notes,
-            "timing": _timing(timer, trained.history, len(decoded.y), len(splits["train"]), len(splits["val"])),
+            "timing": _timing(ctx.timer, trained.history, len(decoded.y), len(splits["train"]), len(splits["val"])),
         }
     )
     metrics.update(reliability(metrics))  # intervals, the largest-class baseline, flags
-    _save_model(trained.model, store.run_dir(run_id) / "model.keras")
-    shutil.rmtree(checkpoints.folder, ignore_errors=True)  # the run is complete: nothing to resume
-    listener.on_stage_start("explain", 1)
-    try:  # heat maps of the mistakes for the Result page; a run never fails for want of them
-        explain_mistakes({"metrics": metrics, "config": {"data": dataclasses.asdict(data_config)}},
-                         store.run_dir(run_id), model=trained.model,
-                         items={item.name: item for item in image_set.items})
+    return metrics
+
+
+def _explain(ctx: RunContext, p: _Prepared, trained: TrainedModel, metrics: dict[str, Any]) -> None:
+    """Heat maps of the mistakes for the Result page; a run never fails for want of them."""
+    ctx.listener.on_stage_start("explain", 1)
+    try:
+        explain_mistakes({"metrics": metrics, "config": {"data": dataclasses.asdict(ctx.data_config)}},
+                         ctx.folder, model=trained.model, items={item.name: item for item in p.image_set.items})
     except Exception as err:  # noqa: BLE001
         metrics["notes"].append(f"No Grad-CAM heat maps: {err.__class__.__name__}: {err}")
-    listener.on_stage_end("explain", None)
-    return metrics
+    ctx.listener.on_stage_end("explain", None)
 
 
 def decode_and_extract(
     image_set: data.ImageSet,
     size: int,
     data_config: DataConfig,
+    *,
     cache_dir: Path,
     feature_model: keras.Model,
     features_path: Callable[[list], Path],
@@ -377,32 +433,3 @@ def _timing(timer: StageTimer, history, n_images: int, n_train: int, n_val: int)
             images = 0
         timing[stage] = {"seconds": seconds, "images_per_second": images / seconds if seconds and images else None}
     return timing
-
-
-def _save_model(model: keras.Model, path: Path) -> None:
-    """Save to a temporary name and rename: a reader never sees half a model, a failure leaves none."""
-    tmp = path.with_name("model.tmp.keras")
-    try:
-        _float32_copy(model).save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _float32_copy(model: keras.Model) -> keras.Model:
-    """The model with every layer in float32: what a run trained in mixed precision saves.
-
-    Mixed precision is a training speed-up for GPUs; a saved model must predict at full precision
-    anywhere (a float16 model on a CPU is slow and rounds). Same architecture, same weights.
-    """
-    if '"mixed_float16"' not in json.dumps(model.get_config()):
-        return model
-    config = json.loads(json.dumps(model.get_config()).replace('"mixed_float16"', '"float32"'))
-    policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        copy = model.__class__.from_config(config)
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
-    copy.set_weights(model.get_weights())
-    return copy

@@ -52,6 +52,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tl_core.artifacts import ARTIFACTS_ENV, ArtifactMirror, mirror_from_env
 from tl_core.errors import ConfigError, RunNotFoundError, TLCoreError
+from tl_core.fsutil import swap_folder, temporary_path, write_json_atomic
 
 DATA_DIR_ENV = "TL_DATA_DIR"
 DATABASE_ENV = "TL_DATABASE_URL"
@@ -142,13 +143,6 @@ def new_workspace_key() -> str:
 
 def is_valid_workspace_key(key: str) -> bool:
     return is_valid_run_id(key)
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON to a temporary name and rename it, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # unique per thread too
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- engines
@@ -353,14 +347,33 @@ class RunStore:
         return self.data_dir / "runs" / run_id
 
     def run_dir(self, run_id: str) -> Path:
-        """The run's artifact folder. Only well-formed ids ever become a path.
+        """The run's artifact folder here (it may not exist). Only well-formed ids ever become a path.
 
-        When the folder is missing here (a wiped disk, another server) and an artifacts location
-        is set, its copy is fetched first.
+        Nothing is fetched: call :meth:`ensure_local` before reading files a finished run may have
+        left on another machine or before a wiped disk.
+        """
+        return self._local_dir(run_id)
+
+    def ensure_local(self, run_id: str) -> Path:
+        """The run's folder here, complete: with an artifacts location, a missing folder (a wiped
+        disk, another server) is fetched from it, and the folder of a run that ended on another
+        machine (a Ray node) replaces the copy here once. Without one, just the folder's path.
+
+        Raises:
+            RunNotFoundError: a malformed id, or no such run.
         """
         folder = self._local_dir(run_id)
-        if self.artifacts is not None and not folder.is_dir():
+        if self.artifacts is None:
+            return folder
+        if not folder.is_dir():
             self._fetch(run_id, folder)
+            return folder
+        with self._transaction() as conn:
+            row = conn.execute(select(RUNS.c.status, RUNS.c.owner_host).where(RUNS.c.id == run_id)).first()
+        if row is None:
+            raise RunNotFoundError(f"No run with id '{run_id}'.")
+        if row.status in FINAL_STATUSES and row.owner_host not in (None, _host()):
+            self._refresh(run_id, folder)
         return folder
 
     def _fetch(self, run_id: str, folder: Path) -> None:
@@ -369,17 +382,14 @@ class RunStore:
     def _refresh(self, run_id: str, folder: Path) -> None:
         """Once, replace the local copy of a run that another machine trained (a Ray node): the copy
         here may be older than the run's end (the folder made when it was queued, or a checkpoint
-        copy fetched while it trained)."""
+        copy fetched while it trained). The folders are swapped in one step (see :func:`swap_folder`)."""
         done = folder.with_name(f".final-{run_id}")
         if done.exists():
             return
-        fresh = folder.with_name(f".refresh-{run_id}-{secrets.token_hex(4)}")
+        fresh = temporary_path(folder)
         if not self.artifacts.try_download(f"runs/{run_id}", fresh):
             return
-        stale = folder.with_name(f".stale-{run_id}-{secrets.token_hex(4)}")
-        folder.rename(stale)
-        fresh.rename(folder)
-        shutil.rmtree(stale, ignore_errors=True)
+        swap_folder(folder, fresh)
         done.touch()
 
     def publish(self, run_id: str) -> None:
@@ -626,23 +636,19 @@ class RunStore:
         return run
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        """The run's record with its epoch history under ``epochs``; its folder is fetched if missing.
+        """The run's record with its epoch history under ``epochs`` (a database read, no files:
+        :meth:`ensure_local` brings the run's folder).
 
         Raises:
             RunNotFoundError: a malformed id, or no such run.
         """
-        folder = self._local_dir(run_id)
+        self._local_dir(run_id)  # a malformed id is refused before the database sees it
         with self._transaction() as conn:
             row = conn.execute(select(RUNS).where(RUNS.c.id == run_id)).first()
             if row is None:
                 raise RunNotFoundError(f"No run with id '{run_id}'.")
             run = self._row_to_run(row)
             run["epochs"] = self._epochs(conn, run_id)
-        if self.artifacts is not None:
-            if not folder.is_dir():
-                self._fetch(run_id, folder)
-            elif run["status"] in FINAL_STATUSES and run.get("owner_host") not in (None, _host()):
-                self._refresh(run_id, folder)
         return run
 
     @staticmethod

@@ -14,7 +14,8 @@ from typing import Any
 
 from tl_core.advisor import Recommendation
 from tl_core.backbones import BACKBONES, local_weights_file
-from tl_core.store import RunStore, write_json_atomic
+from tl_core.fsutil import write_json_atomic
+from tl_core.store import RunStore
 from ui.cli import run_cli
 
 

@@ -12,7 +12,8 @@ import streamlit as st
 
 from tl_core.escape import markdown as plain
 from tl_core.export import FORMATS
-from tl_core.store import RunStore, write_json_atomic
+from tl_core.fsutil import write_json_atomic
+from tl_core.store import RunStore
 from ui.cli import run_cli
 
 LABELS = {

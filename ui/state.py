@@ -11,16 +11,16 @@ from typing import Any
 import streamlit as st
 
 from tl_core.backbones import WEIGHTS_DIR_ENV, get_spec, local_weights_file, offline
-from tl_core.config import TrainConfig
-from tl_core.data import DataConfig, build_report, decode_dataset, load_images
+from tl_core.config import DataConfig, TrainConfig
+from tl_core.data import build_report, decode_dataset, load_images
 from tl_core.errors import TLCoreError
 from tl_core.escape import markdown as plain
+from tl_core.fsutil import write_json_atomic
 from tl_core.store import (
     RunStore,
     default_data_dir,
     is_valid_workspace_key,
     new_workspace_key,
-    write_json_atomic,
 )
 from ui.progress import StreamlitProgress
 
@@ -251,10 +251,11 @@ def dataset_report(path: str) -> dict[str, Any] | None:
     cache = st.session_state.setdefault("reports", {})
     if key not in cache:
         try:
-            image_set = load_images(path)
+            data_config = DataConfig()
+            image_set = load_images(path, data_config)
             # Decoded at the backbones' input size into the run's pixel cache: the first training
             # run then reads its pixels at memory speed instead of decoding the files again.
-            decoded = decode_dataset(image_set, get_spec(TrainConfig().backbone).input_size, DataConfig(),
+            decoded = decode_dataset(image_set, get_spec(TrainConfig().backbone).input_size, data_config,
                                      StreamlitProgress("Checking images"), get_store().cache_dir / "decoded")
         except TLCoreError as err:
             st.error(plain(err))

@@ -1,0 +1,132 @@
+"""Render the README's advisor facts from their one source: the advisor's constants and the bench's results.
+
+    python bench/readme_facts.py          # rewrite the marked blocks of README.md
+    python bench/readme_facts.py --check  # exit 1 if a block is out of date (tests/test_facts.py runs it)
+
+A block sits between ``<!-- facts:NAME -->`` and ``<!-- /facts:NAME -->``; everything between the
+markers is replaced. Edit the constants in ``tl_core/advisor.py`` or rerun the bench, never the block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+
+from _common import REPO
+
+from tl_core import advisor
+
+README = REPO / "README.md"
+
+
+def advisor_thresholds() -> str:
+    """The size and similarity thresholds, the part weights and the measured anchors, in words."""
+    w = advisor.PART_WEIGHTS
+    small, large = advisor.BENCH.get("small", {}), advisor.BENCH.get("large", {})
+    return f"""- **Data size**: usable images in the smallest class (the median is shown too). *Large* from
+  **{advisor.LARGE_MIN_PER_CLASS:,} per class**: retraining deep layers needs on the order of a thousand images per class
+  (Yosinski et al. 2014 fine-tuned with about 1,300; Kornblith et al. 2019 find fine-tuning's lead
+  over frozen features shrinks as data per class falls to the hundreds; the CS231n notes and the
+  Keras guide call a few hundred per class small). Training **from scratch** is recommended only
+  from **{advisor.SCRATCH_MIN_PER_CLASS:,} per class** (He et al. 2019, "Rethinking ImageNet Pre-training": random
+  initialisation needs 10k+ images and long schedules to catch up); our bench below agrees: at
+  {small.get('per_class', 0):,} and {large.get('per_class', 0):,} per class frozen features from an earlier block beat every other
+  strategy ({small.get('earlier_features', float('nan')):.3f} and {large.get('earlier_features', float('nan')):.3f}).
+- **Domain similarity** to ImageNet, in [0, 1], from a stratified sample of at most {advisor.SAMPLE_SIZE} images
+  pushed once through the pretrained backbone, with its three parts shown:
+  - *activation statistics* (weight {w['statistics']}): how far your images' activations are from the ImageNet
+    statistics each BatchNormalization layer stores (mean symmetric KL divergence of the
+    per-channel Gaussians; the part is `exp(-divergence)`);
+  - *ImageNet recognition* ({w['recognition']}): how confidently the 1000-class ImageNet classifier names your
+    images (mean of its top-1 probability and of 1 - its normalised entropy); it needs the weights
+    *with* the top (`mobilenet_v1_1.0_224_imagenet.weights.h5`, in `../shared/weights`);
+  - *transferability* ({w['transferability']}): LogME (You et al., ICML 2021, implemented in
+    `tl_core/transferability.py` and checked against a direct Gaussian evidence and a generic
+    optimiser) of the pooled features for your labels, shown as the share of label variance the
+    evidence-maximising linear model explains.
+
+  *Similar* from **{advisor.SIMILAR_MIN}**. Anchors measured with MobileNet: {advisor.anchors_sentence()}."""
+
+
+STRATEGY_ROWS = {  # row title -> which bench runs it takes (the best of them)
+    "feature extractor, last layer": lambda s: s["strategy"] == "feature_extractor" and not s.get("feature_cut"),
+    "feature extractor, 2 blocks below the top": lambda s: s["strategy"] == "feature_extractor"
+    and s.get("feature_cut") == 2,
+    "the advisor's earlier block (4 or 6 below)": lambda s: s["strategy"] == "feature_extractor"
+    and s.get("feature_cut") in (4, 6),
+    "fine-tune top 2 blocks": lambda s: s["strategy"] == "finetune" and s.get("unfreeze_blocks") == 2,
+    "fine-tune all layers": lambda s: s["strategy"] == "finetune" and s.get("unfreeze_blocks") == -1,
+    "from scratch": lambda s: s["strategy"] == "scratch",
+}
+STRATEGY_COLUMNS = {"clipart8": "clipart8", "fashion_mnist_2k": "Fashion-MNIST 2k",
+                    "fashion_mnist_20k": "Fashion-MNIST 20k"}
+
+
+def strategy_table() -> str:
+    """Every strategy's test accuracy per dataset, from ``bench/results/advisor_vs_best.json``; the best
+    of each column in bold."""
+    results = json.loads(advisor.BENCH_RESULTS.read_text())
+    cells: dict[str, dict[str, float]] = {row: {} for row in STRATEGY_ROWS}
+    for key, value in results.items():
+        dataset, _, settings = key.partition("|")
+        for row, matches in STRATEGY_ROWS.items():
+            if dataset in STRATEGY_COLUMNS and matches(json.loads(settings)):
+                cells[row][dataset] = max(cells[row].get(dataset, 0.0), value["accuracy"])
+    best = {d: max((c[d] for c in cells.values() if d in c), default=None) for d in STRATEGY_COLUMNS}
+    lines = ["| strategy | " + " | ".join(STRATEGY_COLUMNS.values()) + " |",
+             "| --- |" + " --- |" * len(STRATEGY_COLUMNS)]
+    for row, values in cells.items():
+        shown = []
+        for dataset in STRATEGY_COLUMNS:
+            value = values.get(dataset)
+            text = "-" if value is None else f"{value:.3f}"
+            shown.append(f"**{text}**" if value is not None and value == best[dataset] else text)
+        lines.append(f"| {row} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+def advisor_lesson() -> str:
+    """What the bench taught the advisor about the large/different cell, from :data:`advisor.BENCH`."""
+    large = advisor.BENCH["large"]
+    lost = 100 * (large["earlier_features"] - large["scratch"])
+    return (f"""What the runs taught the advisor: the textbook cell "large data, different domain: train from
+scratch" lost here by {lost:.0f} points: at {large['per_class']:,} images per class a MobileNet from random weights reached
+{large['scratch']:.2f} while frozen features from an earlier block reached {large['earlier_features']:.2f} (the last layer at 32 px has mostly
+dead units: {large['last_layer']:.2f}); fine-tuning, which keeps ImageNet's BatchNorm statistics, did worst on this
+domain. So from scratch is now recommended only from {advisor.SCRATCH_MIN_PER_CLASS:,} images per class, and a different
+domain always gets the layer comparison.""")
+
+
+BLOCKS = {"advisor-thresholds": advisor_thresholds, "advisor-strategies": strategy_table,
+          "advisor-lesson": advisor_lesson}
+
+
+def render(text: str) -> str:
+    """``text`` with every marked block replaced by its rendering."""
+    for name, make in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- facts:{name} -->\n).*?(\n<!-- /facts:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no block '{name}' (<!-- facts:{name} --> ... <!-- /facts:{name} -->).")
+        text = pattern.sub(lambda m: m.group(1) + make() + m.group(2), text)
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date; change nothing")
+    args = parser.parse_args()
+    current = README.read_text()
+    rendered = render(current)
+    if args.check:
+        if rendered != current:
+            print("README.md's facts blocks are out of date: run python bench/readme_facts.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(rendered)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
