@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
-import shutil
 import time
 from pathlib import Path
 
 from tl_core.errors import ConfigError
+from tl_core.fsutil import new_folder
 
 ARTIFACTS_ENV = "TL_ARTIFACTS_URL"
 MISSING_RECHECK_SECONDS = 30.0
@@ -134,22 +133,13 @@ class ArtifactMirror:
                 f"(e.g. {unsafe[0]!r}); nothing of it was fetched. Its {MANIFEST} was not written by this "
                 "app: delete that folder from the artifacts location, or upload it again from a good copy."
             )
-        partial = folder.with_name(f".fetch-{folder.name}-{secrets.token_hex(4)}")
-        try:
-            partial.mkdir(parents=True)
+        with new_folder(folder) as partial:  # another process's fetch that wins the race is kept
             for name in files:
                 (partial / name).parent.mkdir(parents=True, exist_ok=True)
             if files:
                 self.fs.get([self._remote(key, name) for name in files], [str(partial / name) for name in files])
             for name, (_, mtime_ns) in files.items():  # unchanged files are not sent again by upload
                 os.utime(partial / name, ns=(mtime_ns, mtime_ns))
-            try:
-                partial.rename(folder)
-            except OSError:
-                if not folder.is_dir():  # not another process's fetch that won the race
-                    raise
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
         return True
 
     def try_upload(self, folder: Path, key: str) -> bool:
