@@ -7,7 +7,7 @@ import uuid
 
 import streamlit as st
 
-from tl_core import comparison, quotas
+from tl_core import charts, comparison, quotas
 from tl_core.backbones import BACKBONES
 from tl_core.charts import STRATEGY_LABELS, run_label
 from tl_core.config import (
@@ -24,6 +24,7 @@ from tl_core.errors import TLCoreError
 from tl_core.hardware import describe_machine
 from tl_core.jobs import ensure_worker, queue_snapshot, refresh_seconds, resume, submit
 from tl_core.metrics import interval_text, reliability
+from tl_core.progress import time_breakdown
 from ui.reliability import costly_time_note, plain
 from ui.run_view import live_run, resumable
 from ui.state import ICONS, PAGES, get_store, hosted, missing_weights, require_dataset, workspace
@@ -79,6 +80,10 @@ def live_panel(interval: float) -> None:
                     except TLCoreError as err:  # already queued again (another tab, a double click)
                         st.toast(plain(err))
                     st.rerun(scope="fragment")
+    latest = next((r for r in finished if r["status"] == "succeeded"), None)
+    if latest is not None and (parts := time_breakdown(latest)):
+        with st.expander(f"Where the time went: {run_label(latest)}"):
+            st.plotly_chart(charts.time_breakdown(parts), key=f"time_{latest['id']}")
 
 
 def plan_summary(planned) -> str:

@@ -12,6 +12,10 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# An idle worker keeps a TensorFlow process ready for the next run (tl_core.jobs.Standby), and the app
+# starts a worker as soon as a dataset is loaded: dozens of test stores would each hold one for the
+# worker's idle time. Off for the suite; the tests of that path turn it on for their own worker.
+os.environ.setdefault("TL_WORKER_STANDBY", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

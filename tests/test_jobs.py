@@ -102,3 +102,41 @@ def test_a_worker_leaves_runs_of_live_processes_alone(store):
     assert run_worker(store, once=True) == 0
     assert store.get_run(alive)["status"] == "running"
     assert store.get_run(orphan)["status"] == "failed"
+
+
+def _standby_pids(store) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", f"tl_core worker --data-dir {store.data_dir.resolve()} --quiet --standby"],
+                           capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split()]
+
+
+def test_an_idle_worker_keeps_a_training_process_ready_and_hands_it_the_next_run(tmp_path, store):
+    from tl_core.progress import time_breakdown
+
+    root = make_toy_folder(tmp_path / "toy", n_per_class=6)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TL_WORKER_STANDBY": "1"}  # the suite turns it off elsewhere
+    worker = subprocess.Popen([sys.executable, "-m", "tl_core", "worker", "--data-dir", str(store.data_dir), "--quiet",
+                               "--idle-exit", "120"], env=env)
+    try:
+        deadline = time.time() + 60
+        while not _standby_pids(store) and time.time() < deadline:
+            time.sleep(0.2)
+        [ready] = _standby_pids(store)
+        run = wait_for_status(store, submit(store, root, FAST), {"succeeded", "failed"})
+        assert run["status"] == "succeeded" and run["progress"]["pid"] == ready  # trained by the ready process
+        parts = [part for part, _ in time_breakdown(run)]
+        assert parts[parts.index("decode"):][:3] == ["decode", "extract", "head"]
+        assert "startup" not in parts  # TensorFlow's imports were paid before the run was queued
+        total = sum(seconds for _, seconds in time_breakdown(run))
+        assert total <= run["updated_at"] - run["created_at"] + 0.01  # the parts never overlap
+        deadline = time.time() + 60
+        while _standby_pids(store) in ([], [ready]) and time.time() < deadline:
+            time.sleep(0.2)
+        assert len(_standby_pids(store)) == 1 and _standby_pids(store) != [ready]  # the next one, ready again
+    finally:
+        worker.kill()
+        worker.wait(10)
+    deadline = time.time() + 10
+    while _standby_pids(store) and time.time() < deadline:
+        time.sleep(0.2)
+    assert _standby_pids(store) == []  # it ends with its worker

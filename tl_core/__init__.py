@@ -5,6 +5,11 @@ job worker all call it the same way and observe it through :mod:`tl_core.progres
 """
 
 import os
+import time
+
+# When this process first imported the engine (its start, give or take the interpreter's own start-up):
+# the start of a run's timeline, so its breakdown shows what the process spent before the run began.
+PROCESS_STARTED_AT = time.time()
 
 # TensorFlow's C++ start-up chatter (CUDA probing, oneDNN notes) is noise for our users.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -240,6 +240,10 @@ def cmd_show(args) -> dict[str, Any]:
 
 
 def cmd_worker(args) -> dict[str, Any]:
+    if args.standby:  # started ahead by an idle worker: waits for a run id on its input
+        from tl_core.execution import standby_for_worker
+
+        return {"status": standby_for_worker(args.data_dir, worker_pid=args.worker_pid)}
     if args.run:  # one run the worker claimed, in a fresh process the worker started (its niceness included)
         from tl_core.execution import train_for_worker
 
@@ -387,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--idle-exit", type=float, default=600.0, help="seconds idle before exiting")
     worker.add_argument("--run", help=argparse.SUPPRESS)  # the worker's child: train this claimed run
+    worker.add_argument("--standby", action="store_true", help=argparse.SUPPRESS)  # the worker's child, started ahead
     worker.add_argument("--worker-pid", type=int, help=argparse.SUPPRESS)
     worker.set_defaults(func=cmd_worker)
 

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 from tl_core import escape
 from tl_core.advisor import SCRATCH_MIN_PER_CLASS
 from tl_core.backbones import BACKBONES
-from tl_core.progress import EPOCH_STAGES
+from tl_core.progress import EPOCH_STAGES, STAGE_TITLES, TIMELINE_TITLES
 
 STRATEGY_LABELS = {
     "feature_extractor": "Feature extractor",
@@ -237,3 +237,19 @@ def comparison(summary: dict[str, Any]) -> go.Figure:
     fig.update_xaxes(title="mean test accuracy over the splits (95% interval)", range=[0, 1.02], tickformat=".0%")
     fig.update_yaxes(categoryorder="array", categoryarray=_texts(s["label"] for s in strategies))
     return _layout(fig, "Each strategy's mean test accuracy over its splits", 110 + 46 * len(strategies))
+
+
+def time_breakdown(parts: list[tuple[str, float]]) -> go.Figure:
+    """Where a run's time went (:func:`tl_core.progress.time_breakdown`): one bar a part, in order."""
+    titles = {**STAGE_TITLES, **TIMELINE_TITLES}
+    names = [titles.get(part, part) for part, _ in parts]
+    seconds = [value for _, value in parts]
+    total = sum(seconds) or 1.0
+    fig = go.Figure(go.Bar(
+        x=seconds, y=names, orientation="h", marker_color="#4c78a8",
+        text=[f"{value:.1f} s ({value / total:.0%})" for value in seconds], textposition="auto",
+        hovertemplate="%{y}: %{x:.2f} s<extra></extra>",
+    ))
+    fig.update_yaxes(autorange="reversed")  # first part on top
+    fig.update_xaxes(title="seconds")
+    return _layout(fig, f"Where the time went: {total:.1f} s from queued to done", 90 + 34 * len(parts))

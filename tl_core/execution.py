@@ -70,6 +70,22 @@ def train_for_worker(data_dir: str, run_id: str, *, worker_pid: int) -> str:
     return store.get_run(run_id)["status"]
 
 
+def standby_for_worker(data_dir: str, *, worker_pid: int) -> str:
+    """Wait, TensorFlow imported, for the run id the worker ``worker_pid`` sends on standard input, then
+    train it as :func:`train_for_worker` does; ``"idle"`` when the input ends without one."""
+    import tl_core
+    import tl_core.runner  # noqa: F401 - TensorFlow and Keras: what this process is started ahead for
+
+    _end_with_parent(worker_pid)
+    run_id = sys.stdin.readline().strip()
+    if not run_id:
+        return "idle"
+    tl_core.PROCESS_STARTED_AT = time.time()  # the run's timeline starts now: the imports were paid ahead
+    store = _WorkerOwnedStore(data_dir)
+    train_claimed(store, run_id)
+    return store.get_run(run_id)["status"]
+
+
 _PR_SET_PDEATHSIG = 1
 
 

@@ -15,6 +15,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
+from threadpoolctl import threadpool_limits
 
 from tl_core.config import HEADS
 from tl_core.data import iter_chunks
@@ -26,6 +27,10 @@ CV_FOLDS = 5
 CV_MAX_ROWS = 20_000  # above this many train+val rows, C is chosen on the validation split (time)
 IMBALANCE_RATIO = 1.5  # largest / smallest class from which balanced class weights are tried too
 STANDARDISE_ROWS = 4096  # feature rows converted to float64 and standardised at a time
+# The solvers' matrices are small (hundreds to thousands of rows of 1-2k features): a multi-threaded
+# BLAS spends more on waking and syncing its threads than on the work, and on a busy machine far more.
+# Fitting with one BLAS thread gave the same heads 25-80x faster (python bench/head_fit.py).
+HEAD_BLAS_THREADS = 1
 
 
 def fitted_scaler(X, scaler: StandardScaler | None = None) -> StandardScaler:
@@ -113,6 +118,11 @@ class LinearHead:
             or ``given``), ``validation_scores_`` (``{(C, class_weight): mean accuracy}``),
             ``n_fit_`` (rows the final head was fitted on).
         """
+        with threadpool_limits(limits=HEAD_BLAS_THREADS, user_api="blas"):
+            return self._fit(X, y, X_val, y_val)
+
+    def _fit(self, X, y, X_val=None, y_val=None) -> LinearHead:
+        """:meth:`fit`, within its BLAS thread limit."""
         if self.selection not in SELECTIONS:
             raise ConfigError(f"Unknown selection '{self.selection}'. Choose one of: {', '.join(SELECTIONS)}.")
         y = np.asarray(y)

@@ -17,6 +17,7 @@ With ``TL_RAY_ADDRESS`` set, :func:`submit` sends each run to a Ray cluster inst
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -45,6 +46,56 @@ INTERRUPTED = (
 # its own process grew run after run (bench/memory_ten_runs.py). TL_WORKER_IN_PROCESS=1 does that
 # anyway (the bench's baseline); by default each run trains in a fresh child process.
 IN_PROCESS_ENV = "TL_WORKER_IN_PROCESS"
+
+
+STANDBY_ENV = "TL_WORKER_STANDBY"
+
+
+def standby_enabled() -> bool:
+    """Whether an idle worker keeps a training process started ahead (``TL_WORKER_STANDBY=0``: not)."""
+    return os.environ.get(STANDBY_ENV, "").strip() != "0"
+
+
+class Standby:
+    """A training process started ahead while the worker is idle: it has imported TensorFlow and waits
+    for a run id on its standard input, so a run starts training without paying the imports.
+
+    It exists only while no run trains (the run it takes is the next one), so the worker's peak
+    memory is the same with it; it ends with the worker (its input closes, or the kernel's
+    parent-death signal).
+    """
+
+    def __init__(self, store: RunStore) -> None:
+        self.store = store
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start one unless one is waiting already."""
+        if self.process is None or self.process.poll() is not None:
+            self.process = subprocess.Popen(_child_command(self.store, "--standby"), stdin=subprocess.PIPE,
+                                            env=engine_env(**self.store.env_vars()))
+
+    def take(self) -> subprocess.Popen | None:
+        """The waiting process, handed over (None if there is none or it died)."""
+        process, self.process = self.process, None
+        return process if process is not None and process.poll() is None else None
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        with contextlib.suppress(OSError):
+            process.stdin.close()  # end of input: it exits
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _child_command(store: RunStore, *args: str) -> list[str]:
+    return [sys.executable, "-m", "tl_core", "worker", "--data-dir", str(store.data_dir.resolve()), "--quiet",
+            *args, "--worker-pid", str(os.getpid())]
 
 
 def fresh_process_per_run() -> bool:
@@ -236,32 +287,51 @@ def run_worker(store: RunStore, idle_exit_seconds: float = 600.0, poll_seconds: 
         # TensorFlow is imported only where a run trains, so a second worker started by mistake exits
         # in a fraction of a second instead of loading it.
         store.fail_interrupted(INTERRUPTED)
+        in_child = fresh_process_per_run() if fresh_process is None else fresh_process
+        standby = Standby(store) if in_child and standby_enabled() and not once else None
         executed, idle_since = 0, time.monotonic()
         while True:
             run_id = store.claim_next_queued()
             if run_id is None:
                 if once or time.monotonic() - idle_since > idle_exit_seconds:
                     return executed
+                if standby is not None:
+                    standby.start()  # idle: the next run's process imports TensorFlow now
                 time.sleep(poll_seconds)
                 continue
-            in_child = fresh_process_per_run() if fresh_process is None else fresh_process
-            (train_in_child if in_child else train_claimed)(store, run_id)
+            if in_child:
+                train_in_child(store, run_id, ready=standby.take() if standby is not None else None)
+            else:
+                train_claimed(store, run_id)
             executed += 1
             idle_since = time.monotonic()
     finally:
+        if standby is not None:
+            standby.stop()
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
 
 
-def train_in_child(store: RunStore, run_id: str) -> None:
+def train_in_child(store: RunStore, run_id: str, *, ready: subprocess.Popen | None = None) -> None:
     """Train a run this process claimed in a fresh ``python -m tl_core worker --run`` process; wait for it.
 
     This process stays the run's owner in the store, so a killed worker fails the run at once (the
     child dies with it); a child that dies alone fails its run with how it ended.
+
+    Args:
+        ready: a :class:`Standby` process to hand the run to instead of starting one.
     """
-    command = [sys.executable, "-m", "tl_core", "worker", "--data-dir", str(store.data_dir.resolve()),
-               "--quiet", "--run", run_id, "--worker-pid", str(os.getpid())]
-    child = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=engine_env(**store.env_vars()))
+    child = None
+    if ready is not None:
+        try:
+            ready.stdin.write(f"{run_id}\n".encode())
+            ready.stdin.close()
+            child = ready
+        except OSError:  # it died meanwhile: start a fresh one
+            ready.kill()
+    if child is None:
+        child = subprocess.Popen(_child_command(store, "--run", run_id), stdin=subprocess.DEVNULL,
+                                 env=engine_env(**store.env_vars()))
     stopped_here = False
     try:
         child.wait()

@@ -158,3 +158,37 @@ def _make_keras_bridge():
             self.listener.on_stage_end(self.stage, self.history[-1] if self.history else {})
 
     return KerasProgressBridge
+
+
+# What each part of a run's timeline is called in its breakdown, beside the stages' own titles.
+TIMELINE_TITLES = {
+    "waiting": "Waiting for the worker (queue, worker start, process start)",
+    "startup": "Starting TensorFlow (imports)",
+    "build": "Building the model (weights)",
+    "finish": "Saving the model and the results",
+}
+
+
+def time_breakdown(run: dict[str, Any]) -> list[tuple[str, float]]:
+    """Where a finished run's time went: ``[(part, seconds), ...]`` in the order they happened.
+
+    From the run's stored progress snapshot (each stage's start and end, the run's and its process's
+    start) and its ``created_at`` / ``updated_at``: waiting for the worker, starting TensorFlow,
+    building the model, each stage (:data:`STAGE_TITLES`), and saving. Parts of no measurable length
+    are left out; a run without these records (from an older version) has an empty breakdown.
+    """
+    progress = run.get("progress") or {}
+    stages = {k: v for k, v in (progress.get("stages") or {}).items()
+              if not k.endswith(".epoch") and "started_at" in v and "finished_at" in v}
+    run_started = progress.get("run_started_at")
+    if not stages or run_started is None:
+        return []
+    process_started = min(progress.get("process_started_at") or run_started, run_started)
+    first = min(v["started_at"] for v in stages.values())
+    last = max(v["finished_at"] for v in stages.values())
+    parts = [("waiting", process_started - (run.get("created_at") or process_started)),
+             ("startup", run_started - process_started), ("build", first - run_started)]
+    parts += [(stage, info["finished_at"] - info["started_at"])
+              for stage, info in sorted(stages.items(), key=lambda item: item[1]["started_at"])]
+    parts.append(("finish", (run.get("updated_at") or last) - last))
+    return [(part, seconds) for part, seconds in parts if seconds >= 0.05]

@@ -18,6 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
+import tl_core
 from tl_core import backbones, data
 from tl_core.config import DataConfig, TrainConfig, env_number, run_payload
 from tl_core.errors import CancelledError, TLCoreError
@@ -44,7 +45,9 @@ class StoreProgress(NullProgress):
 
     def __init__(self, store: RunStore, run_id: str) -> None:
         self.store, self.run_id = store, run_id
-        self.snapshot: dict[str, Any] = {"stages": {}}
+        # The run's timeline starts here: its process's start and the run's, for time_breakdown.
+        self.snapshot: dict[str, Any] = {"stages": {}, "process_started_at": tl_core.PROCESS_STARTED_AT,
+                                         "run_started_at": time.time(), "pid": os.getpid()}
         self._last_write = 0.0
 
     def _write(self, force: bool = False) -> None:

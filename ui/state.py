@@ -16,6 +16,7 @@ from tl_core.data import build_report, decode_dataset, load_images
 from tl_core.errors import TLCoreError
 from tl_core.escape import markdown as plain
 from tl_core.fsutil import write_json_atomic
+from tl_core.jobs import ensure_worker, standby_enabled
 from tl_core.store import (
     RunStore,
     default_data_dir,
@@ -223,6 +224,8 @@ def set_dataset(path: str | Path, name: str) -> None:
     st.session_state["dataset"] = {"path": str(path), "name": name}
     st.session_state.pop("recommendation", None)
     write_json_atomic(_last_dataset_file(), st.session_state["dataset"])
+    if standby_enabled():  # training comes next: the worker starts now and gets TensorFlow ready for it
+        ensure_worker(get_store())
 
 
 def last_dataset() -> dict[str, Any] | None:
