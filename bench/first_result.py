@@ -7,9 +7,10 @@ decodes into the pixel cache, then Train: the queue, the worker, a training proc
 Two set-ups in one invocation, each on a fresh data folder (nothing cached but what the upload step
 makes), alternating, so the machine's noise hits both:
 - before: what the app did until now: the worker starts when Train is pressed and starts a fresh
-  process for the run (TensorFlow's imports on the clock); float32 inference;
+  process for the run (TensorFlow's imports on the clock); the head fitted with the BLAS library's
+  default threads; float32 inference;
 - after: the app starts the worker when the dataset is loaded and the idle worker keeps a training
-  process ready (TL_WORKER_STANDBY); inference precision ``auto`` (bfloat16 on a CPU with
+  process ready (TL_WORKER_STANDBY); the head fitted with one BLAS thread; inference precision ``auto`` (bfloat16 on a CPU with
   AVX512_BF16 or AMX, where it is faster), where the engine has the setting.
 Both wait ``--think`` seconds between the upload and Train (a person reading the health report).
 Prints each part of the time (tl_core.progress.time_breakdown) and the ratio after / before of the
@@ -40,8 +41,9 @@ from tl_core.store import RunStore
 
 RESULTS = REPO / "bench" / "results" / "first_result.json"
 SETUPS = {
-    "before": {"env": {"TL_WORKER_STANDBY": "0"}, "warm_on_load": False, "precision": "float32"},
-    "after": {"env": {"TL_WORKER_STANDBY": "1"}, "warm_on_load": True, "precision": "auto"},
+    "before": {"env": {"TL_WORKER_STANDBY": "0", "TL_HEAD_BLAS_THREADS": "0"}, "warm_on_load": False,
+               "precision": "float32"},
+    "after": {"env": {"TL_WORKER_STANDBY": "1", "TL_HEAD_BLAS_THREADS": "1"}, "warm_on_load": True, "precision": "auto"},
 }
 
 

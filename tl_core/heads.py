@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
-from tl_core.config import HEADS
+from tl_core.config import HEADS, env_number
 from tl_core.data import iter_chunks
 from tl_core.errors import ConfigError, NotFittedError
 
@@ -30,7 +30,14 @@ STANDARDISE_ROWS = 4096  # feature rows converted to float64 and standardised at
 # The solvers' matrices are small (hundreds to thousands of rows of 1-2k features): a multi-threaded
 # BLAS spends more on waking and syncing its threads than on the work, and on a busy machine far more.
 # Fitting with one BLAS thread gave the same heads 25-80x faster (python bench/head_fit.py).
-HEAD_BLAS_THREADS = 1
+# TL_HEAD_BLAS_THREADS sets another number; 0: the library's own default (the bench's baseline).
+HEAD_BLAS_THREADS, HEAD_BLAS_THREADS_ENV = 1, "TL_HEAD_BLAS_THREADS"
+
+
+def head_blas_threads() -> int | None:
+    """BLAS threads for fitting a head: :data:`HEAD_BLAS_THREADS` unless the environment says
+    otherwise; ``None`` (no limit) for 0."""
+    return int(env_number(HEAD_BLAS_THREADS_ENV, HEAD_BLAS_THREADS)) or None
 
 
 def fitted_scaler(X, scaler: StandardScaler | None = None) -> StandardScaler:
@@ -118,7 +125,7 @@ class LinearHead:
             or ``given``), ``validation_scores_`` (``{(C, class_weight): mean accuracy}``),
             ``n_fit_`` (rows the final head was fitted on).
         """
-        with threadpool_limits(limits=HEAD_BLAS_THREADS, user_api="blas"):
+        with threadpool_limits(limits=head_blas_threads(), user_api="blas"):
             return self._fit(X, y, X_val, y_val)
 
     def _fit(self, X, y, X_val=None, y_val=None) -> LinearHead:
