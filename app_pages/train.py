@@ -16,6 +16,7 @@ from tl_core.config import (
     COMPARE_MAX_SPLITS,
     HEAD_NAMES,
     HEADS,
+    PRECISIONS,
     STRATEGIES,
     DataConfig,
     TrainConfig,
@@ -159,6 +160,11 @@ with st.form("settings"):
                                       help="Feature extractor: features from this many blocks below the top (0 = the "
                                            "last layer). Earlier layers are more generic; the Strategy page measures "
                                            "which fits your labels best.")
+        precision = c4.selectbox(
+            "Inference precision", PRECISIONS, index=PRECISIONS.index(defaults.precision),
+            help="The frozen ConvNet's forward passes (feature extraction). auto: bfloat16 where this machine "
+                 "computes it faster (measured once per backbone and size), float32 elsewhere. The heads, the "
+                 "training and the saved model are float32 either way.")
     share_images = st.checkbox(
         "Show my images on the public result page", value=not hosted(),
         help="A result link shows metrics, curves and the confusion matrix to anyone who has it. With this on, "
@@ -190,7 +196,7 @@ config = TrainConfig(
     batch_size=int(batch_size), epochs=int(epochs), fine_tune_epochs=int(fine_tune_epochs),
     unfreeze_blocks=int(unfreeze_blocks), learning_rate=float(learning_rate),
     fine_tune_learning_rate=float(fine_tune_learning_rate), augment=augment, accelerate=accelerate, seed=int(seed),
-    start_from_probe=start_from_probe,
+    start_from_probe=start_from_probe, precision=precision,
 )
 data_config = DataConfig(seed=int(seed))
 if config.strategy == "finetune":

@@ -1,6 +1,7 @@
 """Feature extraction from files on disk against the backbone's raw forward throughput.
 
     python bench/extraction_throughput.py [--data ../shared/datasets/clipart8] [--backbones mobilenet vgg16]
+    python bench/extraction_throughput.py --bf16 [--backbones mobilenet mobilenetv2 efficientnetb0 resnet50 vgg16]
 
 For each backbone (224 px, ImageNet weights from TL_WEIGHTS_DIR when present, else random: the
 same cost), in one process, the same images each time, ``--reps`` rounds of these timed passes:
@@ -20,6 +21,11 @@ decoding alone (``process_time``, all threads), and the best ratio any overlap c
 machine when the two together need more CPU than its cores give: raw wall time divided by
 max(raw wall time, (forward CPU + decode CPU) / cores). ``--forward-threads 1`` leaves the network
 one core and the decoding the others, as on a GPU machine where the network does not use the CPU.
+
+``--bf16``: for each backbone (random weights unless its ImageNet file is on disk: the same cost),
+rounds of the float32 raw forward (the baseline), the bfloat16 raw forward (tl_core.precision's
+twin) and extraction from files in bfloat16 (decoding overlapped, as a run does it), each as a ratio
+to the float32 raw forward of the same round, and what ``--precision auto`` chooses here.
 """
 
 from __future__ import annotations
@@ -51,7 +57,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="rounds of the passes")
     parser.add_argument("--forward-threads", type=int, default=0,
                         help="TensorFlow's threads for the network (0: its default, every core)")
+    parser.add_argument("--bf16", action="store_true", help="the bfloat16 columns (see above)")
     args = parser.parse_args()
+    if args.bf16:
+        if args.backbones == ["mobilenet", "vgg16"]:
+            args.backbones = ["mobilenet", "mobilenetv2", "efficientnetb0", "resnet50", "vgg16"]
+        return bf16_rounds(args)
     if args.forward_threads:
         import tensorflow as tf
 
@@ -85,7 +96,8 @@ def main() -> None:
                 cache = Path(cache)
                 features_path = lambda hashes, cache=cache: cache / "features" / f"{time.monotonic_ns()}.npy"  # noqa: E731
                 speeds["from files"] = n / timed(lambda: decode_and_extract(
-                    image_set, 224, DataConfig(), cache, model, features_path, args.batch_size, NullProgress()))
+                    image_set, 224, DataConfig(), cache_dir=cache, feature_model=model, features_path=features_path,
+                    batch_size=args.batch_size, progress=NullProgress()))
             with tempfile.TemporaryDirectory() as cache:
                 speeds["decode, then extract"] = n / timed(lambda: extract_features(
                     model, data.decode_dataset(image_set, 224, cache_dir=Path(cache)).x, args.batch_size))
@@ -105,6 +117,47 @@ def main() -> None:
         print(f"{spec.title:<14} median over {args.reps} rounds: " + " | ".join(
             f"{path} {statistics.median(values):.2f}x" for path, values in ratios.items())
             + f" of raw forward | weights: {weights.description}")
+
+
+def bf16_rounds(args) -> None:
+    from tl_core.precision import bf16_supported, bfloat16_twin, choose_precision
+
+    image_set = data.load_images(args.data)
+    image_set.items = image_set.items[: args.limit]
+    pixels = data.decode_dataset(image_set, 224).x
+    n = len(pixels)
+    print(f"{n} images from {args.data} on {machine()}; native bfloat16: {bf16_supported()}")
+    for name in args.backbones:
+        spec = backbones.get_spec(name)
+        weights = backbones.resolve_weights(spec, "imagenet")
+        if weights.keras_arg == "imagenet":
+            weights = backbones.resolve_weights(spec, "none")  # offline: same cost, random weights
+        model = backbones.build_feature_model(spec, backbones.build_base(spec, weights, 224), 224)
+        twin = bfloat16_twin(model)
+        for m in (model, twin):
+            extract_features(m, pixels[: args.batch_size], args.batch_size)  # warm-up: tracing
+        ratios: dict[str, list[float]] = {"bfloat16 raw forward": [], "bfloat16 from files": []}
+        for rep in range(1, args.reps + 1):
+            f32 = [timed(lambda: extract_features(model, pixels, args.batch_size))]
+            bf16 = timed(lambda: extract_features(twin, pixels, args.batch_size))
+            with tempfile.TemporaryDirectory() as cache:
+                cache = Path(cache)
+                features_path = lambda hashes, cache=cache: cache / "features" / f"{time.monotonic_ns()}.npy"  # noqa: E731
+                files = timed(lambda: decode_and_extract(
+                    image_set, 224, DataConfig(), cache_dir=cache, feature_model=twin, features_path=features_path,
+                    batch_size=args.batch_size, progress=NullProgress()))
+            f32.append(timed(lambda: extract_features(model, pixels, args.batch_size)))
+            raw = n / statistics.mean(f32)
+            ratios["bfloat16 raw forward"].append(n / bf16 / raw)
+            ratios["bfloat16 from files"].append(n / files / raw)
+            print(f"{spec.title:<16} round {rep}: float32 raw forward {raw:6.1f} img/s | bfloat16 raw forward "
+                  f"{n / bf16:6.1f} img/s ({n / bf16 / raw:.2f}x) | bfloat16 from files {n / files:6.1f} img/s "
+                  f"({n / files / raw:.2f}x)")
+        with tempfile.TemporaryDirectory() as cache:
+            chosen, _ = choose_precision("auto", model, backbone=name, image_size=224, cache_dir=cache)
+        print(f"{spec.title:<16} median over {args.reps} rounds: " + " | ".join(
+            f"{path} {statistics.median(values):.2f}x" for path, values in ratios.items())
+            + f" of float32 raw forward | --precision auto chooses {chosen} | weights: {weights.description}")
 
 
 def timed(work) -> float:

@@ -21,6 +21,7 @@ from tl_core.config import (
     COMPARE_MAX_SPLITS,
     EXPORT_FORMATS,
     HEADS,
+    PRECISIONS,
     STRATEGIES,
     DataConfig,
     TrainConfig,
@@ -87,7 +88,8 @@ def cmd_advise(args) -> dict[str, Any]:
     from tl_core.advisor import advise
 
     result = advise(args.data, args.backbone, args.weights, args.sample, not args.no_rank,
-                    DataConfig(max_pixels=args.max_pixels), image_size=args.image_size)
+                    DataConfig(max_pixels=args.max_pixels), image_size=args.image_size, precision=args.precision,
+                    cache_dir=_store(args).cache_dir)
     if not args.json:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in result["similarity_parts"].items() if v is not None)
         print(f"{result['n_images']} images, {result['n_classes']} classes, smallest class {result['min_per_class']} "
@@ -121,6 +123,7 @@ def _train_config(args) -> TrainConfig:
         cache_stages=not args.no_stage_cache,
         accelerate=not args.no_accelerate,
         seed=args.seed,
+        precision=args.precision,
     )
 
 
@@ -133,6 +136,7 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
         "test_accuracy": metrics.get("test_accuracy"),
         "macro_f1": metrics.get("macro_f1"),
         "seconds": metrics.get("seconds"),
+        "precision": metrics.get("precision"),
         "model_path": run["model_path"] if run["status"] == "succeeded" else None,
     }
     if metrics.get("confusion_matrix"):  # n_test, test_accuracy_ci, macro_f1_ci, majority_baseline, flags
@@ -309,6 +313,11 @@ def cmd_cancel(args) -> dict[str, Any]:
     return {"run_id": args.run_id, "status": status}
 
 
+PRECISION_HELP = ("the frozen ConvNet's forward passes: auto (bfloat16 where this machine computes it faster, "
+                  "measured once), float32 or bfloat16; heads, training and saved models stay float32 "
+                  "(default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tl_core.advisor import SAMPLE_SIZE
     from tl_core.backbones import BACKBONES
@@ -333,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--image-size", type=int, default=None, help="size training will use, when not the backbone's own")
     advise.add_argument("--no-rank", action="store_true", help="do not rank the other backbones with weights on disk")
     advise.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
+    advise.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS, help=PRECISION_HELP)
     advise.set_defaults(func=cmd_advise)
 
     training = argparse.ArgumentParser(add_help=False)
@@ -356,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="fine-tuning: run both stages end to end on pixels (the canonical recipe, slower)")
     training.add_argument("--no-accelerate", action="store_true", help="on a GPU: no mixed precision, no XLA")
     training.add_argument("--seed", type=int, default=TrainConfig.seed)
+    training.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS, help=PRECISION_HELP)
     training.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
     training.add_argument("--name", default=None)
 

@@ -365,13 +365,16 @@ def cross_validated_layers(features: dict[int, np.ndarray], y: np.ndarray, cuts:
     return accuracy
 
 
-def rank_backbones(x: np.ndarray, y: np.ndarray, candidates: list[tuple[str, str]], batch_size: int = 32) -> list[dict[str, Any]]:
+def rank_backbones(x: np.ndarray, y: np.ndarray, candidates: list[tuple[str, str]], batch_size: int = 32, *,
+                   precision: str = "auto", cache_dir=None) -> list[dict[str, Any]]:
     """LogME of each ``(backbone, weights)`` candidate's pooled features on the same sample, best first.
 
-    ``x`` is at 224 px (every registry backbone's input size).
+    ``x`` is at 224 px (every registry backbone's input size). ``precision``: of the forward passes
+    (:func:`tl_core.precision.choose_precision`, its probe remembered in ``cache_dir``).
     """
     from tl_core import backbones
     from tl_core.features import extract_features
+    from tl_core.precision import choose_precision
     from tl_core.transferability import logme
 
     ranked = []
@@ -379,7 +382,9 @@ def rank_backbones(x: np.ndarray, y: np.ndarray, candidates: list[tuple[str, str
         started = time.perf_counter()
         spec = backbones.get_spec(name)
         base = backbones.build_base(spec, backbones.resolve_weights(spec, weights), x.shape[1])
-        features = extract_features(backbones.build_feature_model(spec, base, x.shape[1]), x, batch_size)
+        _, model = choose_precision(precision, backbones.build_feature_model(spec, base, x.shape[1]), backbone=name,
+                                    image_size=x.shape[1], cache_dir=cache_dir)
+        features = extract_features(model, x, batch_size)
         ranked.append({"backbone": name, "title": spec.title, "weights": weights, "logme": logme(features, y),
                        "seconds": time.perf_counter() - started})
     return sorted(ranked, key=lambda r: r["logme"], reverse=True)
@@ -560,12 +565,17 @@ def advise(
     data_config=None,
     progress=None,
     image_size: int | None = None,
+    *,
+    precision: str = "auto",
+    cache_dir=None,
 ) -> dict[str, Any]:
     """Measure a dataset and recommend a strategy (what ``python -m tl_core advise`` prints).
 
     Decodes every image once to count the usable ones (no resizing), then decodes a stratified
     sample at the backbone's input size for the measurements (and at ``image_size`` too, when
-    training will use another size, to compare layers there).
+    training will use another size, to compare layers there). ``precision`` applies to ranking the
+    other backbones (:mod:`tl_core.precision`); the similarity itself is measured in float32, as its
+    activation statistics (means of squares over hundreds of channels) would carry bfloat16's rounding.
     """
     from tl_core import data
     from tl_core.backbones import get_spec
@@ -597,7 +607,8 @@ def advise(
                 "seconds": measured["seconds"]}]
     others = [name for name in available_backbones() if name != spec.name] if rank and weights == "imagenet" else []
     if others:
-        ranking = sorted(ranking + rank_backbones(pixels.x, labels, [(name, "imagenet") for name in others]),
+        ranking = sorted(ranking + rank_backbones(pixels.x, labels, [(name, "imagenet") for name in others],
+                                                  precision=precision, cache_dir=cache_dir),
                          key=lambda r: r["logme"], reverse=True)
     return {
         **size_info,

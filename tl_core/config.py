@@ -15,6 +15,8 @@ from tl_core.errors import ConfigError
 
 STRATEGIES = ("feature_extractor", "finetune", "scratch")
 HEADS = ("softmax", "ovr", "svm")
+# The frozen ConvNet's inference precision (tl_core.precision): auto, or one of the two forced.
+PRECISIONS = ("auto", "float32", "bfloat16")
 # The model formats a finished run exports to (tl_core.export checks each against the app's model).
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite", "tflite-int8")
 HEAD_NAMES = {"softmax": "softmax (multinomial logistic)", "ovr": "one-vs-rest logistic", "svm": "linear SVM"}
@@ -140,6 +142,9 @@ class TrainConfig:
             ``False``: stage 1 trains a new fully connected layer with Adam (``dense_units``,
             ``dropout``, ``epochs``, ``learning_rate``). The default since
             ``bench/lpft_vs_two_stage.py`` measured it better than that on both shared datasets.
+        precision: the frozen ConvNet's inference (feature extraction) in ``float32``, ``bfloat16``,
+            or ``auto``: bfloat16 where this machine computes it faster (:mod:`tl_core.precision`).
+            Heads, training and the saved model stay float32.
     """
 
     backbone: str = "mobilenet"
@@ -162,6 +167,7 @@ class TrainConfig:
     accelerate: bool = True
     seed: int = 42
     start_from_probe: bool = True
+    precision: str = "auto"
 
     def validate(self) -> TrainConfig:
         from tl_core.backbones import BACKBONES  # local: backbones imports keras
@@ -176,6 +182,8 @@ class TrainConfig:
             )
         if self.head not in HEADS:
             raise ConfigError(f"Unknown head '{self.head}'. Choose one of: {', '.join(HEADS)}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"Unknown precision '{self.precision}'. Choose one of: {', '.join(PRECISIONS)}.")
         if self.image_size is not None and not 32 <= self.image_size <= 1024:
             raise ConfigError(f"image_size is {self.image_size}; it must be between 32 and 1024 pixels.")
         checks = {

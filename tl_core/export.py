@@ -108,6 +108,9 @@ def readable_settings(train: dict[str, Any], metrics: dict[str, Any] | None = No
         shown["Features from"] = f"{cut} blocks below the top" if cut else "the last layer"
     else:
         shown.update(_trained_settings(train))
+    if metrics.get("precision") and strategy != "scratch":
+        chosen = "chosen: faster here" if train.get("precision", "auto") == "auto" else "as set"
+        shown["Feature extraction"] = f"{metrics['precision']} ({chosen}); the model is float32"
     shown["Seed"] = str(train.get("seed"))
     return shown
 
