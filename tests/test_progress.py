@@ -65,3 +65,18 @@ def test_listeners_compose():
     assert not both.should_stop() and timer.seconds["extract"] >= 0
     token.cancel()
     assert both.should_stop()
+
+
+def test_the_time_breakdown_splits_a_run_into_its_parts_in_order():
+    from tl_core.progress import time_breakdown
+
+    run = {"created_at": 100.0, "updated_at": 130.0, "progress": {
+        "process_started_at": 102.0, "run_started_at": 106.0,
+        "stages": {"head": {"started_at": 120.0, "finished_at": 128.0},
+                   "extract": {"started_at": 107.0, "finished_at": 120.0},
+                   "extract.epoch": {"started_at": 107.0, "finished_at": 108.0},  # a sub-stage: not a part
+                   "explain": {"started_at": 128.0, "finished_at": 128.01}}}}  # too short to show
+    assert time_breakdown(run) == [("waiting", 2.0), ("startup", 4.0), ("build", 1.0), ("extract", 13.0),
+                                   ("head", 8.0), ("finish", 2.0)]
+    assert sum(s for _, s in time_breakdown(run)) <= run["updated_at"] - run["created_at"]
+    assert time_breakdown({"progress": {"stages": {}}}) == []  # a run from before timelines

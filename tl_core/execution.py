@@ -73,10 +73,11 @@ def train_for_worker(data_dir: str, run_id: str, *, worker_pid: int) -> str:
 def standby_for_worker(data_dir: str, *, worker_pid: int) -> str:
     """Wait, TensorFlow imported, for the run id the worker ``worker_pid`` sends on standard input, then
     train it as :func:`train_for_worker` does; ``"idle"`` when the input ends without one."""
+    _end_with_parent(worker_pid)  # first: a worker killed during the imports takes this process along
     import tl_core
     import tl_core.runner  # noqa: F401 - TensorFlow and Keras: what this process is started ahead for
 
-    _end_with_parent(worker_pid)
+    _probe_default_precision(data_dir)
     run_id = sys.stdin.readline().strip()
     if not run_id:
         return "idle"
@@ -84,6 +85,26 @@ def standby_for_worker(data_dir: str, *, worker_pid: int) -> str:
     store = _WorkerOwnedStore(data_dir)
     train_claimed(store, run_id)
     return store.get_run(run_id)["status"]
+
+
+def _probe_default_precision(data_dir: str) -> None:
+    """While waiting: measure (once per machine and data folder) whether the default backbone runs
+    faster in bfloat16, so the first run does not pay :func:`tl_core.precision.choose_precision`'s probe."""
+    from tl_core import backbones
+    from tl_core.precision import bf16_supported, choose_precision
+
+    if not bf16_supported():
+        return
+    try:
+        config = TrainConfig()
+        spec = backbones.get_spec(config.backbone)
+        weights = backbones.resolve_weights(spec, config.weights, config.seed)
+        model = backbones.build_feature_model(spec, backbones.build_base(spec, weights, spec.input_size, config.seed),
+                                              spec.input_size)
+        choose_precision(config.precision, model, backbone=spec.name, image_size=spec.input_size,
+                         cache_dir=RunStore(data_dir).cache_dir)
+    except Exception:  # noqa: BLE001 - no weights yet, or anything else: the run will measure it then
+        pass
 
 
 _PR_SET_PDEATHSIG = 1
