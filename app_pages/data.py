@@ -21,6 +21,7 @@ from tl_core.datasets import (
 from tl_core.errors import TLCoreError
 from tl_core.escape import markdown as plain
 from ui.gallery import class_thumbnails
+from ui.label_review import label_review
 from ui.state import (
     ICONS,
     PAGES,
@@ -215,4 +216,6 @@ if report["ignored"]:
 
 st.subheader("Thumbnails")
 class_thumbnails(dataset["path"], report["class_names"])
+if report["n_classes"] >= 2:
+    label_review(dataset)
 st.page_link(PAGES["strategy"], label="Next: get a strategy recommendation", icon=ICONS["strategy"])

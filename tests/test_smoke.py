@@ -72,3 +72,17 @@ def test_every_page_renders(page, store):
     at.switch_page(f"app_pages/{page}.py")
     at.run()
     assert not at.exception, at.exception
+
+
+def test_label_errors_are_ranked_with_the_installed_cleanlab():
+    import numpy as np
+
+    from tl_core.label_issues import find_label_issues
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 30)
+    x = rng.normal(0, 4, (3, 32))[y] + rng.normal(0, 1, (90, 32))  # three clusters
+    noisy = y.copy()
+    noisy[[0, 30]] = [1, 2]
+    issues = find_label_issues(x, noisy, ["a", "b", "c"], [f"{i}.png" for i in range(90)])
+    assert {"0.png", "30.png"} <= {issue.file for issue in issues[:4]}

@@ -104,6 +104,20 @@ def cmd_advise(args) -> dict[str, Any]:
     return result
 
 
+def cmd_label_issues(args) -> dict[str, Any]:
+    from tl_core.label_issues import label_issues_for
+
+    progress = TerminalProgress(not args.quiet)
+    issues = label_issues_for(args.data, backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+                              data_config=DataConfig(max_pixels=args.max_pixels), cache_dir=_store(args).cache_dir,
+                              progress=progress, precision=args.precision)
+    if not args.json:
+        print(f"{len(issues)} image(s) whose label the other images' evidence contradicts, most likely first:")
+        for issue in issues[: args.top]:
+            print(f"  {issue.score:.2f}  {issue.file}: labelled {issue.given!r}, looks like {issue.suggested!r}")
+    return {"issues": [issue.to_dict() for issue in issues]}
+
+
 def _train_config(args) -> TrainConfig:
     return TrainConfig(
         backbone=args.backbone,
@@ -344,6 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
     advise.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS, help=PRECISION_HELP)
     advise.set_defaults(func=cmd_advise)
+
+    labels = sub.add_parser("label-issues", parents=[common],
+                            help="likely label errors (confident learning on out-of-fold predictions), most likely first")
+    labels.add_argument("--data", required=True, help="folder of class folders, or a .zip")
+    labels.add_argument("--backbone", default=TrainConfig.backbone, choices=list(BACKBONES))
+    labels.add_argument("--weights", default=TrainConfig.weights, help="imagenet, none, or a weights file path")
+    labels.add_argument("--image-size", type=int, default=None, help="default: the backbone's own (224)")
+    labels.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
+    labels.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS, help=PRECISION_HELP)
+    labels.add_argument("--top", type=int, default=20, help="how many to print (--json has them all)")
+    labels.set_defaults(func=cmd_label_issues)
 
     training = argparse.ArgumentParser(add_help=False)
     training.add_argument("--data", required=True, help="folder of class folders, or a .zip")
