@@ -6,11 +6,12 @@ import numpy as np
 import streamlit as st
 
 from tl_core import charts
+from tl_core.calibration import how_sure
 from tl_core.charts import run_label
 from tl_core.comparison import best_run
 from tl_core.data import prepare_image
 from tl_core.errors import ImageDecodeError, TLCoreError
-from tl_core.export import load_model_file, model_file
+from tl_core.model_files import load_model_file, model_file
 from tl_core.gradcam import grad_cam, overlay
 from tl_core.hardware import keep_off_gpu
 from tl_core.metrics import interval_text
@@ -87,4 +88,14 @@ for index, (name, data) in enumerate(pictures):  # files and the camera's photo:
         zoom(heat, name)
     top = {classes[i]: float(probabilities[i]) for i in order}
     right.markdown(f"**{plain(next(iter(top)))}** ({next(iter(top.values())):.0%})")
+    sure = how_sure(probabilities, classes, metrics.get("calibration"))
+    if not sure["sure"]:
+        if not sure["plausible"]:
+            right.warning("Not sure: this picture fits none of the classes well (it may be none of them).",
+                          icon=":material/help:")
+        else:
+            share = f" (sets like this hold the right class for {sure['coverage']:.0%} of pictures like the " \
+                    "training ones)" if sure["coverage"] else ""
+            right.warning("Not sure: it could be " + plain(" or ".join(sure["plausible"])) + share + ".",
+                          icon=":material/help:")
     right.plotly_chart(charts.top_classes(top), key=f"pred_{index}_{name}")

@@ -121,10 +121,10 @@ if path is not None:
         st.caption("Save a picture as photo.jpg beside the zip and run this (Python with keras, tensorflow, pillow):")
         st.code(take_home_usage(run), language="python")
 
-names = ["Overview", "Confusion matrix", "Per class", "Most confident mistakes", "Curves"]
+names = ["Overview", "Confusion matrix", "Per class", "Most confident mistakes", "Curves", "Confidence"]
 can_export = mine and path is not None
 tabs = st.tabs(names + (["Export"] if can_export else []))
-overview, confusion_tab, per_class_tab, mistakes_tab, curves_tab = tabs[:5]
+overview, confusion_tab, per_class_tab, mistakes_tab, curves_tab, confidence_tab = tabs[:6]
 with overview:
     left, right = st.columns(2)
     with left:
@@ -157,8 +157,29 @@ with mistakes_tab:
         st.caption("Its owner chose not to share the images of this run.")
     else:
         mistakes_gallery(store, run, mistakes, can_compute=mine)
+with confidence_tab:
+    calibration = metrics.get("calibration")
+    if not calibration:
+        st.caption("This run was trained before probabilities were calibrated.")
+    else:
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Calibration error (ECE)", f"{calibration['ece_after']:.3f}",
+                  delta=f"{calibration['ece_after'] - calibration['ece_before']:+.3f} from {calibration['ece_before']:.3f}",
+                  delta_color="inverse",
+                  help="The mean gap between how sure the model says it is and how often it is right, on the test "
+                       "split, after temperature scaling fitted on the validation split (before: the delta's start).")
+        c2.metric("Temperature", f"{calibration['temperature']:.2f}",
+                  help="Above 1: the model was over-confident and its probabilities were softened; below 1, sharpened.")
+        c3.metric(f"Plausible-class sets at {calibration['coverage']:.0%}", f"{calibration['test_coverage']:.0%} covered",
+                  help="Predict shows every class whose calibrated probability reaches "
+                       f"{calibration['threshold']:.0%} (split conformal prediction): on the test split such sets held "
+                       f"the right class for {calibration['test_coverage']:.0%} of the images, "
+                       f"{calibration['mean_set_size']:.1f} classes on average.")
+        st.plotly_chart(charts.reliability_diagram(calibration["reliability_before"], calibration["reliability_after"]),
+                        key="reliability_diagram")
+
 if can_export:
-    with tabs[5]:
+    with tabs[6]:
         export_panel(store, run)
 with curves_tab:
     if any(run["epochs"].values()):

@@ -19,7 +19,9 @@ from tl_core.features import extract_features
 from tl_core.progress import NullProgress
 from tl_core.runner import run_training
 
-FAST = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8)
+# float32: these tests compare numbers between recipes and passes (precision "auto" may pick bfloat16 for the
+# frozen ConvNet on a CPU that has it; tests/test_precision.py covers that path).
+FAST = dict(backbone="vgg16", weights="none", image_size=32, batch_size=8, precision="float32")
 
 
 @pytest.mark.parametrize("head", ["softmax", "ovr", "svm"])

@@ -253,3 +253,22 @@ def time_breakdown(parts: list[tuple[str, float]]) -> go.Figure:
     fig.update_yaxes(autorange="reversed")  # first part on top
     fig.update_xaxes(title="seconds")
     return _layout(fig, f"Where the time went: {total:.1f} s from queued to done", 90 + 34 * len(parts))
+
+
+def reliability_diagram(before: list[dict[str, float]], after: list[dict[str, float]]) -> go.Figure:
+    """Accuracy against confidence per bin, before and after calibration, with the diagonal of a model
+    that is exactly as sure as it is right; a marker's size is its bin's number of images."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"),
+                             name="as sure as right", hoverinfo="skip"))
+    for rows, name, color in ((before, "before calibration", "#e45756"), (after, "after calibration", "#4c78a8")):
+        fig.add_trace(go.Scatter(
+            x=[r["confidence"] for r in rows], y=[r["accuracy"] for r in rows], mode="lines+markers", name=name,
+            marker=dict(size=[6 + 14 * math.sqrt(r["count"] / max(1, max(x["count"] for x in rows))) for r in rows],
+                        color=color),
+            line=dict(color=color), customdata=[r["count"] for r in rows],
+            hovertemplate="confidence %{x:.0%}: right %{y:.0%} of %{customdata} images<extra>" + name + "</extra>",
+        ))
+    fig.update_xaxes(title="confidence (top probability)", range=[0, 1.02], tickformat=".0%")
+    fig.update_yaxes(title="accuracy", range=[0, 1.02], tickformat=".0%")
+    return _layout(fig, "Reliability on the test split", 380)

@@ -66,3 +66,33 @@ def float32_copy(model):
         keras.mixed_precision.set_global_policy(policy)
     copy.set_weights(model.get_weights())
     return copy
+
+
+TEMPERATURE_LAYER = "temperature"  # a Rescaling(1 / T) before the final softmax, where the model has one
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
+
+
+def fold_temperature(model, temperature: float) -> None:
+    """Make ``model`` predict ``softmax(scores / T)``: its calibrated probabilities (same classes).
+
+    Into its :data:`TEMPERATURE_LAYER` when it has one (the linear heads' models), else into its
+    final ``predictions`` softmax layer, whose weights and bias are divided by ``T``.
+
+    Raises:
+        ExportError: the model has neither (not one of this app's models).
+    """
+    layers = {layer.name: layer for layer in _layers(model)}
+    if TEMPERATURE_LAYER in layers:
+        layers[TEMPERATURE_LAYER].scale = 1.0 / temperature
+        return
+    dense = layers.get("predictions")
+    if dense is None or getattr(dense.activation, "__name__", "") != "softmax":
+        raise ExportError("This model has no softmax layer to calibrate.")
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel / temperature, bias / temperature])

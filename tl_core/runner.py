@@ -20,6 +20,7 @@ import numpy as np
 
 import tl_core
 from tl_core import backbones, data
+from tl_core.calibration import apply_temperature, calibrate
 from tl_core.config import DataConfig, TrainConfig, env_number, run_payload
 from tl_core.errors import CancelledError, TLCoreError
 from tl_core.fsutil import write_json_atomic
@@ -36,7 +37,7 @@ from tl_core.hardware import (
 from tl_core.heads import LinearHead
 from tl_core.metrics import evaluate, reliability
 from tl_core.progress import EPOCH_STAGES, MultiProgress, NullProgress, ProgressListener, StageTimer
-from tl_core.model_files import save_model
+from tl_core.model_files import TEMPERATURE_LAYER, fold_temperature, save_model
 from tl_core.precision import choose_precision
 from tl_core.store import PREDICTIONS_FILE, SPLIT_FILE, RunStore
 
@@ -291,8 +292,9 @@ def _prepare(ctx: RunContext, strategy) -> _Prepared:
                      distribution, distribution_notes, precision)
 
 
-def _train(ctx: RunContext, p: _Prepared) -> tuple[TrainedModel, np.ndarray]:
-    """Train by the run's strategy; returns the trained model and its test-split probabilities."""
+def _train(ctx: RunContext, p: _Prepared) -> tuple[TrainedModel, dict[str, np.ndarray]]:
+    """Train by the run's strategy; returns the trained model and its probabilities on the validation
+    and test splits (``{"val": ..., "test": ...}``)."""
     config, listener, decoded, splits = ctx.config, ctx.listener, p.decoded, p.splits
     if config.strategy == "feature_extractor":
         return _train_linear_head(p.feature_model, p.features, splits, decoded, config, listener)
@@ -315,18 +317,24 @@ def _train(ctx: RunContext, p: _Prepared) -> tuple[TrainedModel, np.ndarray]:
         trained = train_scratch(p.feature_model, split_data, n_classes, config=p.fit_config, progress=listener,
                                 checkpoints=checkpoints)
     trained.notes[:0] = checkpoints.notes + p.distribution_notes
-    listener.on_stage_start("evaluate", len(splits["test"]))
-    probabilities = trained.model.predict(
-        data.make_batches(split_data["test"][0], None, inference_batch(config.batch_size)), verbose=0
-    )
+    listener.on_stage_start("evaluate", len(splits["val"]) + len(splits["test"]))
+    probabilities = {part: trained.model.predict(
+        data.make_batches(split_data[part][0], None, inference_batch(config.batch_size)), verbose=0)
+        for part in ("val", "test")}
     listener.on_stage_end("evaluate", None)
     return trained, probabilities
 
 
-def _measure(ctx: RunContext, p: _Prepared, trained: TrainedModel, probabilities: np.ndarray) -> dict[str, Any]:
-    """The run's metrics on its test split, with intervals and flags; the per-image predictions too."""
+def _measure(ctx: RunContext, p: _Prepared, trained: TrainedModel, split_probabilities: dict[str, np.ndarray]
+             ) -> dict[str, Any]:
+    """The run's metrics on its test split, with intervals and flags; the per-image predictions too.
+
+    The probabilities are calibrated first (temperature scaling on the validation split, folded into
+    the model: :func:`_calibrate`): the metrics, the saved model and the pages all see calibrated ones.
+    """
     decoded, splits = p.decoded, p.splits
     test_idx = splits["test"]
+    probabilities, calibration = _calibrate(trained, split_probabilities, decoded.y[splits["val"]], decoded.y[test_idx])
     # Per test image (in split.json's order): what paired comparisons between runs are made of.
     write_json_atomic(ctx.folder / PREDICTIONS_FILE,
                       {"true": decoded.y[test_idx].tolist(), "predicted": probabilities.argmax(axis=1).tolist()})
@@ -347,10 +355,27 @@ def _measure(ctx: RunContext, p: _Prepared, trained: TrainedModel, probabilities
         }
     )
     metrics.update(reliability(metrics))  # intervals, the largest-class baseline, flags
+    if calibration is not None:
+        metrics["calibration"] = calibration.to_dict()
     if p.precision == "bfloat16":
         metrics["notes"].append("The frozen ConvNet's features were computed in bfloat16 (faster on this machine); "
                                 "the head, the training and the saved model are float32.")
     return metrics
+
+
+def _calibrate(trained: TrainedModel, probabilities: dict[str, np.ndarray], y_val: np.ndarray, y_test: np.ndarray):
+    """Temperature scaling fitted on the validation split and folded into the trained model, and the
+    conformal threshold; returns the calibrated test probabilities and the :class:`Calibration`
+    (``None``, probabilities unchanged, when the validation split is too small to fit it)."""
+    if len(y_val) < 2 or len(np.unique(y_val)) < 2:
+        return probabilities["test"], None
+    calibration = calibrate(probabilities["val"], y_val, probabilities["test"], y_test)
+    fold_temperature(trained.model, calibration.temperature)
+    trained.notes.append(
+        f"Probabilities calibrated by temperature scaling on the validation split (T = {calibration.temperature:.2f}; "
+        f"expected calibration error on the test split {calibration.ece_before:.3f} -> {calibration.ece_after:.3f}); "
+        f"the saved model predicts the calibrated ones.")
+    return apply_temperature(probabilities["test"], calibration.temperature), calibration
 
 
 def _explain(ctx: RunContext, p: _Prepared, trained: TrainedModel, metrics: dict[str, Any]) -> None:
@@ -430,11 +455,13 @@ def _train_linear_head(feature_model, features, splits, decoded, config, listene
     logits.set_weights([W, b])
     if mode == "ovr":
         x = keras.layers.Activation("log_sigmoid", name="ovr_log_sigmoid", dtype="float32")(x)
+    # The calibration's temperature (1 until it is fitted): softmax(scores / T).
+    x = keras.layers.Rescaling(1.0, name=TEMPERATURE_LAYER, dtype="float32")(x)
     outputs = keras.layers.Activation("softmax", name="probabilities", dtype="float32")(x)
     model = keras.Model(feature_model.input, outputs, name=f"{feature_model.name}_{config.head}")
     note = f"Linear head '{config.head}' on cached features; {head.describe()}"
-    return TrainedModel(model, {}, [note]), head.predict_proba(data.take_rows(features, test))
-
+    probabilities = {part: head.predict_proba(data.take_rows(features, idx)) for part, idx in (("val", val), ("test", test))}
+    return TrainedModel(model, {}, [note]), probabilities
 
 def _timing(timer: StageTimer, history, n_images: int, n_train: int, n_val: int) -> dict[str, dict[str, float]]:
     timing = {}
