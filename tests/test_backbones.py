@@ -23,7 +23,8 @@ from tl_core.backbones import (
 )
 from tl_core.errors import ConfigError, WeightsUnavailableError
 
-EXPECTED_BLOCKS = {"vgg16": 5, "mobilenet": 13, "mobilenetv2": 17, "efficientnetb0": 7, "resnet50": 16}
+EXPECTED_BLOCKS = {"vgg16": 5, "mobilenet": 13, "mobilenetv2": 17, "efficientnetb0": 7, "resnet50": 16,
+                   "efficientnetv2b0": 6, "efficientnetv2s": 6, "convnexttiny": 18}
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -168,3 +169,31 @@ def test_weights_are_shown_without_the_servers_folders(weights, shown):
     from tl_core.backbones import weights_label
 
     assert weights_label(weights) == shown
+
+
+@pytest.mark.parametrize("name", ["efficientnetv2b0", "efficientnetv2s", "convnexttiny"])
+def test_a_stronger_backbone_trains_exports_and_loads_its_weights_from_the_documented_file(name, tmp_path, store,
+                                                                                         monkeypatch):
+    """Random weights here (no download): build, a saved weights file under its documented name in
+    TL_WEIGHTS_DIR, a feature-extractor run and its checked .keras export."""
+    from conftest import make_toy_folder
+
+    from tl_core.config import TrainConfig
+    from tl_core.export import export_run
+    from tl_core.runner import run_training
+
+    spec = get_spec(name)
+    base = build_base(spec, resolve_weights(spec, "none"), 32, seed=3)
+    (tmp_path / "w").mkdir()
+    base.save_weights(tmp_path / "w" / spec.weights_files[0])
+    monkeypatch.setenv("TL_WEIGHTS_DIR", str(tmp_path / "w"))
+    again = build_base(spec, resolve_weights(spec, "imagenet"), 32)  # found on disk, never downloaded
+    for a, b in zip(base.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    folder = make_toy_folder(tmp_path / "toy", n_per_class=6)
+    run = run_training(folder, TrainConfig(backbone=name, weights="none", image_size=32, batch_size=8,
+                                           precision="float32"), store=store)
+    assert run["status"] == "succeeded", run["error"]
+    result = export_run(run, "keras", tmp_path / "model.keras")
+    assert result["passed"] and result["agreement"] == 1.0

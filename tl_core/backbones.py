@@ -104,6 +104,26 @@ BACKBONES: dict[str, BackboneSpec] = {
             ("efficientnetb0_imagenet_notop.weights.h5", "efficientnetb0_notop.h5"), 7,
             ("efficientnetb0_imagenet.weights.h5", "efficientnetb0.h5"),
         ),
+        # Stronger ImageNet models transfer better as frozen features (Kornblith et al., CVPR 2019).
+        # Both families normalise their own input (include_preprocessing, the Keras default).
+        BackboneSpec(
+            "efficientnetv2b0", "EfficientNetV2-B0", "EfficientNetV2B0", 224, "none", 1280,
+            r"^(block\d)[a-z]_",
+            ("efficientnetv2b0_imagenet_notop.weights.h5", "efficientnetv2-b0_notop.h5"), 6,
+            ("efficientnetv2b0_imagenet.weights.h5", "efficientnetv2-b0.h5"),
+        ),
+        BackboneSpec(
+            "efficientnetv2s", "EfficientNetV2-S", "EfficientNetV2S", 384, "none", 1280,
+            r"^(block\d)[a-z]_",
+            ("efficientnetv2s_imagenet_notop.weights.h5", "efficientnetv2-s_notop.h5"), 6,
+            ("efficientnetv2s_imagenet.weights.h5", "efficientnetv2-s.h5"),
+        ),
+        BackboneSpec(
+            "convnexttiny", "ConvNeXt-Tiny", "ConvNeXtTiny", 224, "none", 768,
+            r"^convnext_tiny_(stage_\d_block_\d+)_",
+            ("convnexttiny_imagenet_notop.weights.h5", "convnext_tiny_notop.h5"), 18,
+            ("convnexttiny_imagenet.weights.h5", "convnext_tiny.h5"),
+        ),
         BackboneSpec(
             "resnet50", "ResNet50", "ResNet50", 224, "caffe", 2048,
             r"^(conv\d_block\d+)_",
