@@ -99,8 +99,22 @@ domain. So from scratch is now recommended only from {advisor.SCRATCH_MIN_PER_CL
 domain always gets the layer comparison.""")
 
 
+def backbone_table() -> str:
+    """Every registered backbone: its name, ImageNet top-1 and size (Keras Applications' table, kept in
+    the registry), input size, and the weights files looked for in TL_WEIGHTS_DIR."""
+    from tl_core.backbones import BACKBONES
+
+    lines = ["| backbone | ImageNet top-1 | parameters | input | file in `TL_WEIGHTS_DIR` (either name) |",
+             "| --- | --- | --- | --- | --- |"]
+    for spec in sorted(BACKBONES.values(), key=lambda s: s.imagenet_top1):
+        files = " or ".join(f"`{name}`" for name in spec.weights_files)
+        lines.append(f"| `{spec.name}` ({spec.title}) | {spec.imagenet_top1:.1%} | {spec.params_m:g}M | "
+                     f"{spec.input_size} px | {files} |")
+    return "\n".join(lines)
+
+
 BLOCKS = {"advisor-thresholds": advisor_thresholds, "advisor-strategies": strategy_table,
-          "advisor-lesson": advisor_lesson}
+          "advisor-lesson": advisor_lesson, "backbones": backbone_table}
 
 
 def render(text: str) -> str:

@@ -56,6 +56,8 @@ class BackboneSpec:
             can be validated before any model is built.
         top_weights_files: like ``weights_files``, for the weights with the 1000-class ImageNet
             classifier (the advisor asks it how well it recognises the user's images).
+        imagenet_top1: ImageNet top-1 accuracy and ``params_m`` millions of parameters (with the
+            top), as the Keras Applications table gives them (keras.io/api/applications).
     """
 
     name: str
@@ -68,6 +70,8 @@ class BackboneSpec:
     weights_files: tuple[str, ...]
     n_blocks: int
     top_weights_files: tuple[str, ...] = ()
+    imagenet_top1: float = 0.0
+    params_m: float = 0.0
 
     def build(self, **kwargs) -> keras.Model:
         """``keras.applications.<builder>(**kwargs)``."""
@@ -81,12 +85,14 @@ BACKBONES: dict[str, BackboneSpec] = {
             "vgg16", "VGG16", "VGG16", 224, "caffe", 512, r"^(block\d)_",
             ("vgg16_imagenet_notop.weights.h5", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"), 5,
             ("vgg16_imagenet.weights.h5", "vgg16_weights_tf_dim_ordering_tf_kernels.h5"),
+            imagenet_top1=0.713, params_m=138.4,
         ),
         BackboneSpec(
             "mobilenet", "MobileNet v1", "MobileNet", 224, "tf", 1024,
             r"^conv_(?:dw|pw)_(\d+)",
             ("mobilenet_v1_1.0_224_imagenet_notop.weights.h5", "mobilenet_1_0_224_tf_no_top.h5"), 13,
             ("mobilenet_v1_1.0_224_imagenet.weights.h5", "mobilenet_1_0_224_tf.h5"),
+            imagenet_top1=0.704, params_m=4.3,
         ),
         BackboneSpec(
             "mobilenetv2", "MobileNetV2", "MobileNetV2", 224, "tf", 1280,
@@ -97,12 +103,14 @@ BACKBONES: dict[str, BackboneSpec] = {
             ),
             17,
             ("mobilenet_v2_1.0_224_imagenet.weights.h5", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"),
+            imagenet_top1=0.713, params_m=3.5,
         ),
         BackboneSpec(
             "efficientnetb0", "EfficientNetB0", "EfficientNetB0", 224, "none", 1280,
             r"^(block\d)[a-z]_",
             ("efficientnetb0_imagenet_notop.weights.h5", "efficientnetb0_notop.h5"), 7,
             ("efficientnetb0_imagenet.weights.h5", "efficientnetb0.h5"),
+            imagenet_top1=0.771, params_m=5.3,
         ),
         # Stronger ImageNet models transfer better as frozen features (Kornblith et al., CVPR 2019).
         # Both families normalise their own input (include_preprocessing, the Keras default).
@@ -111,24 +119,28 @@ BACKBONES: dict[str, BackboneSpec] = {
             r"^(block\d)[a-z]_",
             ("efficientnetv2b0_imagenet_notop.weights.h5", "efficientnetv2-b0_notop.h5"), 6,
             ("efficientnetv2b0_imagenet.weights.h5", "efficientnetv2-b0.h5"),
+            imagenet_top1=0.787, params_m=7.2,
         ),
         BackboneSpec(
             "efficientnetv2s", "EfficientNetV2-S", "EfficientNetV2S", 384, "none", 1280,
             r"^(block\d)[a-z]_",
             ("efficientnetv2s_imagenet_notop.weights.h5", "efficientnetv2-s_notop.h5"), 6,
             ("efficientnetv2s_imagenet.weights.h5", "efficientnetv2-s.h5"),
+            imagenet_top1=0.839, params_m=21.6,
         ),
         BackboneSpec(
             "convnexttiny", "ConvNeXt-Tiny", "ConvNeXtTiny", 224, "none", 768,
             r"^convnext_tiny_(stage_\d_block_\d+)_",
             ("convnexttiny_imagenet_notop.weights.h5", "convnext_tiny_notop.h5"), 18,
             ("convnexttiny_imagenet.weights.h5", "convnext_tiny.h5"),
+            imagenet_top1=0.813, params_m=28.6,
         ),
         BackboneSpec(
             "resnet50", "ResNet50", "ResNet50", 224, "caffe", 2048,
             r"^(conv\d_block\d+)_",
             ("resnet50_imagenet_notop.weights.h5", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"), 16,
             ("resnet50_imagenet.weights.h5", "resnet50_weights_tf_dim_ordering_tf_kernels.h5"),
+            imagenet_top1=0.749, params_m=25.6,
         ),
     )
 }
