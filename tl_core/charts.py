@@ -252,7 +252,7 @@ def time_breakdown(parts: list[tuple[str, float]]) -> go.Figure:
     ))
     fig.update_yaxes(autorange="reversed")  # first part on top
     fig.update_xaxes(title="seconds")
-    return _layout(fig, f"Where the time went: {total:.1f} s from queued to done", 90 + 34 * len(parts))
+    return _layout(fig, f"Where the time went: {total:.1f} s in all", 90 + 34 * len(parts))
 
 
 def reliability_diagram(before: list[dict[str, float]], after: list[dict[str, float]]) -> go.Figure:
