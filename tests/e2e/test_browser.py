@@ -112,7 +112,8 @@ def test_upload_train_share(app_server, browser, screenshot_dir, tmp_path):
     shared.get_by_role("tab", name="Export").click()
     shared.get_by_role("button", name="Export and check").click()
     shared.get_by_text("Agreement with the app", exact=True).wait_for(timeout=180_000)
-    assert shared.locator('[data-testid="stMetricValue"]').nth(4).inner_text() == "100.0%"
+    agreement = shared.locator('[data-testid="stMetric"]').filter(has_text="Agreement with the app")
+    assert agreement.locator('[data-testid="stMetricValue"]').inner_text() == "100.0%"
     with shared.expect_download() as download:
         shared.get_by_role("button", name=re.compile("Download the export and its model card")).click()
     assert download.value.suggested_filename.endswith("-keras.zip")
