@@ -126,3 +126,21 @@ def test_the_cli_defaults_are_the_train_configs_and_the_export_formats_are_the_e
     assert _train_config(parser.parse_args(["train", "--data", "x"])) == TrainConfig()
     export = parser.parse_args(["export", "RUN", "--format", EXPORT_FORMATS[-1], "--out", "x"])
     assert export.format == EXPORT_FORMATS[-1]
+
+
+def test_train_json_reports_the_calibration_and_the_precision(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, make_toy_folder
+
+    root = make_toy_folder(tmp_path / "toy", n_per_class=12)
+    done = subprocess.run([sys.executable, "-m", "tl_core", "train", "--data", str(root), "--backbone", "vgg16",
+                           "--weights", "none", "--image-size", "32", "--precision", "float32", "--json", "--quiet",
+                           "--data-dir", str(tmp_path / "store")], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["precision"] == "float32"
+    assert set(result["calibration"]) >= {"temperature", "ece_before", "ece_after", "threshold", "test_coverage"}

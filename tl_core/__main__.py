@@ -151,6 +151,9 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
         "macro_f1": metrics.get("macro_f1"),
         "seconds": metrics.get("seconds"),
         "precision": metrics.get("precision"),
+        # temperature, ece_before, ece_after, threshold, coverage, test_coverage, mean_set_size
+        "calibration": {k: v for k, v in (metrics.get("calibration") or {}).items() if not k.startswith("reliability")}
+        or None,
         "model_path": run["model_path"] if run["status"] == "succeeded" else None,
     }
     if metrics.get("confusion_matrix"):  # n_test, test_accuracy_ci, macro_f1_ci, majority_baseline, flags
