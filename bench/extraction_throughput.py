@@ -24,8 +24,9 @@ one core and the decoding the others, as on a GPU machine where the network does
 
 ``--bf16``: for each backbone (random weights unless its ImageNet file is on disk: the same cost),
 rounds of the float32 raw forward (the baseline), the bfloat16 raw forward (tl_core.precision's
-twin) and extraction from files in bfloat16 (decoding overlapped, as a run does it), each as a ratio
-to the float32 raw forward of the same round, and what ``--precision auto`` chooses here.
+twin: mixed_bfloat16 from the third convolution on, each BatchNormalization folded into its
+convolution) and extraction from files in bfloat16 (decoding overlapped, as a run does it), each as
+a ratio to the float32 raw forward of the same round, and what ``--precision auto`` chooses here.
 """
 
 from __future__ import annotations

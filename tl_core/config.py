@@ -17,6 +17,9 @@ STRATEGIES = ("feature_extractor", "finetune", "scratch")
 HEADS = ("softmax", "ovr", "svm")
 # The frozen ConvNet's inference precision (tl_core.precision): auto, or one of the two forced.
 PRECISIONS = ("auto", "float32", "bfloat16")
+# What tl_core.precision's bfloat16 twin computes (2: BatchNormalization folded, the stem in float32): in the
+# auto probe's record and the features cache key, so results of an older twin are never reused.
+TWIN_VERSION = 2
 # The model formats a finished run exports to (tl_core.export checks each against the app's model).
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite", "tflite-int8")
 HEAD_NAMES = {"softmax": "softmax (multinomial logistic)", "ovr": "one-vs-rest logistic", "svm": "linear SVM"}

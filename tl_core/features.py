@@ -19,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tl_core.config import TWIN_VERSION
 from tl_core.data.arrays import (
     RELEASE_BYTES,
     PageRelease,
@@ -55,10 +56,15 @@ def inference_function(model: keras.Model, dtype="uint8"):
     return by_dtype[key]
 
 
-def features_key(hashes: list[str], backbone: str, weights_identity: str, image_size: int, cut: int = 0) -> str:
+def features_key(hashes: list[str], backbone: str, weights_identity: str, image_size: int, cut: int = 0, *,
+                 precision: str = "float32") -> str:
     """Cache key: the images (in order), how they were decoded, the backbone, its exact weights, the
-    input size and the block the features come from."""
+    input size, the block the features come from and the precision they were computed in
+    (``float32`` keys are those of before precisions; ``bfloat16`` ones name the twin's version)."""
+    if precision not in ("float32", "bfloat16"):
+        raise ValueError(f"features_key takes the precision chosen (float32 or bfloat16), not {precision!r}")
     layer = f"|cut{cut}" if cut else ""
+    layer += f"|bf16v{TWIN_VERSION}" if precision == "bfloat16" else ""
     digest = hashlib.sha256(f"{backbone}|{weights_identity}|{image_size}{layer}|decoder{DECODER_VERSION}\n".encode())
     for h in hashes:
         digest.update(h.encode())
@@ -80,7 +86,9 @@ def extract_features(
         x: ``(n, size, size, 3)`` uint8 pixels: an array, a memory-mapped cache or ``data.Rows``.
         batch_size: images per forward pass.
         progress: receives ``stage`` with one step per image.
-        cache_path: an ``.npy`` file; read if present, else written during the pass.
+        cache_path: an ``.npy`` file; read if present, else written during the pass. Its name must
+            tell precisions apart (``features_key(..., precision=...)``); the precision is the
+            model's own (``precision.choose_precision`` gives the bfloat16 twin to pass).
 
     Returns:
         ``(n, feature_dim)`` float16 features (half the disk and memory; pooled ConvNet features

@@ -211,10 +211,11 @@ def label_issues_for(source, *, backbone: str = "mobilenet", weights: str = "ima
         chosen, inference_model = choose_precision(precision, model, backbone=spec.name, image_size=size,
                                                    cache_dir=folder)
         # The runner's key (runner._prepare): the same images, weights and precision share one cache file.
-        identity = resolved.identity + ("|mixed" if jit_compile() else "") + ("|bf16" if chosen == "bfloat16" else "")
+        identity = resolved.identity + ("|mixed" if jit_compile() else "")
 
         def features_path(hashes) -> Path:
-            return Path(folder) / "features" / (features_key(hashes, spec.name, identity, size) + ".npy")
+            key = features_key(hashes, spec.name, identity, size, precision=chosen)
+            return Path(folder) / "features" / (key + ".npy")
 
         (Path(folder) / "features").mkdir(parents=True, exist_ok=True)
         decoded, features = decode_and_extract(image_set, size, data_config, cache_dir=Path(folder),

@@ -275,8 +275,9 @@ def _prepare(ctx: RunContext, strategy) -> _Prepared:
                                   if need_features else ("float32", feature_model))
 
     def features_path(hashes) -> Path:
-        identity = weights.identity + ("|mixed" if jit_compile() else "") + ("|bf16" if precision == "bfloat16" else "")
-        return store.cache_dir / "features" / (features_key(hashes, spec.name, identity, size, config.feature_cut) + ".npy")
+        identity = weights.identity + ("|mixed" if jit_compile() else "")
+        key = features_key(hashes, spec.name, identity, size, config.feature_cut, precision=precision)
+        return store.cache_dir / "features" / (key + ".npy")
 
     decoded, features = decode_and_extract(
         image_set, size, ctx.data_config, cache_dir=store.cache_dir, feature_model=inference_model,
