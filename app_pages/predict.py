@@ -9,6 +9,7 @@ from tl_core import charts
 from tl_core.calibration import how_sure
 from tl_core.charts import run_label
 from tl_core.comparison import best_run
+from tl_core.config import DataConfig
 from tl_core.data import prepare_image
 from tl_core.errors import ImageDecodeError, TLCoreError
 from tl_core.model_files import load_model_file, model_file
@@ -64,13 +65,14 @@ except TLCoreError as err:
     st.error(plain(err))
     st.stop()
 size = metrics["image_size"]
+resize = DataConfig.stored(run["config"].get("data")).resize  # padded to a square or stretched, as the run's images were
 classes = metrics["class_names"]
 explain = st.selectbox("Grad-CAM heat map for", ["the predicted class", *classes],
                        help="Red where the ConvNet's last feature maps pushed this class's score up.")
 heat_legend()
 for index, (name, data) in enumerate(pictures):  # files and the camera's photo: one prediction path
     try:
-        pixels, image = prepare_image(data, size)  # exactly as the training images were
+        pixels, image = prepare_image(data, size, resize=resize)  # exactly as the training images were
     except ImageDecodeError as err:
         st.warning(plain(f"{name}: skipped ({err})."))
         continue

@@ -14,9 +14,11 @@ from tl_core.config import (
     COMPARE_COSTLY_SPLITS,
     COMPARE_FEATURE_SPLITS,
     COMPARE_MAX_SPLITS,
+    FEATURE_CUT_AUTO,
     HEAD_NAMES,
     HEADS,
     PRECISIONS,
+    RESIZE_MODES,
     STRATEGIES,
     DataConfig,
     TrainConfig,
@@ -156,10 +158,21 @@ with st.form("settings"):
                  "from it, instead of training a new fully connected layer first.")
         accelerate = c3.checkbox("Mixed precision + XLA", defaults.accelerate,
                                  help="On a GPU: float16 compute and compiled training steps; no effect on a CPU.")
-        feature_cut = c4.number_input("Feature blocks below the top", 0, 16, defaults.feature_cut,
-                                      help="Feature extractor: features from this many blocks below the top (0 = the "
-                                           "last layer). Earlier layers are more generic; the Strategy page measures "
-                                           "which fits your labels best.")
+        cut_choices = [FEATURE_CUT_AUTO, *range(17)]
+        feature_cut = c4.selectbox(
+            "Features from", cut_choices, index=cut_choices.index(defaults.feature_cut)
+            if defaults.feature_cut in cut_choices else 0,
+            format_func=lambda c: "auto: chosen on validation" if c == FEATURE_CUT_AUTO
+            else "the last layer" if c == 0 else f"{c} blocks below the top",
+            help="Feature extractor: which block's features the head reads. Earlier layers are more generic. "
+                 "auto: the last layer or the earlier block LogME ranks first, whichever scores better on the "
+                 "validation split (one forward pass gives both); the Strategy page measures it too.")
+        resize = c4.selectbox(
+            "To a square by", RESIZE_MODES, index=RESIZE_MODES.index(DataConfig.resize),
+            format_func={"pad": "padding (shape kept)", "stretch": "stretching"}.get,
+            help="How each picture becomes the model's square input. padding: its longer side made the image size, "
+                 "white margins; measured better on pictures that are rarely square. stretching: as Keras' "
+                 "loaders do. Square pictures come out the same either way.")
         precision = c4.selectbox(
             "Inference precision", PRECISIONS, index=PRECISIONS.index(defaults.precision),
             help="The frozen ConvNet's forward passes (feature extraction). auto: bfloat16 where this machine "
@@ -184,12 +197,12 @@ with st.form("settings"):
     plan_slot = st.empty()  # what Compare runs, once the form's settings are known
 
 # The recommended feature block was measured on the recommended backbone; another backbone's
-# blocks differ, so its features come from its last layer unless the user set a block.
+# blocks differ, so its block is chosen automatically unless the user set one.
 recommended_cut = rec.settings.get("feature_cut", 0) if rec else 0
 if rec and recommended_cut and backbone != rec.settings.get("backbone") and int(feature_cut) == recommended_cut:
-    feature_cut = 0
-    st.caption(f"Features from the last layer of {BACKBONES[backbone].title}: the earlier-layer recommendation "
-               f"was measured on {BACKBONES[rec.settings.get('backbone', 'mobilenet')].title}.")
+    feature_cut = FEATURE_CUT_AUTO
+    st.caption(f"Features of {BACKBONES[backbone].title}: the block is chosen on the validation split, since the "
+               f"earlier-layer recommendation was measured on {BACKBONES[rec.settings.get('backbone', 'mobilenet')].title}.")
 config = TrainConfig(
     backbone=backbone, strategy=strategy, head=head, weights=weights, image_size=int(image_size),
     feature_cut=int(feature_cut) if strategy == "feature_extractor" else 0,
@@ -198,7 +211,7 @@ config = TrainConfig(
     fine_tune_learning_rate=float(fine_tune_learning_rate), augment=augment, accelerate=accelerate, seed=int(seed),
     start_from_probe=start_from_probe, precision=precision,
 )
-data_config = DataConfig(seed=int(seed))
+data_config = DataConfig(seed=int(seed), resize=resize)
 if config.strategy == "finetune":
     stage2 = ("runs the whole ConvNet every epoch (augmentation is on: each epoch sees new images)" if config.augment
               else "unfreezes every block, so it runs end to end" if config.unfreeze_blocks < 0

@@ -8,10 +8,13 @@ Two set-ups in one invocation, each on a fresh data folder (nothing cached but w
 makes), alternating, so the machine's noise hits both:
 - before: what the app did until now: the worker starts when Train is pressed and starts a fresh
   process for the run (TensorFlow's imports on the clock); the head fitted with the BLAS library's
-  default threads; float32 inference;
-- after: the app starts the worker when the dataset is loaded and the idle worker keeps a training
-  process ready (TL_WORKER_STANDBY); the head fitted with one BLAS thread; inference precision ``auto`` (bfloat16 on a CPU with
-  AVX512_BF16 or AMX, where it is faster), where the engine has the setting.
+  default threads; float32 inference; the last layer's features of pictures stretched to the square
+  (the recipe before bench/recipe_vs_baseline.py; its head refit on train + val is in both);
+- after: the app now: it starts the worker when the dataset is loaded and the idle worker keeps a
+  training process ready (TL_WORKER_STANDBY); the head fitted with one BLAS thread; inference
+  precision ``auto`` (bfloat16 on a CPU with AVX512_BF16 or AMX, where it is faster); pictures
+  padded to a square and the feature block chosen (every candidate block from one pass, a
+  cross-validated choice: more work than before, measured here).
 Both wait ``--think`` seconds between the upload and Train (a person reading the health report).
 Prints each part of the time (tl_core.progress.time_breakdown) and the ratio after / before of the
 total; results go to bench/results/first_result.json.
@@ -20,7 +23,6 @@ total; results go to bench/results/first_result.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -42,8 +44,9 @@ from tl_core.store import RunStore
 RESULTS = REPO / "bench" / "results" / "first_result.json"
 SETUPS = {
     "before": {"env": {"TL_WORKER_STANDBY": "0", "TL_HEAD_BLAS_THREADS": "0"}, "warm_on_load": False,
-               "precision": "float32"},
-    "after": {"env": {"TL_WORKER_STANDBY": "1", "TL_HEAD_BLAS_THREADS": "1"}, "warm_on_load": True, "precision": "auto"},
+               "train": {"precision": "float32", "feature_cut": 0}, "data": {"resize": "stretch"}},
+    "after": {"env": {"TL_WORKER_STANDBY": "1", "TL_HEAD_BLAS_THREADS": "1"}, "warm_on_load": True,
+              "train": {}, "data": {}},
 }
 
 
@@ -54,17 +57,16 @@ def one(name: str, data: Path, think: float, root: Path) -> dict:
     try:
         image_set = load_images(data)
         path = save_image_set(store, image_set, data.name)  # the upload, saved as the app saves it
-        config = TrainConfig()  # the app's default: feature extractor, MobileNet, ImageNet weights
-        if "precision" in {f.name for f in dataclasses.fields(TrainConfig)}:
-            config = dataclasses.replace(config, precision=setup["precision"])
+        config = TrainConfig(**setup["train"])  # the app's default: feature extractor, MobileNet, ImageNet weights
+        data_config = DataConfig(**setup["data"])
         # The Data page's health check decodes into the pixel cache training reads (ui.state.dataset_report).
-        decode_dataset(load_images(path), get_spec(config.backbone).input_size, DataConfig(),
+        decode_dataset(load_images(path), get_spec(config.backbone).input_size, data_config,
                        cache_dir=store.cache_dir / "decoded")
         if setup["warm_on_load"]:
             ensure_worker(store)  # as ui.state.set_dataset does
         time.sleep(think)
         started = time.time()
-        run_id = submit(store, path, config, name=data.name)
+        run_id = submit(store, path, config, data_config, name=data.name)
         ensure_worker(store)  # as the Train page does
         while (run := store.get_run(run_id))["status"] in ("queued", "running"):
             time.sleep(0.1)

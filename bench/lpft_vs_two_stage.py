@@ -4,9 +4,11 @@ the feature extractor, every one on the same splits.
     python bench/lpft_vs_two_stage.py [--seeds 42 43 44 45 46] [--datasets clipart8 fashion_mnist_2k]
 
 Each dataset (clipart8 at 224 px, fashion_mnist_2k at 64 px) is trained through the app's own
-runner with MobileNet ImageNet weights (TL_WEIGHTS_DIR) on each seed's stratified 70/15/15 split:
-the feature extractor (softmax head), two-stage fine-tuning (a new ReLU layer trained in stage 1,
-top 2 blocks at 1e-5 in stage 2) and the same with stage 1 replaced by the linear probe. The
+runner with MobileNet ImageNet weights (TL_WEIGHTS_DIR) on each seed's stratified 70/15/15 split,
+every other setting the app's default (pictures padded to a square, the feature block chosen by the
+feature extractor's rule, inference precision auto): the feature extractor (softmax head),
+two-stage fine-tuning (a new ReLU layer trained in stage 1, top 2 blocks at 1e-5 in stage 2) and
+the same with stage 1 replaced by the linear probe (LP-FT, the default). The
 comparison code of "Compare strategies" summarises them: means with 95% intervals and paired
 verdicts on the same test images. Results go to bench/results/lpft_vs_two_stage.json.
 """
@@ -34,7 +36,7 @@ def run_dataset(name: str, seeds: list[int], store: RunStore) -> dict:
     base = TrainConfig(backbone="mobilenet", weights="imagenet", image_size=SIZES[name])
     recipes = {
         "feature extractor": TrainConfig(**{**base.to_dict(), "strategy": "feature_extractor"}),
-        "two-stage": TrainConfig(**{**base.to_dict(), "strategy": "finetune"}),
+        "two-stage": TrainConfig(**{**base.to_dict(), "strategy": "finetune", "start_from_probe": False}),
         "LP-FT": TrainConfig(**{**base.to_dict(), "strategy": "finetune", "start_from_probe": True}),
     }
     runs = []

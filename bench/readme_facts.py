@@ -1,4 +1,4 @@
-"""Render the README's advisor facts from their one source: the advisor's constants and the bench's results.
+"""Render the README's facts from their one source: the advisor's constants, the registry and the benches' results.
 
     python bench/readme_facts.py          # rewrite the marked blocks of README.md
     python bench/readme_facts.py --check  # exit 1 if a block is out of date (tests/test_facts.py runs it)
@@ -113,8 +113,65 @@ def backbone_table() -> str:
     return "\n".join(lines)
 
 
+RESULTS = REPO / "bench" / "results"
+DATASET_TITLES = {"clipart8": "clipart8, 224 px", "fashion_mnist_2k": "fashion_mnist_2k, 64 px"}
+
+
+def _ci(summary: dict) -> str:
+    return f"{summary['mean']:.3f} ({summary['ci'][0]:.3f}-{summary['ci'][1]:.3f})"
+
+
+def _points(verdict: dict) -> str:
+    low, high = (100 * v for v in verdict["ci"])
+    return f"{100 * verdict['difference']:+.1f} points ({low:+.1f} to {high:+.1f})"
+
+
+def recipe_table() -> str:
+    """The default feature extractor against the recipe before it, from ``recipe_vs_baseline.json`` (seeds
+    42-46) and, when there, ``recipe_vs_baseline_fresh.json`` (splits never used to choose the recipe)."""
+    lines = ["| dataset | splits (seeds) | before: stretched, last layer, head on training | refit on train + val "
+             "(alone) | the default | default - before (95% CI) | verdict |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for file in ("recipe_vs_baseline.json", "recipe_vs_baseline_fresh.json"):
+        path = RESULTS / file
+        if not path.exists():
+            continue
+        for result in json.loads(path.read_text())["results"]:
+            seeds = [row["seed"] for row in result["seeds"]]
+            cuts = sorted({row["default"]["feature_cut"] for row in result["seeds"]})
+            where = "the last layer on every split" if cuts == [0] else \
+                f"{' or '.join(str(c) for c in cuts if c)} blocks down" + (" or the last layer" if 0 in cuts else "")
+            s, paired = result["summary"], result["paired"]["default"]
+            lines.append(f"| {DATASET_TITLES.get(result['dataset'], result['dataset'])} | {len(seeds)} ({seeds[0]}-{seeds[-1]}) "
+                         f"| {_ci(s['before'])} | {_ci(s['refit'])} | {_ci(s['default'])}: {where} | "
+                         f"{_points(paired)} | {paired['verdict']} |")
+    return "\n".join(lines)
+
+
+def lpft_table() -> str:
+    """Feature extractor, two-stage (new layer first) and LP-FT on the same splits, from ``lpft_vs_two_stage.json``."""
+    lines = ["| dataset | feature extractor (softmax) | two-stage, new layer first | two-stage from the probe (LP-FT) | "
+             "LP-FT vs the feature extractor |", "| --- | --- | --- | --- | --- |"]
+    for result in json.loads((RESULTS / "lpft_vs_two_stage.json").read_text())["results"]:
+        summary = result["summary"]
+        by_label = {s["label"]: s for s in summary["strategies"]}
+        fe = next(s for label, s in by_label.items() if label.startswith("Feature extractor"))
+        lpft = next(s for label, s in by_label.items() if "LP-FT" in label)
+        first = next(s for label, s in by_label.items() if label.startswith("Two-stage") and "LP-FT" not in label)
+        cell = lambda s: f"{s['mean_accuracy']:.3f} ({s['accuracy_ci'][0]:.3f}-{s['accuracy_ci'][1]:.3f})"  # noqa: E731
+        verdict = next(v for v in summary["verdicts"] if {v["a"], v["b"]} == {fe["label"], lpft["label"]})
+        sign = 1 if verdict["a"] == lpft["label"] else -1
+        said = {"better": "better", "worse": "worse"}.get(verdict["verdict"], "tied") if sign == 1 else \
+            {"better": "worse", "worse": "better"}.get(verdict["verdict"], "tied")
+        low, high = sorted(sign * 100 * v for v in verdict["ci"])
+        lines.append(f"| {DATASET_TITLES.get(result['dataset'], result['dataset'])} | {cell(fe)} | {cell(first)} | "
+                     f"{cell(lpft)} | {said}, {sign * 100 * verdict['difference']:+.1f} points ({low:+.1f} to {high:+.1f}) |")
+    return "\n".join(lines)
+
+
 BLOCKS = {"advisor-thresholds": advisor_thresholds, "advisor-strategies": strategy_table,
-          "advisor-lesson": advisor_lesson, "backbones": backbone_table}
+          "advisor-lesson": advisor_lesson, "backbones": backbone_table, "recipe": recipe_table,
+          "lpft": lpft_table}
 
 
 def render(text: str) -> str:

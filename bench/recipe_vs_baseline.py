@@ -1,122 +1,111 @@
-"""A candidate recipe against today's default, on the same splits: would it be a better default?
+"""The feature extractor's default recipe against the one before it, on the same splits.
 
-    python bench/recipe_vs_baseline.py [--seeds 42 43 44 45 46] [--datasets clipart8 fashion_mnist_2k]
+    python bench/recipe_vs_baseline.py [--seeds 42 43 44 45 46] [--datasets clipart8 fashion_mnist_2k] [--out FILE]
 
-For each shared dataset (clipart8 at 224 px, fashion_mnist_2k at 64 px) the frozen MobileNet
-(ImageNet weights from TL_WEIGHTS_DIR) runs once; then, on each seed's stratified 70/15/15 split,
-the feature extractor's softmax head is fitted two ways:
-- baseline (today's default): C chosen on the validation split, fitted on the training split;
-- recipe (a candidate): C, and balanced class weights on imbalanced data, chosen by stratified
-  5-fold cross-validation on training + validation, then refitted on both;
-- flip (a candidate): the features of each training image's mirror image added to the training
-  rows, and test-time flip (the mean of the probabilities of a test image and of its mirror).
-- layer (the advisor's rule, on the whole of training + validation instead of its sample): LogME
-  ranks the features 2, 4 and 6 blocks below the top; a softmax head cross-validated on training +
-  validation settles the best of them against the last layer; the head is then fitted as the
-  baseline's on the chosen layer's features.
-A candidate becomes the default only when the paired difference says "better" on both datasets.
-Both are scored on the same test images. Prints each seed, the mean and 95% interval of each, and
-the paired difference (a paired bootstrap over the same test images of every split). Results go
-to bench/results/recipe_vs_baseline.json.
+For each shared dataset (clipart8 at 224 px, fashion_mnist_2k at 64 px), MobileNet with ImageNet
+weights from TL_WEIGHTS_DIR, float32 inference for both (the precision is measured on its own in
+bench/precision_accuracy.py), on each seed's stratified 70/15/15 split:
+- before: pictures stretched to the square, the last layer's features, a softmax head with C
+  chosen on the validation split and fitted on the training split (the default until this bench);
+- refit (a part of the new default, for the record): the same features and C, the head then
+  refitted on the training and validation images together;
+- default: what the app does now, through the runner itself (``run_training`` with the default
+  TrainConfig and DataConfig): pictures padded to a square on white (their shape kept), the last
+  layer or the earlier block LogME ranks first, whichever scores better on the validation split,
+  and the head refitted on training + validation.
+Every recipe is scored on the same test images of each split. Prints each seed, the mean and 95%
+interval of each, and the paired difference against "before" (a paired bootstrap over the same
+test images of every split). Results go to bench/results/recipe_vs_baseline.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from _common import REPO, machine
 
 from tl_core import backbones, data
-from tl_core.advisor import EARLY_CUTS, _pooled, cross_validated_layers
-from tl_core.config import DataConfig
+from tl_core.config import DataConfig, TrainConfig
 from tl_core.features import extract_features
 from tl_core.heads import LinearHead
 from tl_core.metrics import mean_accuracy_interval, paired_verdict
-from tl_core.transferability import logme
+from tl_core.runner import run_training
+from tl_core.store import PREDICTIONS_FILE, SPLIT_FILE, RunStore
 
 SHARED = REPO.parent / "shared" / "datasets"
 SIZES = {"clipart8": 224, "fashion_mnist_2k": 64}
-RECIPES = {"baseline": "validation", "recipe": "cv"}
-# Candidate 2: mirrored images' features added to the training rows, and test-time flip (the mean of
-# the probabilities of each test image and its mirror); C on the validation split as the default.
-FLIP = "flip"
-LAYER = "layer"
+RECIPES = ("before", "refit", "default")
 
 
-def features_of(name: str, backbone: str) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], data.DecodedDataset]:
-    """Features of every image, of its mirror image (flipped left to right), and from blocks
-    :data:`EARLY_CUTS` below the top (``{cut: features}``)."""
+def stretched_features(name: str, backbone: str) -> tuple[np.ndarray, data.DecodedDataset]:
+    """The last layer's features of every picture stretched to the square (the recipe before)."""
     size = SIZES[name]
-    decoded = data.decode_dataset(data.load_images(SHARED / name), size)
+    decoded = data.decode_dataset(data.load_images(SHARED / name), size, DataConfig(resize="stretch"))
     spec = backbones.get_spec(backbone)
     base = backbones.build_base(spec, backbones.resolve_weights(spec, "imagenet"), size)
     model = backbones.build_feature_model(spec, base, size)
-    features = np.asarray(extract_features(model, decoded.x, 32), dtype=np.float32)
-    mirrored = np.asarray(extract_features(model, np.ascontiguousarray(decoded.x[:, :, ::-1]), 32), dtype=np.float32)
-    cuts = [c for c in EARLY_CUTS if c < spec.n_blocks]
-    early = _pooled(base, [backbones.block_output_layer(spec, base, c) for c in cuts], decoded.x, 32,
-                    backbones.preprocessing_layer(spec))
-    return features, mirrored, {c: np.asarray(f, np.float32) for c, f in zip(cuts, early)}, decoded
+    return np.asarray(extract_features(model, decoded.x, 32), dtype=np.float32), decoded
 
 
-def run_dataset(name: str, seeds: list[int], backbone: str) -> dict:
+def default_run(name: str, seed: int, backbone: str, store: RunStore) -> dict:
+    """The app's default feature extractor on this split, through the runner."""
+    config = TrainConfig(backbone=backbone, image_size=SIZES[name], precision="float32", seed=seed)
+    run = run_training(SHARED / name, config, DataConfig(seed=seed), store=store)
+    if run["status"] != "succeeded":
+        raise SystemExit(f"{name} seed {seed}: the run {run['status']}: {run.get('error')}")
+    return run
+
+
+def run_dataset(name: str, seeds: list[int], backbone: str, store: RunStore) -> dict:
     started = time.perf_counter()
-    features, mirrored, early, decoded = features_of(name, backbone)
+    features, decoded = stretched_features(name, backbone)
     print(f"\n{name}: {len(decoded.y)} images, {len(decoded.class_names)} classes, {SIZES[name]} px, "
           f"features {features.shape[1]} ({time.perf_counter() - started:.0f} s)")
-    correct = {recipe: [] for recipe in (*RECIPES, FLIP, LAYER)}
+    correct = {recipe: [] for recipe in RECIPES}
     rows = []
     for seed in seeds:
         splits = data.split_dataset(decoded, DataConfig(seed=seed))
         tr, va, te = splits["train"], splits["val"], splits["test"]
         row = {"seed": seed, "n_test": len(te)}
-        for recipe, selection in RECIPES.items():
+        for recipe, refit in (("before", False), ("refit", True)):
             t0 = time.perf_counter()
-            head = LinearHead("softmax", seed=seed, selection=selection).fit(
-                features[tr], decoded.y[tr], features[va], decoded.y[va])
+            head = LinearHead("softmax", seed=seed, refit=refit).fit(features[tr], decoded.y[tr], features[va], decoded.y[va])
             hits = (head.predict(features[te]) == decoded.y[te]).astype(np.int8)
             correct[recipe].append(hits)
-            row[recipe] = {"accuracy": float(hits.mean()), "C": head.C_, "class_weight": head.class_weight_,
-                           "seconds": time.perf_counter() - t0}
+            row[recipe] = {"accuracy": float(hits.mean()), "C": head.C_, "seconds": time.perf_counter() - t0}
         t0 = time.perf_counter()
-        head = LinearHead("softmax", seed=seed).fit(
-            np.concatenate([features[tr], mirrored[tr]]), np.concatenate([decoded.y[tr], decoded.y[tr]]),
-            features[va], decoded.y[va])
-        probabilities = (head.predict_proba(features[te]) + head.predict_proba(mirrored[te])) / 2
-        hits = (head.classes_[probabilities.argmax(axis=1)] == decoded.y[te]).astype(np.int8)
-        correct[FLIP].append(hits)
-        row[FLIP] = {"accuracy": float(hits.mean()), "C": head.C_, "seconds": time.perf_counter() - t0}
-        t0 = time.perf_counter()
-        fit = np.concatenate([tr, va])
-        layers = {0: features, **early}
-        ranked = max(early, key=lambda cut: logme(early[cut][fit], decoded.y[fit]))
-        accuracy = cross_validated_layers({cut: layers[cut][fit] for cut in (0, ranked)}, decoded.y[fit], [0, ranked])
-        chosen = ranked if accuracy[ranked] > accuracy[0] else 0
-        head = LinearHead("softmax", seed=seed).fit(layers[chosen][tr], decoded.y[tr], layers[chosen][va], decoded.y[va])
-        hits = (head.predict(layers[chosen][te]) == decoded.y[te]).astype(np.int8)
-        correct[LAYER].append(hits)
-        row[LAYER] = {"accuracy": float(hits.mean()), "cut": chosen, "logme_first": ranked,
-                      "cv_accuracy": {str(k): v for k, v in accuracy.items()}, "seconds": time.perf_counter() - t0}
-        print(f"  seed {seed}: layer {row[LAYER]['accuracy']:.3f} ({chosen} blocks down; LogME's first {ranked}, "
-              f"cross-validated {accuracy[ranked]:.3f} vs last layer {accuracy[0]:.3f})")
+        run = default_run(name, seed, backbone, store)
+        folder = Path(run["model_path"]).parent
+        test_names = json.loads((folder / SPLIT_FILE).read_text())["test"]
+        predictions = json.loads((folder / PREDICTIONS_FILE).read_text())
+        classes = run["metrics"]["class_names"]
+        by_name = {n: classes[p] == classes[t] for n, p, t in zip(test_names, predictions["predicted"], predictions["true"])}
+        if sorted(by_name) != sorted(decoded.names[i] for i in te):
+            raise SystemExit(f"{name} seed {seed}: the runner's test split is not the bench's")
+        hits = np.asarray([by_name[decoded.names[i]] for i in te], dtype=np.int8)  # the same order as "before"
+        correct["default"].append(hits)
+        row["default"] = {"accuracy": float(hits.mean()), "feature_cut": run["metrics"].get("feature_cut"),
+                          "seconds": time.perf_counter() - t0, "notes": run["metrics"]["notes"][:2]}
         rows.append(row)
-        print(f"  seed {seed}: flip {row[FLIP]['accuracy']:.3f} (C={row[FLIP]['C']:g})")
-        print(f"  seed {seed}: baseline {row['baseline']['accuracy']:.3f} (C={row['baseline']['C']:g})  "
-              f"recipe {row['recipe']['accuracy']:.3f} (C={row['recipe']['C']:g}, "
-              f"{row['recipe']['class_weight'] or 'no'} class weights, {row['recipe']['seconds']:.1f} s)")
+        print(f"  seed {seed}: before {row['before']['accuracy']:.3f} (C={row['before']['C']:g})  "
+              f"refit {row['refit']['accuracy']:.3f}  default {row['default']['accuracy']:.3f} "
+              f"(features {row['default']['feature_cut']} blocks down; the whole run {row['default']['seconds']:.0f} s)",
+              flush=True)
     summary = {}
-    for recipe in (*RECIPES, FLIP, LAYER):
+    for recipe in RECIPES:
         mean, low, high = mean_accuracy_interval(correct[recipe])
         summary[recipe] = {"mean": mean, "ci": [low, high]}
         print(f"  {recipe:<8} mean {mean:.3f} (95% CI {low:.3f}-{high:.3f}) over {len(seeds)} splits")
     paired = {}
-    for candidate in ("recipe", FLIP, LAYER):
-        verdict = paired_verdict(correct[candidate], correct["baseline"])
+    for candidate in ("refit", "default"):
+        verdict = paired_verdict(correct[candidate], correct["before"])
         paired[candidate] = verdict
-        print(f"  {candidate} - baseline: {verdict['difference'] * 100:+.1f} points "
+        print(f"  {candidate} - before: {verdict['difference'] * 100:+.1f} points "
               f"(95% CI {verdict['ci'][0] * 100:+.1f} to {verdict['ci'][1] * 100:+.1f}): {verdict['verdict']}")
     return {"dataset": name, "image_size": SIZES[name], "backbone": backbone, "seeds": rows, "summary": summary,
             "paired": paired}
@@ -127,10 +116,13 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44, 45, 46])
     parser.add_argument("--backbone", default="mobilenet")
+    parser.add_argument("--out", default="recipe_vs_baseline.json", help="file name in bench/results/")
     args = parser.parse_args()
     print(f"Machine: {machine()}")
-    results = [run_dataset(name, args.seeds, args.backbone) for name in args.datasets]
-    out = REPO / "bench" / "results" / "recipe_vs_baseline.json"
+    with tempfile.TemporaryDirectory(prefix="tl-recipe-bench-") as folder:
+        store = RunStore(Path(folder))
+        results = [run_dataset(name, args.seeds, args.backbone, store) for name in args.datasets]
+    out = REPO / "bench" / "results" / args.out
     out.write_text(json.dumps({"machine": machine(), "results": results}, indent=2) + "\n")
     print(f"\nSaved {out.relative_to(REPO)}")
 

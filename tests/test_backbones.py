@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 
 import keras
@@ -14,17 +15,19 @@ from tl_core.backbones import (
     block_output_layer,
     build_base,
     build_feature_model,
+    feature_slices,
     get_spec,
     list_blocks,
     preprocessing_layer,
     resolve_weights,
     set_trainable_blocks,
     split_at_block,
+    truncate_base,
 )
 from tl_core.errors import ConfigError, WeightsUnavailableError
 
 EXPECTED_BLOCKS = {"vgg16": 5, "mobilenet": 13, "mobilenetv2": 17, "efficientnetb0": 7, "resnet50": 16,
-                   "efficientnetv2b0": 6, "efficientnetv2s": 6, "convnexttiny": 18}
+                   "efficientnetv2b0": 6, "efficientnetv2s": 6, "convnexttiny": 18, "dinov2_small": 12}
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -62,6 +65,7 @@ def test_required_backbones_are_registered():
         ("resnet50", keras.applications.resnet50.preprocess_input),
         ("mobilenet", keras.applications.mobilenet.preprocess_input),
         ("mobilenetv2", keras.applications.mobilenet_v2.preprocess_input),
+        ("dinov2_small", lambda x: keras.applications.imagenet_utils.preprocess_input(x, mode="torch")),
     ],
 )
 def test_preprocessing_layer_matches_keras_preprocess_input(name, reference):
@@ -101,12 +105,13 @@ def test_weights_dir_is_searched_for_the_documented_file(tmp_path, monkeypatch):
         resolve_weights(spec, str(tmp_path / "missing.h5"))
 
 
-def test_a_weights_file_of_another_architecture_is_a_clear_error(tmp_path):
-    wrong = tmp_path / "vgg.weights.h5"
-    keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(wrong)
-    spec = get_spec("mobilenet")
-    with pytest.raises(ConfigError, match="does not fit MobileNet v1"):
-        build_base(spec, resolve_weights(spec, str(wrong)), 32)
+@pytest.mark.parametrize(("backbone", "other", "size"), [("mobilenet", "VGG16", 32), ("dinov2_small", "MobileNet", 56)])
+def test_a_weights_file_of_another_architecture_is_a_clear_error(backbone, other, size, tmp_path):
+    wrong = tmp_path / "other.weights.h5"
+    getattr(keras.applications, other)(weights=None, include_top=False, input_shape=(32, 32, 3)).save_weights(wrong)
+    spec = get_spec(backbone)
+    with pytest.raises(ConfigError, match=f"does not fit {re.escape(spec.title)}"):
+        build_base(spec, resolve_weights(spec, str(wrong)), size)
 
 
 def _online() -> bool:
@@ -197,3 +202,149 @@ def test_a_stronger_backbone_trains_exports_and_loads_its_weights_from_the_docum
     assert run["status"] == "succeeded", run["error"]
     result = export_run(run, "keras", tmp_path / "model.keras")
     assert result["passed"] and result["agreement"] == 1.0
+
+
+# --------------------------------------------------------------------------- DINOv2 ViT-S/14 (KerasHub)
+# Random weights at 56 px (4 x 4 patches of 14 px): 224 px costs too much on a CPU for the suite.
+
+
+def _keras_hub_dinov2(size: int, seed: int):
+    """KerasHub's own DINOv2 ViT-S/14 backbone, random weights: the reference the app's model must equal."""
+    import keras_hub
+
+    from tl_core.vit import DINOV2_SMALL
+
+    keras.utils.set_random_seed(seed)
+    return keras_hub.models.DINOV2Backbone(image_shape=(size, size, 3), **DINOV2_SMALL)
+
+
+def test_dinov2_base_is_embeddings_transformer_blocks_and_a_patch_token_map():
+    spec = get_spec("dinov2_small")
+    base = build_base(spec, resolve_weights(spec, "none"), 56)
+    names = [layer.name for layer in base.layers]
+    assert names == ["images", "dinov2_embeddings", *(f"dinov2_block_{i}" for i in range(12)), "dinov2_layernorm",
+                     "dinov2_patch_tokens", "dinov2_map"]
+    assert tuple(base.output.shape) == (None, 4, 4, 384)
+    assert [name for name, _ in list_blocks(spec, base)] == names[2:14]
+    # A size that is not a multiple of 14 is resized inside the model to the nearest one (50 -> 56 px).
+    odd = build_base(spec, resolve_weights(spec, "none"), 50)
+    assert odd.layers[1].name == "dinov2_resize" and tuple(odd.output.shape) == (None, 4, 4, 384)
+    # Earlier features: the block's patch tokens as a map, cut or side by side with the others.
+    assert block_output_layer(spec, base, 2) == "dinov2_block_9"
+    assert tuple(truncate_base(spec, base, 2).output.shape) == (None, 4, 4, 384)
+    assert feature_slices(spec, base, [0, 2, 4]) == {0: slice(0, 384), 2: slice(384, 768), 4: slice(768, 1152)}
+    assert build_feature_model(spec, base, 56, cut=[0, 2, 4]).output_shape == (None, 1152)
+
+
+def test_dinov2_unfreezes_transformer_blocks_from_the_top():
+    spec = get_spec("dinov2_small")
+    base = build_base(spec, resolve_weights(spec, "none"), 56)
+    n_two = set_trainable_blocks(spec, base, 2)
+    trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
+    assert trainable == {"dinov2_block_10", "dinov2_block_11", "dinov2_layernorm"}
+    assert n_two == len(base.trainable_weights) and 0 < n_two < set_trainable_blocks(spec, base, -1)
+    with pytest.raises(ConfigError, match="has 12 blocks; cannot unfreeze 13"):
+        set_trainable_blocks(spec, base, 13)
+
+
+def test_dinov2_features_are_kerashub_dinov2_mean_patch_tokens_with_weights_from_tl_weights_dir(tmp_path, monkeypatch):
+    """A KerasHub preset folder saved from a random DINOV2Backbone, put in TL_WEIGHTS_DIR under the
+    documented name, is found and loaded: the app's features are that network's mean patch token
+    (its final LayerNorm applied, the CLS token left out), its preprocessing inside the model."""
+    spec = get_spec("dinov2_small")
+    reference = _keras_hub_dinov2(56, seed=5)
+    reference.save_to_preset(str(tmp_path / "w" / "dinov2_small"))
+    monkeypatch.setenv("TL_WEIGHTS_DIR", str(tmp_path / "w"))
+    resolved = resolve_weights(spec, "imagenet")
+    assert resolved.keras_arg == str(tmp_path / "w" / spec.weights_files[0])  # never downloaded
+    model = build_feature_model(spec, build_base(spec, resolved, 56, seed=1), 56)
+
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 56, 56, 3)).astype(np.float32)
+    normalised = (pixels / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    tokens = np.asarray(reference({"images": normalised.astype(np.float32)}, training=False))
+    np.testing.assert_allclose(model(pixels, training=False), tokens[:, 1:].mean(axis=1), rtol=1e-4, atol=1e-4)
+    # The preset folder itself as the weights, and the weights file alone under its other name.
+    again = build_base(spec, resolve_weights(spec, str(tmp_path / "w" / "dinov2_small")), 56)
+    (tmp_path / "w" / spec.weights_files[0]).rename(tmp_path / "w" / spec.weights_files[-1])
+    alone = build_base(spec, resolve_weights(spec, "imagenet"), 56)
+    for a, b, c in zip(model.get_layer("dinov2_small").get_weights(), again.get_weights(), alone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+def test_dinov2_classifier_saves_loads_in_safe_mode_without_this_app_and_explains_on_the_token_grid(tmp_path):
+    import subprocess
+    import sys
+
+    from tl_core.gradcam import grad_cam
+
+    spec = get_spec("dinov2_small")
+    features = build_feature_model(spec, build_base(spec, resolve_weights(spec, "none"), 56, seed=2), 56)
+    outputs = keras.layers.Dense(3, activation="softmax", name="head")(features.output)
+    model = keras.Model(features.input, outputs)
+    pixels = np.random.default_rng(1).uniform(0, 255, (3, 56, 56, 3)).astype(np.float32)
+    expected = model.predict(pixels, verbose=0)
+    model.save(tmp_path / "m.keras")
+    np.save(tmp_path / "x.npy", pixels)
+    # A fresh process that never imports tl_core: standard Keras layers and KerasHub's, nothing custom.
+    code = (f"import numpy as np, keras; m = keras.saving.load_model({str(tmp_path / 'm.keras')!r}, safe_mode=True); "
+            f"np.save({str(tmp_path / 'y.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), verbose=0))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
+
+    cams, probabilities = grad_cam(model, pixels)
+    assert cams.shape == (3, 4, 4)  # one value per patch token
+    assert np.allclose(cams.reshape(3, -1).max(axis=1), 1.0) and cams.min() >= 0.0
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+
+def test_dinov2_feature_extractor_run_learns_and_exports(tmp_path, store):
+    from conftest import make_toy_folder
+
+    from tl_core.config import TrainConfig
+    from tl_core.export import export_run
+    from tl_core.runner import run_training
+
+    folder = make_toy_folder(tmp_path / "toy", n_per_class=8, size=56)
+    run = run_training(folder, TrainConfig(backbone="dinov2_small", weights="none", image_size=56, batch_size=8,
+                                           precision="float32"), store=store)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["metrics"]["test_accuracy"] >= 0.6  # chance is 1/3: random ViT features still see colour
+    result = export_run(run, "keras", tmp_path / "model.keras")
+    assert result["passed"] and result["agreement"] == 1.0
+
+
+def test_dinov2_offline_without_the_preset_names_the_folder_and_tl_weights_dir(monkeypatch, tmp_path):
+    try:
+        socket.create_connection(("api.kaggle.com", 443), timeout=3).close()
+        pytest.skip("this machine is online: KerasHub would download the preset instead of failing")
+    except OSError:
+        pass
+    monkeypatch.delenv("TL_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    spec = get_spec("dinov2_small")
+    with pytest.raises(WeightsUnavailableError, match="TL_WEIGHTS_DIR") as info:
+        build_base(spec, resolve_weights(spec, "imagenet"), 56)
+    assert "'dinov2_small' preset folder" in str(info.value) and "dinov2_small/model.weights.h5" in str(info.value)
+    monkeypatch.setenv("TL_OFFLINE", "1")  # refused at once, before any model is built
+    with pytest.raises(WeightsUnavailableError, match="dinov2_small.weights.h5"):
+        resolve_weights(spec, "imagenet")
+
+
+def test_dinov2_domain_measurement_pools_its_token_grid_and_has_no_imagenet_classifier(tmp_path, monkeypatch):
+    """The advisor on DINOv2 with its weights in TL_WEIGHTS_DIR: no ImageNet classifier to ask (said in a
+    note), no BatchNormalization statistics; LogME of the mean patch tokens of the last and earlier blocks."""
+    from tl_core.advisor import measure_domain
+
+    _keras_hub_dinov2(224, seed=3).save_to_preset(str(tmp_path / "w" / "dinov2_small"))
+    monkeypatch.setenv("TL_WEIGHTS_DIR", str(tmp_path / "w"))
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 12)
+    x = rng.integers(0, 80, (24, 224, 224, 3)).astype(np.uint8)
+    x[y == 1, 60:160, 60:160] = (230, 40, 40)  # one class has a red square
+    measured = measure_domain(x, y, "dinov2_small", "imagenet", batch_size=12)
+    assert measured["parts"]["recognition"] is None and measured["parts"]["statistics"] is None
+    assert any("no ImageNet classifier" in note for note in measured["notes"])
+    assert set(measured["layers"]) == {0, 2, 4, 6} and all(np.isfinite(v) for v in measured["layers"].values())
+    assert 0.0 <= measured["similarity"] <= 1.0

@@ -153,14 +153,24 @@ def test_model_pixels_equal_resizing_the_finished_picture(mode):
     else:
         image = rgba if mode == "RGBA" else rgba.convert(mode)
     data = png_bytes(image, "JPEG" if mode == "CMYK" else "PNG")
-    pixels, picture = prepare_image(data, 32, LIMIT)
     finished, _ = decode_image(data, LIMIT, draft_size=32)  # JPEG decodes at a reduced size
+    stretched, picture = prepare_image(data, 32, LIMIT, resize="stretch")
     assert picture.mode == "RGB" and np.array_equal(np.asarray(picture), np.asarray(finished))
     reference = np.asarray(finished.resize((32, 32), Image.Resampling.BILINEAR, reducing_gap=3.0)).astype(int)
-    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
-    assert np.abs(pixels.astype(int) - reference).max() <= 3
+    assert stretched.shape == (32, 32, 3) and stretched.dtype == np.uint8
+    assert np.abs(stretched.astype(int) - reference).max() <= 3
+    # Padded (the default): 130 x 90 becomes 32 x 22, centred on white; the picture shown is padded too.
+    pixels, square = prepare_image(data, 32, LIMIT)
+    canvas = Image.new("RGB", (32, 32), "white")
+    canvas.paste(finished.resize((32, 22), Image.Resampling.BILINEAR, reducing_gap=3.0), (0, 5))
+    assert pixels.shape == (32, 32, 3) and np.abs(pixels.astype(int) - np.asarray(canvas).astype(int)).max() <= 3
+    assert (pixels[:5] == 255).all() and (pixels[27:] == 255).all()
+    side, height = finished.size  # a JPEG at half size (drafted)
+    top = (side - height) // 2
+    assert square.size == (side, side) and np.array_equal(np.asarray(square)[top : top + height], np.asarray(finished))
+    assert (np.asarray(square)[:top] == 255).all()
     if mode in ("RGBA", "LA"):
-        assert (pixels[:, :8] == 255).all()
+        assert (pixels[:, :8] == 255).all() and (stretched[:, :8] == 255).all()
 
 
 def test_training_and_prediction_decode_to_the_same_pixels(tmp_path):

@@ -174,15 +174,20 @@ def test_lp_ft_starts_stage_2_from_the_linear_probe_and_its_validation_loss(toy)
     from tl_core.heads import LinearHead
 
     decoded, splits = toy
-    # No stage 2: the model is the probe.
+    # No stage 2: the model is the probe, refitted on training + validation at its C (the feature
+    # extractor's solution); calibration gets the validation probabilities of the probe before that.
     result, base, data, _ = _two_stage(toy, start_from_probe=True, unfreeze_blocks=0)
     spec, _, feature_model = _setup()
     features = {part: extract_features(result.model.get_layer(index=1), x) for part, (x, _) in data.items()}
     probe = LinearHead("softmax", seed=TrainConfig().seed).fit(features["train"], data["train"][1],
                                                                features["val"], data["val"][1])
+    refit = LinearHead("softmax", C=probe.C_, seed=TrainConfig().seed).fit(
+        np.concatenate([features["train"], features["val"]]), np.concatenate([data["train"][1], data["val"][1]]))
     np.testing.assert_allclose(result.model.predict(data["test"][0].astype("float32"), verbose=0),
-                               probe.predict_proba(features["test"]), atol=2e-4)
+                               refit.predict_proba(features["test"]), atol=2e-4)
+    np.testing.assert_allclose(result.held_out_val, probe.predict_proba(features["val"]), atol=2e-4)
     assert result.history["stage1"] == [] and "linear probe (LP-FT)" in result.notes[0]
+    assert "refitted at C=" in result.notes[-2]
     assert result.notes[-1] == "The saved model's weights come from stage 1, the linear probe."
 
     # With stage 2: its starting validation loss is the probe's (log loss on the validation split).

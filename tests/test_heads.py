@@ -93,3 +93,36 @@ def test_cross_validated_svm_copes_with_small_classes_and_no_images_is_a_clear_e
         assert head.selection_ == expected and head.predict(X[-1:])[0] in (0, 1)
     with pytest.raises(ConfigError, match="got no images"):
         LinearHead().fit(np.zeros((0, 4)), [])
+
+
+@pytest.mark.parametrize("kind", ["softmax", "ovr", "svm"])
+def test_refit_chooses_C_on_validation_then_fits_on_training_and_validation(kind, digits):
+    """The feature extractor's default: C chosen exactly as without a refit, then one more fit on both
+    splits; the validation probabilities kept for calibration are the training-only head's."""
+    X, y, Xv, yv, Xt, yt = digits
+    plain = LinearHead(kind, seed=0).fit(X, y, Xv, yv)
+    refit = LinearHead(kind, seed=0, refit=True).fit(X, y, Xv, yv)
+    assert refit.C_ == plain.C_ and refit.validation_scores_ == plain.validation_scores_
+    assert plain.n_fit_ == 1000 and plain.held_out_proba_ is None
+    assert refit.n_fit_ == 1300 and "refitted on the training and validation images" in refit.describe()
+    np.testing.assert_allclose(refit.held_out_proba_, plain.predict_proba(Xv), atol=1e-6)  # not trained on them
+    both = LinearHead(kind, C=plain.C_, seed=0).fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
+    np.testing.assert_allclose(refit.predict_proba(Xt), both.predict_proba(Xt), atol=1e-6)  # the test split unseen
+    assert not np.allclose(refit.predict_proba(Xt), plain.predict_proba(Xt), atol=1e-3)
+    np.testing.assert_allclose(_dense_proba(refit, Xt), refit.predict_proba(Xt), atol=1e-5)
+
+
+def test_no_refit_when_validation_holds_a_class_training_lacks(digits):
+    X, y, Xv, yv, _, _ = digits
+    keep = y != 9
+    head = LinearHead("softmax", seed=0, refit=True).fit(X[keep], y[keep], Xv, yv)
+    assert head.held_out_proba_ is None and head.n_fit_ == int(keep.sum())
+
+
+def test_cross_validated_accuracy_scores_the_chosen_C_on_folds(digits):
+    X, y, Xv, yv, _, _ = digits
+    head = LinearHead("softmax", seed=0).fit(X, y, Xv, yv)
+    good = head.cross_validated_accuracy(np.concatenate([X, Xv]), np.concatenate([y, yv]))
+    noise = head.cross_validated_accuracy(np.random.default_rng(0).normal(size=(1300, 64)), np.concatenate([y, yv]))
+    assert good > 0.9 and noise < 0.2  # chance is 0.10
+    assert np.isnan(head.cross_validated_accuracy(X[:11], np.arange(11) % 10))  # a class of one image: no folds

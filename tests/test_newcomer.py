@@ -115,10 +115,12 @@ def two_datasets(tmp_path_factory):
     store = RunStore(root / "data")
     first = make_toy_folder(root / "first", n_per_class=8)
     second = make_toy_folder(root / "second", n_per_class=8, seed=1)
-    runs = [run_training(first, TrainConfig(strategy="feature_extractor", **TINY), DataConfig(), store, name="first"),
+    runs = [run_training(first, TrainConfig(strategy="feature_extractor", feature_cut=0, **TINY), DataConfig(), store,
+                         name="first"),
             run_training(first, TrainConfig(strategy="feature_extractor", feature_cut=2, **TINY), DataConfig(), store,
                          name="first"),
-            run_training(second, TrainConfig(strategy="feature_extractor", **TINY), DataConfig(), store, name="second"),
+            run_training(second, TrainConfig(strategy="feature_extractor", feature_cut=0, **TINY), DataConfig(), store,
+                         name="second"),
             run_training(root / "missing", TrainConfig(strategy="feature_extractor", **TINY), DataConfig(), store,
                          name="second")]
     assert [r["status"] for r in runs] == ["succeeded"] * 3 + ["failed"]

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import CLIPART8, SHARED_WEIGHTS, make_toy_folder, needs_clipart8, needs_shared_weights
 from tl_core import backbones
-from tl_core.config import DataConfig, TrainConfig
+from tl_core.config import DataConfig, TrainConfig, candidate_cuts
 from tl_core.data import decode_dataset, load_images
 from tl_core.errors import ConfigError
 from tl_core.features import extract_features
@@ -139,7 +139,7 @@ def test_extraction_overlaps_decoding_and_the_features_are_never_computed_twice(
     assert len(decoded.x) == 30
     spec = backbones.get_spec("vgg16")
     model = backbones.build_feature_model(spec, backbones.build_base(spec, backbones.resolve_weights(
-        spec, "none", config.seed), 32, config.seed), 32)
+        spec, "none", config.seed), 32, config.seed), 32, cut=candidate_cuts(spec.n_blocks))  # auto: every candidate
     cached = sorted((store.cache_dir / "features").iterdir())
     assert len(cached) == 1  # no scratch file left
     np.testing.assert_allclose(np.load(cached[0]), extract_features(model, decoded.x, 8), rtol=1e-3, atol=1e-4)
@@ -242,3 +242,65 @@ def test_feature_extractor_from_an_earlier_block(toy_folder, store):
         TrainConfig(strategy="finetune", feature_cut=2, **FAST).validate()
     with pytest.raises(ConfigError, match="feature_cut must be 0-4"):
         TrainConfig(feature_cut=5, **FAST).validate()
+
+
+@pytest.mark.parametrize("signal", [0, 2])
+def test_auto_feature_layer_takes_the_block_whose_features_score_better_on_validation(signal):
+    """feature_cut='auto' on features laid out as the runner extracts them (every candidate block side by
+    side): the labels are readable from one block's columns only, and that block is chosen; the test
+    split is never looked at (its rows are noise in every block)."""
+    from types import SimpleNamespace
+
+    from tl_core.runner import _choose_layer
+
+    spec = backbones.get_spec("vgg16")
+    base = backbones.build_base(spec, backbones.resolve_weights(spec, "none", 0), 32, 0)
+    cuts = candidate_cuts(spec.n_blocks)
+    slices = backbones.feature_slices(spec, base, cuts)
+    rng = np.random.default_rng(0)
+    n, classes = 240, 3
+    y = np.repeat(np.arange(classes), n // classes)
+    features = rng.normal(size=(n, max(s.stop for s in slices.values()))).astype(np.float32)
+    columns = np.arange(slices[signal].start, slices[signal].start + classes)
+    features[np.arange(n), columns[y]] += 3.0  # the class's own column is high in the signal block only
+    order = rng.permutation(n)
+    splits = {"train": order[:160], "val": order[160:200], "test": order[200:]}
+    features[splits["test"]] = rng.normal(size=(40, features.shape[1]))
+    p = SimpleNamespace(spec=spec, base=base, features=features, splits=splits, decoded=SimpleNamespace(y=y))
+    chosen, head, note = _choose_layer(p, TrainConfig(**FAST))
+    assert chosen == signal, note
+    assert head.n_fit_ == 200 and head.held_out_proba_ is not None  # refitted on training + validation
+    assert ("last layer" in note.split(":")[0]) == (signal == 0)
+
+
+def test_lpft_starts_from_the_feature_extractors_block(tmp_path, store, monkeypatch):
+    """With feature_cut='auto', two-stage fine-tuning takes the block the feature extractor's rule
+    chooses (forced to 2 blocks below the top here: random weights rarely prefer one): its model ends
+    there, stage 2 unfreezes the top block of what is left, and the run says so."""
+    import tl_core.runner as runner_module
+
+    chosen = {}
+    real = runner_module._choose_layer
+
+    def forced(p, config):
+        _, head, note = real(p, config)
+        chosen["note"] = note
+        return 2, head, "Features from 2 blocks below the top (forced by the test)."
+
+    monkeypatch.setattr(runner_module, "_choose_layer", forced)
+    root = make_toy_folder(tmp_path / "toy", n_per_class=12)
+    config = TrainConfig(strategy="finetune", fine_tune_epochs=1, unfreeze_blocks=1, **FAST)
+    run = run_training(root, config, store=store)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["metrics"]["feature_cut"] == 2 and "cross-validated accuracy" in chosen["note"]
+    assert any("Fine-tuning ends the ConvNet there" in note for note in run["metrics"]["notes"])
+    assert run["metrics"]["test_accuracy"] >= 0.8  # chance is 1/3
+    spec = backbones.get_spec("vgg16")
+    full = backbones.build_base(spec, backbones.resolve_weights(spec, "none", 0), 32, 0)
+    model = keras.saving.load_model(run["model_path"], compile=False)
+
+    def names(layer) -> set[str]:
+        return {layer.name}.union(*(names(inner) for inner in getattr(layer, "layers", [])))
+
+    inside = names(model)
+    assert backbones.block_output_layer(spec, full, 2) in inside and full.layers[-1].name not in inside

@@ -15,7 +15,7 @@ from conftest import TOY_COLORS, make_toy_folder, png_bytes
 from PIL import Image
 from test_pages import _open, app  # noqa: F401 - app: the AppTest fixture
 
-from tl_core.config import TrainConfig
+from tl_core.config import DataConfig, TrainConfig
 from tl_core.data import prepare_image
 from tl_core import export, model_files
 from tl_core.runner import run_training
@@ -26,8 +26,9 @@ def toy(tmp_path_factory):
     return make_toy_folder(tmp_path_factory.mktemp("takeaway"), n_per_class=12)
 
 
-def _train(folder, store, **settings):
-    run = run_training(folder, TrainConfig(backbone="vgg16", weights="none", image_size=32, **settings), store=store)
+def _train(folder, store, data_config=DataConfig(), **settings):
+    run = run_training(folder, TrainConfig(backbone="vgg16", weights="none", image_size=32, **settings), data_config,
+                       store=store)
     assert run["status"] == "succeeded", run.get("error")
     return run
 
@@ -95,7 +96,9 @@ def test_result_settings_show_what_applied_to_each_strategy_in_words(app, toy, s
         assert not any("{" in line for line in lines)
 
     extractor = shown["feature_extractor"]
-    assert extractor["Head"].startswith("softmax") and extractor["Features from"] == "the last layer"
+    cut = runs["feature_extractor"]["metrics"]["feature_cut"]  # auto, the default: chosen on the validation split
+    assert extractor["Head"].startswith("softmax") and extractor["Features from"] == \
+        (f"{cut} blocks below the top" if cut else "the last layer") + " (chosen on the validation split)"
     assert extractor["Image size"] == "32 x 32 px" and extractor["Pretrained weights"] == "random initialisation"
     assert not [key for key in extractor if "epoch" in key.lower() or "learning rate" in key.lower()
                 or "Stage" in key or "Augmentation" in key]
@@ -124,7 +127,10 @@ def test_result_and_predict_open_on_the_best_run_not_the_newest(app, toy, store)
 
 
 def test_predict_classifies_a_camera_photo_through_the_same_code_as_files(app, toy, store, tmp_path):
-    run = _train(toy, store)
+    # Stretched: a random-weight ConvNet reads a padded photo's white margins (which the toy's square
+    # pictures never had) as a colour; Predict follows the run's own resize setting either way.
+    run = _train(toy, store, DataConfig(resize="stretch"))
+    assert run["config"]["data"]["resize"] == "stretch"
     _open(app, "predict")
     camera = app.get("camera_input")[0]
     assert camera.disabled  # the camera (and the browser's permission prompt) starts only when asked

@@ -22,6 +22,7 @@ from tl_core.config import (
     EXPORT_FORMATS,
     HEADS,
     PRECISIONS,
+    RESIZE_MODES,
     STRATEGIES,
     DataConfig,
     TrainConfig,
@@ -123,7 +124,7 @@ def _train_config(args) -> TrainConfig:
         backbone=args.backbone,
         strategy=args.strategy,
         head=args.head,
-        feature_cut=getattr(args, "feature_cut", 0),
+        feature_cut=getattr(args, "feature_cut", TrainConfig.feature_cut),
         weights=args.weights,
         image_size=args.image_size,
         batch_size=args.batch_size,
@@ -175,7 +176,7 @@ def _print_accuracy(run: dict[str, Any]) -> None:
 def cmd_train(args) -> dict[str, Any]:
     from tl_core.runner import run_training
 
-    data_config = DataConfig(max_pixels=args.max_pixels, seed=args.seed)
+    data_config = DataConfig(max_pixels=args.max_pixels, seed=args.seed, resize=args.resize)
     run = run_training(args.data, _train_config(args), data_config, _store(args), TerminalProgress(not args.quiet), name=args.name)
     result = _summary(run)
     if not args.json:
@@ -197,7 +198,8 @@ def cmd_compare(args) -> dict[str, Any]:
 
     store = _store(args)
     group = uuid.uuid4().hex[:8]
-    planned = comparison.plan(_train_config(args).validate(), DataConfig(max_pixels=args.max_pixels, seed=args.seed),
+    planned = comparison.plan(_train_config(args).validate(),
+                              DataConfig(max_pixels=args.max_pixels, seed=args.seed, resize=args.resize).validate(),
                               costly_splits=args.splits, feature_splits=args.feature_splits)
     runs = []
     for config, data_config in planned:
@@ -396,13 +398,17 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--seed", type=int, default=TrainConfig.seed)
     training.add_argument("--precision", default=TrainConfig.precision, choices=PRECISIONS, help=PRECISION_HELP)
     training.add_argument("--max-pixels", type=int, default=DataConfig.max_pixels)
+    training.add_argument("--resize", default=DataConfig.resize, choices=RESIZE_MODES,
+                          help="pad: keep each picture's shape, its margins white (default); stretch: to the square")
     training.add_argument("--name", default=None)
 
     train = sub.add_parser("train", parents=[common, training], help="train and store one run")
     train.add_argument("--strategy", default=TrainConfig.strategy, choices=STRATEGIES)
     train.add_argument("--head", default=TrainConfig.head, choices=HEADS)
     train.add_argument("--feature-cut", type=int, default=TrainConfig.feature_cut,
-                       help="feature extractor: take features this many blocks below the top (0: last layer)")
+                       help="feature extractor: take features this many blocks below the top (0: last layer; "
+                            "-1, the default: the last layer or the earlier block LogME ranks first, whichever "
+                            "cross-validates better on training + validation)")
     train.set_defaults(func=cmd_train)
 
     compare = sub.add_parser(

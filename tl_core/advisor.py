@@ -31,6 +31,7 @@ pages, the reasons and the README render them from there (``python bench/readme_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -41,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from tl_core.config import EARLY_CUTS, candidate_cuts
 from tl_core.errors import ConfigError
 
 # A class needs on the order of a thousand examples before retraining a deep ConvNet beats a
@@ -57,7 +59,6 @@ LARGE_MIN_PER_CLASS = 1000
 # earlier-layer features (BENCH). Between the two thresholds the large/different cell therefore
 # takes the feature extractor from the layer that transfers best.
 SCRATCH_MIN_PER_CLASS = 5000
-EARLY_CUTS = (2, 4, 6)  # candidate blocks below the top for earlier-layer features
 # Test accuracies measured by bench/advisor_vs_best.py (MobileNet, Fashion-MNIST: a different
 # domain), read from its results file: the one source of these figures for the pages, the reasons and
 # the README. Each entry: the dataset in the results and, per strategy, what its settings must hold.
@@ -223,7 +224,9 @@ def _load_model(spec, weights: str):
 
     resolved = backbones.resolve_weights(spec, weights)
     note = None
-    if weights == "imagenet":
+    if not spec.top_weights_files:
+        note = f"{spec.title} was trained without labels, so it has no ImageNet classifier to ask"
+    elif weights == "imagenet":
         top_file = backbones.local_weights_file(spec.top_weights_files)
         # VGG16's classifier is a 528 MB download: only used when already on disk.
         if top_file is not None or (resolved.keras_arg == "imagenet" and spec.name != "vgg16"):
@@ -241,10 +244,14 @@ def _load_model(spec, weights: str):
 
 
 def _pooled(model, names: list[str], x: np.ndarray, batch_size: int, pre, extra=()) -> list[np.ndarray]:
-    """One forward pass of ``model`` over ``x``: the global average of each named layer, then ``extra``."""
+    """One forward pass of ``model`` over ``x``: the global average of each named layer (of its map: a
+    vision transformer's tokens as their grid), then ``extra``."""
     import keras
 
-    outputs = [keras.ops.mean(model.get_layer(name).output, axis=(1, 2)) for name in names] + list(extra)
+    from tl_core.backbones import feature_map
+
+    outputs = [keras.ops.mean(feature_map(model.get_layer(name).output, f"{name}_map"), axis=(1, 2))
+               for name in names] + list(extra)
     probe = keras.Model(model.input, outputs)
     pixels = keras.Input(x.shape[1:], name="pixels")
     measure = keras.Model(pixels, probe(pre(pixels) if pre is not None else pixels))
@@ -267,8 +274,9 @@ def measure_domain(
         y: class index of each image (at least 2 classes).
         backbone: a registry name.
         weights: ``imagenet`` or a weights file (the statistics and LogME parts still apply).
-        layer_pixels: the same images at the size training will use, when that is not the
-            backbone's own: the layers are compared there (a block's features depend on the scale).
+        layer_pixels: the same images as training will see them, when that is not as ``x``
+            (another size, or padded where ``x`` is stretched): the layers are compared there (a
+            block's features depend on the scale and the framing).
 
     Returns:
         ``similarity`` in [0, 1], ``parts`` (each in [0, 1], or ``None`` when not measurable),
@@ -289,7 +297,7 @@ def measure_domain(
         raise ConfigError("Domain similarity is measured with pretrained weights; 'none' has none.")
     model, has_top, note = _load_model(spec, weights)
     trunk = _trunk_output(model)
-    cuts = [0] + [c for c in EARLY_CUTS if c < spec.n_blocks]
+    cuts = candidate_cuts(spec.n_blocks)
     names = [trunk] + [backbones.block_output_layer(spec, model, c) for c in cuts[1:]]
     stop = [layer.name for layer in model.layers].index(trunk)
     bns = [layer for layer in model.layers[: stop + 1] if isinstance(layer, keras.layers.BatchNormalization)]
@@ -304,6 +312,8 @@ def measure_domain(
         base = backbones.build_base(spec, backbones.resolve_weights(spec, weights), layer_pixels.shape[1])
         layer_names = [backbones.block_output_layer(spec, base, c) for c in cuts]
         layer_features = _pooled(base, layer_names, layer_pixels, batch_size, backbones.preprocessing_layer(spec))
+    elif layer_pixels is not None:  # the same size, as training decodes them (padded): the same network
+        layer_features = _pooled(model, names, layer_pixels, batch_size, pre)
 
     measurements: dict[str, Any] = {"sample": int(len(x))}
     parts: dict[str, float | None] = {"statistics": None, "recognition": None, "transferability": None}
@@ -593,12 +603,15 @@ def advise(
     chosen = stratified_sample(inspected.y, sample)
     by_name = {item.name: item for item in image_set.items}
     subset = data.ImageSet([by_name[inspected.names[i]] for i in chosen], source=image_set.source)
-    pixels = data.decode_dataset(subset, spec.input_size, data_config)
+    # The similarity's threshold and anchors were measured on pictures stretched to the square: white
+    # margins would read as "less like ImageNet", though they are not the user's content. The layers
+    # are compared on the pictures as training will see them (size and resize).
+    pixels = data.decode_dataset(subset, spec.input_size, dataclasses.replace(data_config, resize="stretch"))
     labels = np.asarray([inspected.class_names.index(subset.class_names[k]) for k in pixels.y])
     progress.on_stage_start("measure", 1)
     layer_pixels = None
-    if image_size and image_size != spec.input_size:
-        layer_pixels = data.decode_dataset(subset, image_size, data_config).x
+    if (image_size and image_size != spec.input_size) or data_config.resize != "stretch":
+        layer_pixels = data.decode_dataset(subset, image_size or spec.input_size, data_config).x
     measured = measure_domain(pixels.x, labels, backbone, weights, layer_pixels=layer_pixels)
     progress.on_stage_end("measure", None)
     rec = recommend(report["per_class"], measured)

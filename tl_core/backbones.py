@@ -1,4 +1,8 @@
-"""Registry of pretrained ConvNets: builder, input size, preprocessing, feature size, blocks.
+"""Registry of pretrained backbones: builder, input size, preprocessing, feature size, blocks.
+
+The ConvNets come from ``keras.applications``; DINOv2 ViT-S/14 from KerasHub's layers
+(:mod:`tl_core.vit`), built so that its blocks are transformer blocks and its last feature map
+is the grid of patch tokens: the rest of the engine treats it as one more ConvNet.
 
 A saved model always takes raw RGB pixels in [0, 255]: each backbone's preprocessing is a layer
 inside the model, not a function the caller must remember.
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tl_core import vit
 from tl_core.errors import ConfigError, WeightsUnavailableError
 
 
@@ -35,29 +40,34 @@ keras = _LazyKeras()
 WEIGHTS_DIR_ENV = "TL_WEIGHTS_DIR"
 OFFLINE_ENV = "TL_OFFLINE"  # "1": never download weights (air-gapped machines, servers that ship them)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN_RGB, _TORCH_STD_RGB = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What the engine needs to know about one ConvNet.
+    """What the engine needs to know about one backbone.
 
     Attributes:
         name: registry key (``mobilenet``).
         title: human name (``MobileNet v1``).
-        builder: name of the ``keras.applications`` constructor (see :meth:`build`).
+        builder: name of the ``keras.applications`` constructor, or ``tl_core.vit.<function>``
+            for a KerasHub vision transformer (see :meth:`build`).
         input_size: the side the ImageNet weights were trained at.
-        preprocessing: ``tf`` (scale to [-1, 1]), ``caffe`` (RGB->BGR, ImageNet mean subtracted)
+        preprocessing: ``tf`` (scale to [-1, 1]), ``caffe`` (RGB->BGR, ImageNet mean subtracted),
+            ``torch`` (scaled to [0, 1], then ImageNet mean and standard deviation per channel)
             or ``none`` (the model normalises its own input, as EfficientNet does).
         feature_dim: channels after global average pooling.
         block_pattern: regex whose group 1 names the block a layer belongs to.
         weights_files: file names looked for in ``TL_WEIGHTS_DIR``, documented name first, then
-            the name Keras gives its own download.
+            the name Keras gives its own download (for DINOv2: the weights file inside KerasHub's
+            preset folder, then that file alone).
         n_blocks: how many blocks ``block_pattern`` finds (checked by the tests), so a setting
             can be validated before any model is built.
         top_weights_files: like ``weights_files``, for the weights with the 1000-class ImageNet
             classifier (the advisor asks it how well it recognises the user's images).
         imagenet_top1: ImageNet top-1 accuracy and ``params_m`` millions of parameters (with the
-            top), as the Keras Applications table gives them (keras.io/api/applications).
+            top), as the Keras Applications table gives them (keras.io/api/applications); for
+            DINOv2, its paper's linear probe on frozen features.
     """
 
     name: str
@@ -74,7 +84,9 @@ class BackboneSpec:
     params_m: float = 0.0
 
     def build(self, **kwargs) -> keras.Model:
-        """``keras.applications.<builder>(**kwargs)``."""
+        """``keras.applications.<builder>(**kwargs)``, or ``tl_core.vit.<function>(**kwargs)``."""
+        if self.builder.startswith("tl_core.vit."):
+            return getattr(vit, self.builder.rpartition(".")[2])(**kwargs)
         return getattr(keras.applications, self.builder)(**kwargs)
 
 
@@ -142,6 +154,14 @@ BACKBONES: dict[str, BackboneSpec] = {
             ("resnet50_imagenet.weights.h5", "resnet50_weights_tf_dim_ordering_tf_kernels.h5"),
             imagenet_top1=0.749, params_m=25.6,
         ),
+        # Self-supervised features (Oquab et al., 2023): a linear probe on them alone reaches 81.1% top-1
+        # (the paper's ViT-S/14, distilled, probing CLS and mean patch tokens; here: the mean patch token).
+        # KerasHub's preset folder holds the weights; 22.2 M parameters counted at 224 px.
+        BackboneSpec(
+            "dinov2_small", "DINOv2 ViT-S/14", "tl_core.vit.build_dinov2_small", 224, "torch", 384,
+            rf"^({vit.BLOCK_PREFIX}\d+)$", (f"{vit.PRESET}/{vit.PRESET_WEIGHTS}", f"{vit.PRESET}.weights.h5"), 12,
+            imagenet_top1=0.811, params_m=22.2,
+        ),
     )
 }
 
@@ -199,6 +219,8 @@ def resolve_weights(spec: BackboneSpec, weights: str, seed: int = 0) -> Resolved
             raise WeightsUnavailableError(_offline_message(spec, ConnectionError(f"{OFFLINE_ENV}=1: no download")))
         return ResolvedWeights("imagenet", "imagenet-keras", "ImageNet (Keras download)")
     path = Path(weights).expanduser()
+    if path.is_dir() and (path / vit.PRESET_WEIGHTS).is_file():  # a KerasHub preset folder
+        path = path / vit.PRESET_WEIGHTS
     if not path.is_file():
         raise ConfigError(
             f"Weights file '{weights}' does not exist. Use 'imagenet', 'none' or the path of a "
@@ -241,10 +263,15 @@ def local_weights_file(filenames: tuple[str, ...]) -> Path | None:
 
 
 def _offline_message(spec: BackboneSpec, err: Exception) -> str:
+    first, last = spec.weights_files[0], spec.weights_files[-1]
+    if first.endswith("/" + vit.PRESET_WEIGHTS):
+        files = (f"KerasHub's '{first.split('/')[0]}' preset folder (with its '{vit.PRESET_WEIGHTS}': "
+                 f"'{first}'), or that file alone as '{last}',")
+    else:
+        files = f"'{first}' (or Keras' own '{last}')"
     return (
         f"Could not download the ImageNet weights of {spec.title} ({err.__class__.__name__}: "
-        f"{str(err)[:200]}). Offline? Put '{spec.weights_files[0]}' (or Keras' own "
-        f"'{spec.weights_files[-1]}') in a folder and set {WEIGHTS_DIR_ENV} to it, "
+        f"{str(err)[:200]}). Offline? Put {files} in a folder and set {WEIGHTS_DIR_ENV} to it, "
         "or train with weights 'none'."
     )
 
@@ -278,6 +305,11 @@ def preprocessing_layer(spec: BackboneSpec) -> keras.layers.Layer | None:
     """A built-in Keras layer doing the backbone's ``preprocess_input`` on raw [0, 255] RGB."""
     if spec.preprocessing == "tf":
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")
+    if spec.preprocessing == "torch":
+        # x / 255, then (x - mean) / std per channel: KerasHub's DINOV2ImageConverter, as one Rescaling.
+        return keras.layers.Rescaling(
+            scale=[1.0 / 255.0 / s for s in _TORCH_STD_RGB],
+            offset=[-m / s for m, s in zip(_TORCH_MEAN_RGB, _TORCH_STD_RGB)], name="preprocess")
     if spec.preprocessing == "caffe":
         # RGB->BGR and mean subtraction as a frozen 3x3 Dense on the channel axis: an exact,
         # standard layer, so the saved model loads anywhere without custom code.
@@ -310,15 +342,24 @@ def block_output_layer(spec: BackboneSpec, base: keras.Model, cut: int) -> str:
 
 
 def truncate_base(spec: BackboneSpec, base: keras.Model, cut: int) -> keras.Model:
-    """The backbone up to the end of the block ``cut`` blocks below the top (the same weights)."""
+    """The backbone up to the end of the block ``cut`` blocks below the top (the same weights).
+
+    A vision transformer's block gives tokens: the cut model ends with their map (:func:`feature_map`).
+    """
     if cut == 0:
         return base
     layer = base.get_layer(block_output_layer(spec, base, cut))
-    return keras.Model(base.input, layer.output, name=f"{base.name}_cut{cut}")
+    return keras.Model(base.input, feature_map(layer.output, f"cut{cut}"), name=f"{base.name}_cut{cut}")
+
+
+def feature_map(tensor, name: str):
+    """``tensor`` as a ``(batch, height, width, channels)`` map: a ConvNet's as it is, a vision
+    transformer's tokens as the grid of its patch tokens (:func:`tl_core.vit.token_map`)."""
+    return tensor if len(tensor.shape) == 4 else vit.token_map(tensor, name)
 
 
 def build_feature_model(
-    spec: BackboneSpec, base: keras.Model, image_size: int, inference_mode: bool = True, cut: int = 0
+    spec: BackboneSpec, base: keras.Model, image_size: int, inference_mode: bool = True, cut=0
 ) -> keras.Model:
     """Raw pixels -> preprocessing -> backbone -> global average pooling -> feature vector.
 
@@ -327,17 +368,37 @@ def build_feature_model(
             ImageNet statistics even when layers are unfrozen (transfer); ``False`` lets them
             learn (training from scratch).
         cut: take the features ``cut`` blocks below the top instead of from the last layer
-            (earlier, more generic features: the advice for small data from a different domain).
+            (earlier, more generic features: the advice for small data from a different domain);
+            a list of cuts: their features concatenated (:func:`feature_slices` says where each is).
     """
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = inputs
     pre = preprocessing_layer(spec)
     if pre is not None:
         x = pre(x)
+    if not isinstance(cut, int):  # several blocks' pooled features, side by side, from one pass
+        cuts = list(cut)
+        trunk = keras.Model(base.input, [base.get_layer(block_output_layer(spec, base, c)).output for c in cuts],
+                            name=f"{base.name}_blocks")
+        maps = trunk(x, training=False) if inference_mode else trunk(x)
+        pooled = [keras.layers.GlobalAveragePooling2D(name=f"features_cut{c}")(feature_map(m, f"features_cut{c}"))
+                  for c, m in zip(cuts, maps)]
+        outputs = keras.layers.Concatenate(name="features")(pooled)
+        return keras.Model(inputs, outputs, name=f"{spec.name}_block_features")
     base = truncate_base(spec, base, cut)
     x = base(x, training=False) if inference_mode else base(x)
     outputs = keras.layers.GlobalAveragePooling2D(name="features")(x)
     return keras.Model(inputs, outputs, name=f"{spec.name}_features")
+
+
+def feature_slices(spec: BackboneSpec, base: keras.Model, cuts) -> dict[int, slice]:
+    """Where each block's features sit in ``build_feature_model(..., cut=cuts)``'s output:
+    ``{cut: columns}``."""
+    slices, start = {}, 0
+    for cut in cuts:
+        width = int(base.get_layer(block_output_layer(spec, base, cut)).output.shape[-1])
+        slices[cut], start = slice(start, start + width), start + width
+    return slices
 
 
 # --------------------------------------------------------------------------- blocks

@@ -24,6 +24,13 @@ STRATEGY_LABELS = {
 }
 
 
+def feature_cut(run: dict[str, Any]) -> int | None:
+    """The block a feature-extractor run's features came from (0: the last layer): as set, or as its
+    ``auto`` setting chose it; ``None`` while an ``auto`` run has not chosen yet."""
+    cut = ((run.get("config") or {}).get("train") or {}).get("feature_cut") or 0
+    return cut if cut >= 0 else (run.get("metrics") or {}).get("feature_cut")
+
+
 def run_label(run: dict[str, Any]) -> str:
     """``Feature extractor (ovr, 4 blocks below the top) · mobilenet · Ab3x`` for legends and pickers.
 
@@ -36,8 +43,9 @@ def run_label(run: dict[str, Any]) -> str:
     details = []
     if strategy == "feature_extractor":
         details.append(str(train.get("head")))
-        if train.get("feature_cut"):
-            details.append(f"{train['feature_cut']} blocks below the top")
+        cut = feature_cut(run)
+        if cut:
+            details.append(f"{cut} blocks below the top")
     if strategy == "finetune" and train.get("start_from_probe"):
         details.append("LP-FT")
     if strategy != "feature_extractor" and train.get("augment"):

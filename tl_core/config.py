@@ -22,8 +22,23 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 TWIN_VERSION = 2
 # The model formats a finished run exports to (tl_core.export checks each against the app's model).
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite", "tflite-int8")
+# TrainConfig.feature_cut's "auto": the feature extractor takes the last layer's features or those of
+# the earlier block LogME ranks first among EARLY_CUTS, whichever scores better on the validation split.
+FEATURE_CUT_AUTO = -1
+EARLY_CUTS = (2, 4, 6)  # candidate blocks below the top for earlier-layer features (advisor, auto)
+
+
+def candidate_cuts(n_blocks: int) -> list[int]:
+    """The blocks a backbone of ``n_blocks`` offers the feature extractor: the last layer (0) and
+    those of :data:`EARLY_CUTS` it has."""
+    return [0] + [c for c in EARLY_CUTS if c < n_blocks]
+
+
 HEAD_NAMES = {"softmax": "softmax (multinomial logistic)", "ovr": "one-vs-rest logistic", "svm": "linear SVM"}
 DEFAULT_MAX_PIXELS = 40_000_000
+# How a picture becomes the model's square input (DataConfig.resize): padded to keep its shape, or stretched.
+RESIZE_MODES = ("pad", "stretch")
+DEFAULT_RESIZE = "pad"
 DEFAULT_MAX_ZIP_BYTES = 8 * 1024**3
 DEFAULT_MAX_ZIP_ENTRIES = 200_000
 DEFAULT_MAX_ZIP_RATIO = 100.0
@@ -70,6 +85,11 @@ class DataConfig:
         max_zip_expansion: the members a zip would extract may add up to at most this many times
             the zip's own size, checked before anything is extracted; ``None``: no such cap (a
             zip on one's own disk). :meth:`for_uploads` sets it for uploads.
+        resize: how a picture becomes the model's square input: ``pad`` (the default) keeps its
+            shape, its longer side made the input size and the rest filled with white; ``stretch``
+            stretches it to the square, as Keras' loaders do. Padding measured better on clipart8,
+            whose pictures are rarely square (``bench/recipe_vs_baseline.py``); on square pictures
+            the two are the same.
     """
 
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -80,6 +100,15 @@ class DataConfig:
     max_zip_entries: int = DEFAULT_MAX_ZIP_ENTRIES
     max_zip_ratio: float = DEFAULT_MAX_ZIP_RATIO
     max_zip_expansion: float | None = None
+    resize: str = DEFAULT_RESIZE
+
+    @classmethod
+    def stored(cls, values: dict[str, Any] | None) -> DataConfig:
+        """The data config a run or job recorded; runs from before ``resize`` existed stretched."""
+        values = dict(values or {})
+        values.setdefault("resize", "stretch")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
     @classmethod
     def for_uploads(cls) -> DataConfig:
@@ -92,6 +121,8 @@ class DataConfig:
         return cls(max_zip_expansion=env_number(UPLOAD_ZIP_EXPANSION_ENV, DEFAULT_UPLOAD_ZIP_EXPANSION) or None)
 
     def validate(self) -> DataConfig:
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"Unknown resize '{self.resize}'. Choose one of: {', '.join(RESIZE_MODES)}.")
         for name in ("max_pixels", "max_zip_bytes", "max_zip_entries", "max_zip_ratio", "max_zip_expansion"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} is {getattr(self, name)}; it must be a positive number.")
@@ -117,7 +148,10 @@ class TrainConfig:
         head: linear head of the feature extractor: ``softmax``, ``ovr`` or ``svm``.
         feature_cut: the feature extractor takes its features this many blocks below the top of
             the backbone (0: the last layer). Earlier features are more generic, which can help
-            small datasets unlike ImageNet (Yosinski et al. 2014).
+            small datasets unlike ImageNet (Yosinski et al. 2014). :data:`FEATURE_CUT_AUTO` (-1,
+            the default): the last layer or the earlier block of :data:`EARLY_CUTS` that LogME
+            ranks first, whichever scores better on the validation split (both come from the same
+            forward pass). Fine-tuning and training from scratch use the last layer.
         weights: ``imagenet``, ``none`` (random initialisation) or a path to a weights file.
         image_size: side in pixels images are resized to; ``None`` takes the backbone's own.
         batch_size: images per training / extraction batch.
@@ -153,7 +187,7 @@ class TrainConfig:
     backbone: str = "mobilenet"
     strategy: str = "feature_extractor"
     head: str = "softmax"
-    feature_cut: int = 0
+    feature_cut: int = FEATURE_CUT_AUTO
     weights: str = "imagenet"
     image_size: int | None = None
     batch_size: int = 32
@@ -199,13 +233,13 @@ class TrainConfig:
             "dense_units": self.dense_units >= 0,
             "dropout": 0.0 <= self.dropout < 1.0,
             "patience": self.patience >= 1,
-            "feature_cut": self.feature_cut >= 0,
+            "feature_cut": self.feature_cut >= FEATURE_CUT_AUTO,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{name} is {getattr(self, name)!r}, which is out of range.")
         spec = BACKBONES[self.backbone]
-        if self.feature_cut and self.strategy != "feature_extractor":
+        if self.feature_cut > 0 and self.strategy != "feature_extractor":
             raise ConfigError("feature_cut (features from an earlier block) applies to the feature "
                               "extractor only; set it to 0 for fine-tuning or training from scratch.")
         if self.feature_cut >= spec.n_blocks:
@@ -233,7 +267,8 @@ class TrainConfig:
         return [
             dataclasses.replace(transfer, strategy="feature_extractor", head="softmax"),
             dataclasses.replace(transfer, strategy="feature_extractor", head="ovr"),
-            dataclasses.replace(transfer, strategy="finetune", unfreeze_blocks=blocks, feature_cut=0,
+            dataclasses.replace(transfer, strategy="finetune", unfreeze_blocks=blocks,
+                                feature_cut=FEATURE_CUT_AUTO if self.feature_cut == FEATURE_CUT_AUTO else 0,
                                 fine_tune_epochs=self.fine_tune_epochs or 10),
             dataclasses.replace(self, strategy="scratch", weights="none", feature_cut=0),
         ]

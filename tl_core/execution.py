@@ -41,7 +41,7 @@ def train_claimed(store: RunStore, run_id: str) -> None:
     run_training(
         local_source(store, payload["source"]),  # a saved upload comes back from the artifacts location
         TrainConfig.from_dict(payload["train"]),
-        DataConfig(**payload.get("data", {})),
+        DataConfig.stored(payload.get("data")),
         store=store,
         progress=WorkerProgress(store, run_id),
         run_id=run_id,

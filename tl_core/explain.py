@@ -35,7 +35,7 @@ def explain_mistakes(run: dict, folder, max_side: int = 256, model=None, items: 
         return []
     config = run.get("config") or {}
     try:
-        data_config = DataConfig(**config.get("data", {}))
+        data_config = DataConfig.stored(config.get("data"))
         if items is None:  # a folder or a zip: the same loader training used
             items = {item.name: item for item in load_images(config["source"], data_config).items}
     except (TLCoreError, OSError, KeyError, TypeError, ValueError) as err:
@@ -54,7 +54,7 @@ def explain_mistakes(run: dict, folder, max_side: int = 256, model=None, items: 
             data = item.read_bytes() if item else None
             if data is None:
                 continue
-            model_input, picture = prepare_image(data, size, data_config.max_pixels)  # as training decoded it
+            model_input, picture = prepare_image(data, size, data_config.max_pixels, data_config.resize)  # as training decoded it
         except (TLCoreError, OSError):
             continue  # this picture only: the other heat maps are still drawn
         picture.thumbnail((max_side, max_side))

@@ -103,11 +103,17 @@ def readable_settings(train: dict[str, Any], metrics: dict[str, Any] | None = No
         shown["Pretrained weights"] = weights_label(metrics.get("weights") or train.get("weights"))
     shown["Image size"] = f"{size} x {size} px" if size else "the backbone's own"
     if strategy == "feature_extractor":
-        cut = train.get("feature_cut") or 0
+        cut = charts.feature_cut({"config": {"train": train}, "metrics": metrics})
         shown["Head"] = HEAD_NAMES.get(train.get("head"), str(train.get("head")))
-        shown["Features from"] = f"{cut} blocks below the top" if cut else "the last layer"
+        shown["Features from"] = (f"{cut} blocks below the top" if cut else "the last layer") + \
+            (" (chosen on the validation split)" if (train.get("feature_cut") or 0) < 0 and cut is not None else "")
+        if cut is None:
+            shown["Features from"] = "chosen when it trains"
     else:
         shown.update(_trained_settings(train))
+        if strategy == "finetune" and metrics.get("feature_cut"):
+            shown["ConvNet ends"] = (f"{metrics['feature_cut']} blocks below the top (the block the feature "
+                                     "extractor chose; its top blocks fine-tuned)")
     if metrics.get("precision") and strategy != "scratch":
         chosen = "chosen: faster here" if train.get("precision", "auto") == "auto" else "as set"
         shown["Feature extraction"] = f"{metrics['precision']} ({chosen}); the model is float32"
@@ -184,7 +190,7 @@ def test_split(run: dict[str, Any], cache_dir: Path | None = None) -> tuple[np.n
     metrics = run.get("metrics") or {}
     try:
         names = json.loads((folder / "split.json").read_text())["test"]
-        data_config = DataConfig(**run["config"].get("data", {}))
+        data_config = DataConfig.stored(run["config"].get("data"))
         image_set = load_images(run["config"]["source"], data_config)
     except (OSError, ValueError, KeyError, TypeError, TLCoreError) as err:
         raise ExportError(f"The run's test images cannot be read ({err}), so an export cannot be checked.") from err
@@ -229,12 +235,21 @@ def _any_size_agreement(fmt: str, out: Path, items: list, reference: np.ndarray)
     return float(np.mean(agree))
 
 
-def any_size_model(model, image_size: int):
-    """The model behind a resizing layer: it takes RGB pixels (0-255) of any size, as a batch."""
+def run_resize(run: dict[str, Any]) -> str:
+    """How the run's pictures became its model's square input (``pad`` or ``stretch``)."""
+    from tl_core.config import DataConfig
+
+    return DataConfig.stored((run.get("config") or {}).get("data")).resize
+
+
+def any_size_model(model, image_size: int, resize: str = "pad"):
+    """The model behind a resizing layer: it takes RGB pixels (0-255) of any size, as a batch, and
+    pads them to a square with white (``pad``, centred, as training did) or stretches them."""
     import keras
 
     inputs = keras.Input((None, None, 3), name="rgb_pixels")
     resized = keras.layers.Resizing(image_size, image_size, interpolation="bilinear", antialias=True,
+                                    pad_to_aspect_ratio=resize == "pad", fill_mode="constant", fill_value=255.0,
                                     name="resize_to_model")(inputs)
     return keras.Model(inputs, model(resized), name="exported_classifier")
 
@@ -289,7 +304,7 @@ def take_home(run: dict[str, Any]) -> Path:
     metrics = run["metrics"]
     with tempfile.TemporaryDirectory(prefix="tl-take-home-", dir=path.parent) as scratch:
         model, partial = Path(scratch) / "model.keras", Path(scratch) / "take-home.zip"
-        any_size_model(load_model_file(path), metrics["image_size"]).save(model)
+        any_size_model(load_model_file(path), metrics["image_size"], run_resize(run)).save(model)
         with zipfile.ZipFile(partial, "w") as archive:
             archive.write(model, "model.keras")  # stored as is: a .keras file is a zip already
             archive.writestr("classes.json", json.dumps(metrics["class_names"], indent=1), zipfile.ZIP_DEFLATED)
@@ -307,7 +322,7 @@ def _take_home_readme(run: dict[str, Any]) -> str:
 Test accuracy {metrics['test_accuracy']:.1%} ({split_text(metrics.get('split'))}; run `{run['id']}`).
 
 - `model.keras`: a Keras 3 model. It takes RGB pixels 0-255 (float32) of any size, as a batch, and
-  resizes them to {size} x {size} itself; preprocessing is inside. Plain `keras.saving.load_model`
+  {"pads them to a square with white and resizes them" if run_resize(run) == "pad" else "resizes them"} to {size} x {size} itself; preprocessing is inside. Plain `keras.saving.load_model`
   loads it, in safe mode: it holds no Python code.
 - `classes.json`: the class names, in the order of the model's outputs: {shown}.
 
@@ -367,15 +382,15 @@ def _predict_tflite(path: Path, x: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate(outputs)
 
 
-def _write_export(model, fmt: str, out: Path, image_size: int) -> None:
+def _write_export(model, fmt: str, out: Path, image_size: int, resize: str) -> None:
     import tempfile
 
     import tensorflow as tf
 
     if fmt == "keras":
-        any_size_model(model, image_size).save(out)
+        any_size_model(model, image_size, resize).save(out)
     elif fmt == "savedmodel":
-        any_size_model(model, image_size).export(str(out), format="tf_saved_model", verbose=False)
+        any_size_model(model, image_size, resize).export(str(out), format="tf_saved_model", verbose=False)
     else:  # TFLite: fixed input size (mobile runtimes resize before calling the model)
         with tempfile.TemporaryDirectory() as tmp:
             model.export(tmp, format="tf_saved_model", verbose=False)
@@ -425,7 +440,7 @@ def export_run(run: dict[str, Any], fmt: str, out: str | Path) -> dict[str, Any]
             out.unlink()
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            _write_export(model, fmt, out, size)
+            _write_export(model, fmt, out, size, run_resize(run))
             predict = {"keras": _predict_keras, "savedmodel": _predict_savedmodel}.get(fmt, _predict_tflite)
             predicted = predict(out, x).argmax(axis=1)  # the file, loaded back into a fresh object
             any_size = _any_size_agreement(fmt, out, items, reference)
@@ -459,6 +474,12 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
+# The TFLite model takes the model's own size: the picture made square as training made it.
+FIT_CODE = {
+    "pad": 'ImageOps.pad(ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB"), ({size}, {size}), '
+           'Image.BILINEAR, color="white")  # shape kept, white margins, as in training',
+    "stretch": 'ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB").resize(({size}, {size}), Image.BILINEAR)',
+}
 USAGE = {
     "keras": """import keras, numpy as np
 from PIL import Image, ImageOps
@@ -476,7 +497,7 @@ print(CLASSES[int(probabilities.argmax())])""",
 from PIL import Image, ImageOps
 interpreter = tf.lite.Interpreter(model_path="{file}")  # or ai_edge_litert.interpreter.Interpreter
 interpreter.allocate_tensors()
-image = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB").resize(({size}, {size}), Image.BILINEAR)
+image = {fit}
 interpreter.set_tensor(interpreter.get_input_details()[0]["index"], np.asarray(image, "float32")[None])
 interpreter.invoke()
 probabilities = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
@@ -500,7 +521,8 @@ def model_card(run: dict[str, Any], export: dict[str, Any]) -> tuple[str, dict[s
             pass
     fmt = export["format"]
     usage = USAGE["tflite" if fmt.startswith("tflite") else fmt].format(
-        file=Path(export["path"]).name, size=metrics.get("image_size")
+        file=Path(export["path"]).name, size=metrics.get("image_size"),
+        fit=FIT_CODE[run_resize(run)].format(size=metrics.get("image_size")),
     ).replace("CLASSES", repr(metrics.get("class_names")))
     card = {
         "run_id": run["id"],
@@ -509,9 +531,10 @@ def model_card(run: dict[str, Any], export: dict[str, Any]) -> tuple[str, dict[s
         | {"file": Path(export["path"]).name},
         "input": {
             "pixels": "RGB, 0-255, float32",
-            "size": "any (the model resizes to {0} x {0} with TensorFlow's antialiased bilinear filter; the app "
+            "size": "any (the model {1} to {0} x {0} with TensorFlow's antialiased bilinear filter; the app "
                     "resizes with Pillow, so pictures of other sizes may score slightly differently)".format(
-                        metrics.get("image_size"))
+                        metrics.get("image_size"),
+                        "pads to a square with white and resizes" if run_resize(run) == "pad" else "resizes")
             if fmt in ("keras", "savedmodel") else f"{metrics.get('image_size')} x {metrics.get('image_size')}",
         },
         "data": {

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tl_core.config import TWIN_VERSION
+from tl_core.config import DEFAULT_RESIZE, TWIN_VERSION
 from tl_core.data.arrays import (
     RELEASE_BYTES,
     PageRelease,
@@ -57,14 +57,16 @@ def inference_function(model: keras.Model, dtype="uint8"):
 
 
 def features_key(hashes: list[str], backbone: str, weights_identity: str, image_size: int, cut: int = 0, *,
-                 precision: str = "float32") -> str:
-    """Cache key: the images (in order), how they were decoded, the backbone, its exact weights, the
-    input size, the block the features come from and the precision they were computed in
-    (``float32`` keys are those of before precisions; ``bfloat16`` ones name the twin's version)."""
+                 precision: str = "float32", resize: str = DEFAULT_RESIZE) -> str:
+    """Cache key: the images (in order), how they were decoded (the decoder's version, padded or
+    stretched), the backbone, its exact weights, the input size, the block the features come from
+    (``-1``: every candidate block) and the precision they were computed in (``bfloat16`` keys
+    name the twin's version)."""
     if precision not in ("float32", "bfloat16"):
         raise ValueError(f"features_key takes the precision chosen (float32 or bfloat16), not {precision!r}")
     layer = f"|cut{cut}" if cut else ""
     layer += f"|bf16v{TWIN_VERSION}" if precision == "bfloat16" else ""
+    layer += "|stretch" if resize == "stretch" else ""
     digest = hashlib.sha256(f"{backbone}|{weights_identity}|{image_size}{layer}|decoder{DECODER_VERSION}\n".encode())
     for h in hashes:
         digest.update(h.encode())

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from tl_core.config import TrainConfig, env_number
-from tl_core.data import iter_chunks, make_batches
+from tl_core.data import iter_chunks, make_batches, take_rows
 from tl_core.errors import CancelledError
 from tl_core.features import OutputRows, inference_function
 from tl_core.hardware import inference_batch, jit_compile
@@ -50,6 +50,9 @@ class TrainedModel:
     model: keras.Model
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    feature_cut: int | None = None  # the feature extractor's block, as chosen (``feature_cut='auto'``)
+    # After a refit on training + validation: the validation probabilities from before it (calibration's input).
+    held_out_val: np.ndarray | None = None
 
 
 def build_augmentation(seed: int) -> keras.Sequential:
@@ -100,6 +103,14 @@ def build_head(
     return keras.Sequential(layers, name="head")
 
 
+def _softmax_dense(head: LinearHead) -> list[np.ndarray]:
+    """A fitted softmax :class:`LinearHead` as the weights ``[W, b]`` of one softmax Dense layer."""
+    W, b, mode = head.to_dense()
+    if mode == "ovr":  # two classes: [-f, f] under softmax(log_sigmoid) is [-f/2, f/2] under softmax
+        W, b = W / 2, b / 2
+    return [W, b]
+
+
 def build_probe_head(features, data, n_classes: int, config: TrainConfig):
     """Stage 1 of LP-FT: the softmax linear probe on the cached features, as one Dense layer on the
     raw features (its standardisation folded in), so the Keras model predicts what the probe does.
@@ -109,13 +120,21 @@ def build_probe_head(features, data, n_classes: int, config: TrainConfig):
     """
     probe = LinearHead("softmax", seed=config.seed).fit(
         features["train"], data["train"][1], features["val"], data["val"][1])
-    W, b, mode = probe.to_dense()
-    if mode == "ovr":  # two classes: [-f, f] under softmax(log_sigmoid) is [-f/2, f/2] under softmax
-        W, b = W / 2, b / 2
+    weights = _softmax_dense(probe)
     dense = keras.layers.Dense(n_classes, activation="softmax", name="predictions", dtype="float32")
-    head = keras.Sequential([keras.Input((W.shape[0],)), dense], name="head")
-    dense.set_weights([W, b])
+    head = keras.Sequential([keras.Input((weights[0].shape[0],)), dense], name="head")
+    dense.set_weights(weights)
     return head, probe
+
+
+def refitted_probe(probe: LinearHead, features, data) -> list[np.ndarray]:
+    """The probe's head at its C, fitted again on the training and validation features together (the
+    feature extractor's own solution), as Dense weights: what LP-FT keeps when stage 2 does not help."""
+    both = LinearHead("softmax", C=probe.C_, seed=probe.seed).fit(
+        np.concatenate([take_rows(features["train"], np.arange(len(features["train"]))),
+                        take_rows(features["val"], np.arange(len(features["val"])))]),
+        np.concatenate([data["train"][1], data["val"][1]]))
+    return _softmax_dense(both)
 
 
 def attach_head(feature_model: keras.Model, head: keras.Model, augment: keras.Model | None) -> keras.Model:
@@ -442,10 +461,23 @@ def train_two_stage(
                 f"Stage 2 never beat stage 1 on validation loss ({best_stage2:.3f} vs "
                 f"{stage1_val_loss:.3f}); the stage-1 model was kept."
             )
+            if probe is not None:
+                _refit_probe(result, head, probe, features, data)
         else:
             kept = kept_epoch_note("stage 2", result.history["stage2"])
+    elif probe is not None:
+        _refit_probe(result, head, probe, features, data)
     result.notes.append(kept)
     return result
+
+
+def _refit_probe(result: TrainedModel, head: keras.Model, probe: LinearHead, features, data) -> None:
+    """LP-FT ends at its probe: that probe refitted on training + validation, as the feature extractor
+    does (validation has chosen its C and judged stage 2 already; its images now train the head)."""
+    result.held_out_val = probe.predict_proba(take_rows(features["val"], np.arange(len(features["val"]))))
+    head.get_layer("predictions").set_weights(refitted_probe(probe, features, data))
+    result.notes.append(f"The probe was then refitted at C={probe.C_:g} on the training and validation images "
+                        "together: the feature extractor's own solution.")
 
 
 def kept_epoch_note(stage: str, history: list[dict[str, float]] | None) -> str:

@@ -81,16 +81,22 @@ class LinearHead:
             validation features, fitted on the training features alone. ``cv``: stratified k-fold
             cross-validation on the training and validation features together, trying balanced
             class weights too when the classes are imbalanced, then a refit on both. Not the
-            default: ``bench/recipe_vs_baseline.py`` measured it tied with ``validation`` on both
+            default: ``bench/results/recipe_candidates.json`` measured it tied with ``validation`` on both
             shared datasets (5 seeds, paired), at 20-80 s more per fit on 2 cores.
+        refit: with ``selection='validation'``, once C is chosen the head is fitted again on the
+            training and validation features together (more images for the final fit; the
+            feature extractor's default, measured in ``bench/recipe_vs_baseline.py``). The
+            probabilities the training-only head gave the validation images stay in
+            ``held_out_proba_``: what calibration may fit on, as they were not trained on.
     """
 
     def __init__(self, kind: str = "softmax", C: float | None = None, seed: int = 0,
-                 selection: str = "validation") -> None:
+                 selection: str = "validation", refit: bool = False) -> None:
         self.kind = kind
         self.C = C
         self.seed = seed
         self.selection = selection
+        self.refit = refit
 
     def _classifier(self, C: float, y: np.ndarray, class_weight: str | None = None,
                     calibration_folds: int | None = None):
@@ -123,7 +129,9 @@ class LinearHead:
         Attributes set:
             ``C_``, ``class_weight_``, ``selection_`` (how they were chosen: ``cv``, ``validation``
             or ``given``), ``validation_scores_`` (``{(C, class_weight): mean accuracy}``),
-            ``n_fit_`` (rows the final head was fitted on).
+            ``n_fit_`` (rows the final head was fitted on), ``held_out_proba_`` (after a refit:
+            the validation probabilities of the head fitted on the training features alone; else
+            ``None``).
         """
         with threadpool_limits(limits=head_blas_threads(), user_api="blas"):
             return self._fit(X, y, X_val, y_val)
@@ -154,10 +162,14 @@ class LinearHead:
             raise ConfigError("A head needs at least 2 classes in its training data.")
         # Labels are re-indexed 0..k-1 so predict_proba columns match class indices.
         encoded = np.searchsorted(self.classes_, y)
+        self.held_out_proba_ = None
         if mode == "cv":
             self._choose_by_cross_validation(_rows64(X), encoded, folds)
         elif mode == "validation":
-            self._choose_on_validation(X, encoded, X_val, y_val)
+            held_out = self._choose_on_validation(X, encoded, X_val, y_val)
+            if self.refit and np.isin(np.asarray(y_val), self.classes_).all():
+                self.held_out_proba_ = held_out
+                X, encoded = np.concatenate([_rows64(X), _rows64(X_val)]), np.searchsorted(self.classes_, both)
         else:
             self.C_, self.class_weight_ = (self.C if self.C is not None else 0.1), None
             self.selection_, self.validation_scores_ = mode, {}
@@ -186,17 +198,38 @@ class LinearHead:
             scores, key=lambda key: (round(scores[key], 9), key[1] is None, -abs(np.log10(key[0]) + 1)))
         self.selection_, self.validation_scores_, self.folds_ = "cv", scores, folds
 
-    def _choose_on_validation(self, X, encoded: np.ndarray, X_val, y_val) -> None:
+    def _choose_on_validation(self, X, encoded: np.ndarray, X_val, y_val) -> np.ndarray:
+        """Chooses C by accuracy on the validation features; returns the chosen head's probabilities
+        for them (fitted on the training features alone)."""
         scaler = StandardScaler()
         Xs = _standardised(scaler, X, fit=True)
         val_encoded = np.searchsorted(self.classes_, np.asarray(y_val))
         X_val = _standardised(scaler, X_val)
-        scores = {}
+        scores, probabilities = {}, {}
         for C in C_GRID:
             candidate = self._classifier(C, encoded).fit(Xs, encoded)
-            scores[(C, None)] = float((candidate.predict(X_val) == val_encoded).mean())
+            probabilities[C] = candidate.predict_proba(X_val)
+            scores[(C, None)] = float((probabilities[C].argmax(axis=1) == val_encoded).mean())
         self.C_ = max(C_GRID, key=lambda c: (scores[(c, None)], -abs(np.log10(c) + 1)))
         self.class_weight_, self.selection_, self.validation_scores_ = None, "validation", scores
+        return probabilities[self.C_]
+
+    def cross_validated_accuracy(self, X, y, seed: int | None = None) -> float:
+        """Mean stratified k-fold accuracy of a head of this kind at the C (and class weights) this
+        one chose, on ``X, y``: a steadier score than one validation split for comparing heads on
+        different features. ``nan`` when a class has under 2 images."""
+        self._check_fitted()
+        encoded = np.searchsorted(self.classes_, np.asarray(y))
+        counts = np.bincount(encoded, minlength=len(self.classes_))
+        folds = int(min(CV_FOLDS, counts.min()))
+        calibration = min(3, counts.min() * (folds - 1) // max(folds, 1))
+        if folds < 2 or (self.kind == "svm" and calibration < 2):
+            return float("nan")
+        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=self.seed if seed is None else seed)
+        pipeline = Pipeline([("scale", StandardScaler()), ("clf", self._classifier(
+            self.C_, encoded, self.class_weight_, calibration_folds=calibration))])
+        with threadpool_limits(limits=head_blas_threads(), user_api="blas"):
+            return float(cross_val_score(pipeline, _rows64(X), encoded, cv=cv, scoring="accuracy").mean())
 
     def describe(self) -> str:
         """How C was chosen, in words, for a run's notes."""
@@ -206,6 +239,9 @@ class LinearHead:
             return (f"C={self.C_:g}{weights} chosen by {self.folds_}-fold cross-validation on the training and "
                     f"validation images together (mean accuracy {score:.3f}), then refitted on all "
                     f"{self.n_fit_} of them.")
+        if self.selection_ == "validation" and self.held_out_proba_ is not None:
+            return (f"C={self.C_:g} chosen on the validation split, then refitted on the training and validation "
+                    f"images together ({self.n_fit_} of them).")
         if self.selection_ == "validation":
             return f"C={self.C_:g} chosen on the validation split."
         return f"C={self.C_:g}."

@@ -214,7 +214,7 @@ def label_issues_for(source, *, backbone: str = "mobilenet", weights: str = "ima
         identity = resolved.identity + ("|mixed" if jit_compile() else "")
 
         def features_path(hashes) -> Path:
-            key = features_key(hashes, spec.name, identity, size, precision=chosen)
+            key = features_key(hashes, spec.name, identity, size, precision=chosen, resize=data_config.resize)
             return Path(folder) / "features" / (key + ".npy")
 
         (Path(folder) / "features").mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import numpy as np
 import tl_core
 from tl_core import backbones, data
 from tl_core.calibration import apply_temperature, calibrate
-from tl_core.config import DataConfig, TrainConfig, env_number, run_payload
+from tl_core.config import FEATURE_CUT_AUTO, DataConfig, candidate_cuts, TrainConfig, env_number, run_payload
 from tl_core.errors import CancelledError, TLCoreError
 from tl_core.fsutil import write_json_atomic
 from tl_core.features import FeaturePass, extract_features, features_key
@@ -265,9 +265,10 @@ def _prepare(ctx: RunContext, strategy) -> _Prepared:
     ]
     weights = backbones.resolve_weights(spec, "none" if config.strategy == "scratch" else config.weights, config.seed)
     base = backbones.build_base(spec, weights, size, config.seed)
-    feature_model = backbones.build_feature_model(
-        spec, base, size, inference_mode=config.strategy != "scratch", cut=config.feature_cut
-    )
+    cut = config.feature_cut if config.strategy != "scratch" else 0
+    feature_model = backbones.build_feature_model(  # auto: every candidate block's features, one pass
+        spec, base, size, inference_mode=config.strategy != "scratch",
+        cut=candidate_cuts(spec.n_blocks) if cut == FEATURE_CUT_AUTO else cut)
     need_features = config.strategy in ("feature_extractor", "finetune")
     # The frozen ConvNet's forward passes (not training, not the saved model) in bfloat16 where faster.
     precision, inference_model = (choose_precision(config.precision, feature_model, backbone=spec.name,
@@ -276,7 +277,7 @@ def _prepare(ctx: RunContext, strategy) -> _Prepared:
 
     def features_path(hashes) -> Path:
         identity = weights.identity + ("|mixed" if jit_compile() else "")
-        key = features_key(hashes, spec.name, identity, size, config.feature_cut, precision=precision)
+        key = features_key(hashes, spec.name, identity, size, cut, precision=precision, resize=ctx.data_config.resize)
         return store.cache_dir / "features" / (key + ".npy")
 
     decoded, features = decode_and_extract(
@@ -298,7 +299,7 @@ def _train(ctx: RunContext, p: _Prepared) -> tuple[TrainedModel, dict[str, np.nd
     and test splits (``{"val": ..., "test": ...}``)."""
     config, listener, decoded, splits = ctx.config, ctx.listener, p.decoded, p.splits
     if config.strategy == "feature_extractor":
-        return _train_linear_head(p.feature_model, p.features, splits, decoded, config, listener)
+        return _train_linear_head(p, config, listener)
     # Each split reads its pixels from the decoded cache (a memory-mapped file) batch by batch.
     split_data = {part: (data.Rows(decoded.x, idx), decoded.y[idx]) for part, idx in splits.items()}
     n_classes = len(decoded.class_names)
@@ -306,14 +307,29 @@ def _train(ctx: RunContext, p: _Prepared) -> tuple[TrainedModel, dict[str, np.nd
     if config.strategy == "finetune":
         # One pass of the frozen ConvNet (cached): it sets the head's feature standardisation
         # and, without augmentation, is all stage 1 needs.
-        spec, base, size = p.spec, p.base, p.size
+        spec, base, size, feature_model = p.spec, p.base, p.size, p.feature_model
+        features = {part: data.Rows(p.features, idx) for part, idx in splits.items()}
+        layer_notes, cut = [], None
+        if config.feature_cut == FEATURE_CUT_AUTO:
+            # The feature extractor's block (its rule, the same features): fine-tuning starts from that
+            # solution, the ConvNet ending at that block and its top blocks unfrozen in stage 2.
+            listener.on_stage_start("head", 1)
+            cut, _, note = _choose_layer(p, config, fewest_blocks_left=max(config.unfreeze_blocks, 0))
+            listener.on_stage_end("head", None)
+            columns = backbones.feature_slices(spec, base, candidate_cuts(spec.n_blocks))[cut]
+            features = {part: np.ascontiguousarray(data.take_rows(p.features, idx)[:, columns])
+                        for part, idx in splits.items()}
+            base = backbones.truncate_base(spec, base, cut)  # one model: unfreezing and the split act on it
+            feature_model = backbones.build_feature_model(spec, base, size)
+            layer_notes.append(note + (" Fine-tuning ends the ConvNet there." if cut else ""))
         trained = train_two_stage(
-            p.feature_model, split_data, n_classes, config=p.fit_config, progress=listener,
-            features={part: data.Rows(p.features, idx) for part, idx in splits.items()},
+            feature_model, split_data, n_classes, config=p.fit_config, progress=listener, features=features,
             unfreeze=lambda n: backbones.set_trainable_blocks(spec, base, n),
             split=lambda n: backbones.split_at_block(spec, base, n, size),
             checkpoints=checkpoints, cache_dir=ctx.store.cache_dir / "activations",
         )
+        trained.notes[:0] = layer_notes
+        trained.feature_cut = cut
     else:
         trained = train_scratch(p.feature_model, split_data, n_classes, config=p.fit_config, progress=listener,
                                 checkpoints=checkpoints)
@@ -322,6 +338,8 @@ def _train(ctx: RunContext, p: _Prepared) -> tuple[TrainedModel, dict[str, np.nd
     probabilities = {part: trained.model.predict(
         data.make_batches(split_data[part][0], None, inference_batch(config.batch_size)), verbose=0)
         for part in ("val", "test")}
+    if trained.held_out_val is not None:  # refitted on validation too: calibrate on the probabilities from before
+        probabilities["val"] = trained.held_out_val
     listener.on_stage_end("evaluate", None)
     return trained, probabilities
 
@@ -350,6 +368,7 @@ def _measure(ctx: RunContext, p: _Prepared, trained: TrainedModel, split_probabi
             "split": {part: int(len(idx)) for part, idx in splits.items()},
             "distribution": p.distribution,
             "precision": p.precision,
+            **({"feature_cut": trained.feature_cut} if trained.feature_cut is not None else {}),
             "history": trained.history,
             "notes": trained.notes,
             "timing": _timing(ctx.timer, trained.history, len(decoded.y), len(splits["train"]), len(splits["val"])),
@@ -441,13 +460,59 @@ def _features_of_files_cached(image_set: data.ImageSet, cache_dir: Path, feature
     return None not in hashes and features_path(hashes).exists()
 
 
-def _train_linear_head(feature_model, features, splits, decoded, config, listener):
-    train, val, test = splits["train"], splits["val"], splits["test"]
+def _fit_head(features, columns: slice | None, splits, y, config) -> LinearHead:
+    """The run's linear head on ``features`` (their ``columns``: one candidate block's), C chosen on
+    the validation split, then refitted on the training and validation images together."""
+    def rows(part):
+        return data.Rows(features, splits[part]) if columns is None else data.take_rows(features, splits[part])[:, columns]
+
+    return LinearHead(config.head, seed=config.seed, refit=True).fit(
+        rows("train"), y[splits["train"]], rows("val"), y[splits["val"]])
+
+
+def _choose_layer(p: _Prepared, config, fewest_blocks_left: int = 0) -> tuple[int, LinearHead, str]:
+    """``feature_cut='auto'``: LogME ranks the earlier candidate blocks on the training and validation
+    images; a head on the best of them and one on the last layer each choose C on the validation
+    split; then 5-fold cross-validation on training + validation at those C settles which features
+    are better (one validation split of a small dataset picked a worse block by chance: it decides
+    only C). A tie keeps the last layer. ``bench/recipe_vs_baseline.py`` measures the rule.
+
+    ``fewest_blocks_left``: earlier blocks are candidates only when at least this many blocks stay
+    below the cut's top (fine-tuning unfreezes them)."""
+    from tl_core.transferability import logme
+
+    slices = backbones.feature_slices(p.spec, p.base, candidate_cuts(p.spec.n_blocks))
+    y, fit = p.decoded.y, np.concatenate([p.splits["train"], p.splits["val"]])
+    last = _fit_head(p.features, slices[0], p.splits, y, config)
+    early = {cut: columns for cut, columns in slices.items() if cut and p.spec.n_blocks - cut >= fewest_blocks_left}
+    if not early or len(p.splits["val"]) == 0:
+        return 0, last, "Features from the last layer."
+    fit_rows = data.take_rows(p.features, fit)
+    ranked = max(early, key=lambda cut: logme(fit_rows[:, early[cut]], y[fit]))
+    heads = {0: last, ranked: _fit_head(p.features, early[ranked], p.splits, y, config)}
+    scores = {cut: head.cross_validated_accuracy(fit_rows[:, slices[cut]], y[fit]) for cut, head in heads.items()}
+    chosen = ranked if scores[ranked] > scores[0] else 0
+    other = ranked if chosen == 0 else 0
+    where = lambda cut: f"{cut} blocks below the top" if cut else "the last layer"  # noqa: E731
+    note = (f"Features from {where(chosen)}: cross-validated accuracy {scores[chosen]:.3f} on the training and "
+            f"validation images, against {scores[other]:.3f} from {where(other)} (of the earlier blocks "
+            f"{', '.join(str(c) for c in early)} below the top, LogME ranked {ranked} first).")
+    return chosen, heads[chosen], note
+
+
+def _train_linear_head(p: _Prepared, config, listener):
+    splits, decoded, features = p.splits, p.decoded, p.features
+    val, test = splits["val"], splits["test"]
     # scikit-learn fits in memory: the split's features (n x feature_dim), not its pixels.
     listener.on_stage_start("head", 1)
-    head = LinearHead(config.head, seed=config.seed).fit(
-        data.Rows(features, train), decoded.y[train], data.Rows(features, val), decoded.y[val]
-    )
+    notes, columns, feature_model = [], None, p.feature_model
+    if config.feature_cut == FEATURE_CUT_AUTO:
+        cut, head, layer_note = _choose_layer(p, config)
+        columns = backbones.feature_slices(p.spec, p.base, candidate_cuts(p.spec.n_blocks))[cut]
+        feature_model = backbones.build_feature_model(p.spec, p.base, p.size, cut=cut)
+        notes.append(layer_note)
+    else:
+        cut, head = config.feature_cut, _fit_head(features, None, splits, decoded.y, config)
     listener.on_step("head", 1, {"C": head.C_})
     listener.on_stage_end("head", {"C": head.C_})
     W, b, mode = head.to_dense()
@@ -460,9 +525,18 @@ def _train_linear_head(feature_model, features, splits, decoded, config, listene
     x = keras.layers.Rescaling(1.0, name=TEMPERATURE_LAYER, dtype="float32")(x)
     outputs = keras.layers.Activation("softmax", name="probabilities", dtype="float32")(x)
     model = keras.Model(feature_model.input, outputs, name=f"{feature_model.name}_{config.head}")
-    note = f"Linear head '{config.head}' on cached features; {head.describe()}"
-    probabilities = {part: head.predict_proba(data.take_rows(features, idx)) for part, idx in (("val", val), ("test", test))}
-    return TrainedModel(model, {}, [note]), probabilities
+    notes.append(f"Linear head '{config.head}' on cached features; {head.describe()}")
+    if head.held_out_proba_ is not None:
+        notes.append("The head was refitted on the training and validation images, so its calibration (below) comes "
+                     "from the validation images' probabilities before that refit: the ones it had not trained on.")
+
+    def rows(idx):
+        chosen = data.take_rows(features, idx)
+        return chosen if columns is None else chosen[:, columns]
+
+    probabilities = {"test": head.predict_proba(rows(test)),
+                     "val": head.held_out_proba_ if head.held_out_proba_ is not None else head.predict_proba(rows(val))}
+    return TrainedModel(model, {}, notes, feature_cut=cut), probabilities
 
 def _timing(timer: StageTimer, history, n_images: int, n_train: int, n_val: int) -> dict[str, dict[str, float]]:
     timing = {}

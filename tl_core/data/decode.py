@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence  # noqa: F401  (ImageSequence keeps GIF support loaded)
 
-from tl_core.config import DEFAULT_MAX_PIXELS, DataConfig
+from tl_core.config import DEFAULT_MAX_PIXELS, DEFAULT_RESIZE, RESIZE_MODES, DataConfig
 from tl_core.data.arrays import PageRelease, create_npy, truncate_npy
 from tl_core.data.ingest import ImageItem, ImageSet
 from tl_core.errors import DataError, ImageDecodeError
@@ -35,7 +35,7 @@ from tl_core.fsutil import temporary_path
 from tl_core.progress import NullProgress, ProgressListener
 
 # Bumped whenever decoding changes what pixels come out, so stale caches are never reused.
-DECODER_VERSION = 2
+DECODER_VERSION = 3
 # Images decoded ahead of the one being written: what decoding holds in memory, whatever the size.
 DECODE_AHEAD = 64
 
@@ -171,7 +171,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")  # L
 
 
-def _model_pixels(image: Image.Image, size: int) -> np.ndarray:
+def _model_pixels(image: Image.Image, size: int, resize: str = DEFAULT_RESIZE) -> np.ndarray:
     """The model's input from :func:`_open_image`'s picture: ``size`` x ``size`` uint8 RGB.
 
     Grayscale and transparent pictures are resized first and made RGB after, on the small image:
@@ -179,12 +179,39 @@ def _model_pixels(image: Image.Image, size: int) -> np.ndarray:
     compositing on white is linear; rounding moves a value by at most 3 of 255, on 0.01 on average
     over clipart8) for a fraction of the work.
     """
-    return np.asarray(_to_rgb(_resized(image, size)), dtype=np.uint8)
+    return np.asarray(_to_rgb(_resized(image, size, resize)), dtype=np.uint8)
 
 
-def _resized(image: Image.Image, size: int) -> Image.Image:
-    """Stretched to ``size`` x ``size``, as Keras' loaders do."""
-    return image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+# What a padded margin is filled with, per mode: white, or transparent (composited on white later).
+_MARGIN = {"RGB": (255, 255, 255), "L": 255, "RGBA": (255, 255, 255, 0), "LA": (255, 0)}
+
+
+def _resized(image: Image.Image, size: int, resize: str = DEFAULT_RESIZE) -> Image.Image:
+    """``size`` x ``size``: ``pad`` keeps the picture's shape (its longer side made ``size``, centred
+    on a white square), ``stretch`` stretches it to the square, as Keras' loaders do."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize is {resize!r}; one of {', '.join(RESIZE_MODES)}")
+    width, height = image.size
+    if resize == "stretch" or width == height:
+        return image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    scale = size / max(width, height)
+    inner = (max(1, round(width * scale)), max(1, round(height * scale)))
+    canvas = Image.new(image.mode, (size, size), _MARGIN[image.mode])
+    canvas.paste(image.resize(inner, Image.Resampling.BILINEAR, reducing_gap=3.0),
+                 ((size - inner[0]) // 2, (size - inner[1]) // 2))
+    return canvas
+
+
+def padded_picture(picture: Image.Image) -> Image.Image:
+    """An RGB picture on a white square (centred, as :func:`_resized` pads it at the model's size):
+    what a ``pad`` model sees, so heat maps drawn over it line up."""
+    width, height = picture.size
+    if width == height:
+        return picture
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))
+    canvas.paste(picture, ((side - width) // 2, (side - height) // 2))
+    return canvas
 
 
 def _bomb_reason(err: Image.DecompressionBombError, max_pixels: int) -> str:
@@ -216,26 +243,32 @@ def _unidentified_reason(data: bytes) -> str:
     return "not a readable image (unknown or corrupt format)"
 
 
-def prepare_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Image.Image]:
-    """Decode image bytes exactly as training does; returns the model's input pixels and the picture.
+def prepare_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  resize: str = DEFAULT_RESIZE) -> tuple[np.ndarray, Image.Image]:
+    """Decode image bytes exactly as training does; returns the model's input pixels and the picture
+    (with ``pad``, on its white square: a heat map of the input lines up with it).
+
+    Args:
+        resize: the run's :attr:`~tl_core.config.DataConfig.resize`.
 
     Raises:
         ImageDecodeError: the image cannot be used (see :func:`decode_image`).
     """
     image, _ = _open_image(data, max_pixels, draft_size=size)
-    return _model_pixels(image, size), _to_rgb(image)
+    picture = _to_rgb(image)
+    return _model_pixels(image, size, resize), (padded_picture(picture) if resize == "pad" else picture)
 
 
-def _decode_one(item: ImageItem, max_pixels: int, size: int | None):
+def _decode_one(item: ImageItem, max_pixels: int, size: int | None, resize: str = DEFAULT_RESIZE):
     """Returns ``(pixels or None, info, sha256)`` or raises ImageDecodeError."""
     data = item.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     image, info = _open_image(data, max_pixels, draft_size=size or 256)
-    return (_model_pixels(image, size) if size is not None else None), info, digest
+    return (_model_pixels(image, size, resize) if size is not None else None), info, digest
 
 
-def _cache_key(image_set: ImageSet, size: int | None, max_pixels: int) -> str:
-    digest = hashlib.sha256(f"v{DECODER_VERSION}:{size}:{max_pixels}\n".encode())
+def _cache_key(image_set: ImageSet, size: int | None, max_pixels: int, resize: str = DEFAULT_RESIZE) -> str:
+    digest = hashlib.sha256(f"v{DECODER_VERSION}:{size}:{max_pixels}:{resize}\n".encode())
     for item in image_set.items:
         if item.path is not None:
             try:
@@ -322,7 +355,7 @@ def cached_decode(
 
 def _cache_file(image_set: ImageSet, image_size: int, config: DataConfig, cache_dir: Path) -> Path:
     """The decoded-pixel cache entry's path, without suffix (``.npy`` and ``.json`` beside it)."""
-    return Path(cache_dir) / f"decoded-{_cache_key(image_set, image_size, config.max_pixels)}"
+    return Path(cache_dir) / f"decoded-{_cache_key(image_set, image_size, config.max_pixels, config.resize)}"
 
 
 def file_hashes(image_set: ImageSet) -> list[str | None]:
@@ -349,7 +382,7 @@ def _decode_into(
 
     def work(item: ImageItem):
         try:
-            return item, _decode_one(item, config.max_pixels, image_size), None
+            return item, _decode_one(item, config.max_pixels, image_size, config.resize), None
         except ImageDecodeError as err:
             return item, None, str(err)
         except OSError as err:  # an unreadable file on disk
