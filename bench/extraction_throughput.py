@@ -27,6 +27,12 @@ rounds of the float32 raw forward (the baseline), the bfloat16 raw forward (tl_c
 twin: mixed_bfloat16 from the third convolution on, each BatchNormalization folded into its
 convolution) and extraction from files in bfloat16 (decoding overlapped, as a run does it), each as
 a ratio to the float32 raw forward of the same round, and what ``--precision auto`` chooses here.
+Each round also prints the CPU seconds per image (``process_time``, all threads) of the float32 and
+bfloat16 forward passes, of decoding alone and of extraction from files, and the most extraction
+from files can reach when the cores are busy: the bfloat16 forward and the decoding together need
+(bfloat16 CPU + decoding CPU) / cores of wall time per image at best, and no less than the bfloat16
+raw forward. On a machine shared with other jobs the cores are not all ours: that ceiling is then
+optimistic, and the decoding threads (nice 19) get least of what the other jobs leave.
 """
 
 from __future__ import annotations
@@ -127,6 +133,7 @@ def bf16_rounds(args) -> None:
     image_set.items = image_set.items[: args.limit]
     pixels = data.decode_dataset(image_set, 224).x
     n = len(pixels)
+    cores = os.cpu_count() or 1
     print(f"{n} images from {args.data} on {machine()}; native bfloat16: {bf16_supported()}")
     for name in args.backbones:
         spec = backbones.get_spec(name)
@@ -137,23 +144,30 @@ def bf16_rounds(args) -> None:
         twin = bfloat16_twin(model)
         for m in (model, twin):
             extract_features(m, pixels[: args.batch_size], args.batch_size)  # warm-up: tracing
-        ratios: dict[str, list[float]] = {"bfloat16 raw forward": [], "bfloat16 from files": []}
+        ratios: dict[str, list[float]] = {"bfloat16 raw forward": [], "bfloat16 from files": [], "ceiling": []}
         for rep in range(1, args.reps + 1):
-            f32 = [timed(lambda: extract_features(model, pixels, args.batch_size))]
-            bf16 = timed(lambda: extract_features(twin, pixels, args.batch_size))
+            f32, f32_cpu = cpu_timed(lambda: extract_features(model, pixels, args.batch_size))
+            bf16, bf16_cpu = cpu_timed(lambda: extract_features(twin, pixels, args.batch_size))
             with tempfile.TemporaryDirectory() as cache:
                 cache = Path(cache)
                 features_path = lambda hashes, cache=cache: cache / "features" / f"{time.monotonic_ns()}.npy"  # noqa: E731
-                files = timed(lambda: decode_and_extract(
+                files, files_cpu = cpu_timed(lambda: decode_and_extract(
                     image_set, 224, DataConfig(), cache_dir=cache, feature_model=twin, features_path=features_path,
                     batch_size=args.batch_size, progress=NullProgress()))
-            f32.append(timed(lambda: extract_features(model, pixels, args.batch_size)))
-            raw = n / statistics.mean(f32)
+            _, decode_cpu = cpu_timed(lambda: data.decode_dataset(image_set, 224))
+            f32_end, f32_end_cpu = cpu_timed(lambda: extract_features(model, pixels, args.batch_size))
+            raw = n / statistics.mean([f32, f32_end])
+            ceiling = min(n / bf16, cores * n / (bf16_cpu + decode_cpu)) / raw
             ratios["bfloat16 raw forward"].append(n / bf16 / raw)
             ratios["bfloat16 from files"].append(n / files / raw)
+            ratios["ceiling"].append(ceiling)
+            per_image = {"float32 forward": (f32_cpu + f32_end_cpu) / 2, "bfloat16 forward": bf16_cpu,
+                         "decoding": decode_cpu, "from files": files_cpu}
             print(f"{spec.title:<16} round {rep}: float32 raw forward {raw:6.1f} img/s | bfloat16 raw forward "
                   f"{n / bf16:6.1f} img/s ({n / bf16 / raw:.2f}x) | bfloat16 from files {n / files:6.1f} img/s "
-                  f"({n / files / raw:.2f}x)")
+                  f"({n / files / raw:.2f}x) | CPU per image: " + ", ".join(
+                      f"{stage} {seconds / n * 1e3:.1f} ms" for stage, seconds in per_image.items())
+                  + f" on {cores} cores: ceiling {ceiling:.2f}x")
         with tempfile.TemporaryDirectory() as cache:
             chosen, _ = choose_precision("auto", model, backbone=name, image_size=224, cache_dir=cache)
         print(f"{spec.title:<16} median over {args.reps} rounds: " + " | ".join(
@@ -165,6 +179,13 @@ def timed(work) -> float:
     start = time.perf_counter()
     work()
     return time.perf_counter() - start
+
+
+def cpu_timed(work) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds of every thread of this process)`` of ``work()``."""
+    cpu = time.process_time()
+    wall = timed(work)
+    return wall, time.process_time() - cpu
 
 
 if __name__ == "__main__":

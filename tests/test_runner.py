@@ -282,8 +282,8 @@ def test_lpft_starts_from_the_feature_extractors_block(tmp_path, store, monkeypa
     chosen = {}
     real = runner_module._choose_layer
 
-    def forced(p, config):
-        _, head, note = real(p, config)
+    def forced(p, config, **kwargs):
+        _, head, note = real(p, config, **kwargs)
         chosen["note"] = note
         return 2, head, "Features from 2 blocks below the top (forced by the test)."
 
