@@ -109,7 +109,7 @@ def test_strategy_page_asks_before_a_measurement_that_may_download(app, folder, 
     # megabytes, so the page asks (the weights server's answer is the one thing not tried for real here).
     monkeypatch.delenv("TL_WEIGHTS_DIR", raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr("ui.state._can_download_weights", lambda: True)
+    monkeypatch.setattr("ui.state._can_download_weights", lambda host=None: True)
     _open(app, "strategy", **_dataset(folder))
     assert any(b.label == "Measure domain similarity" for b in app.button)
     assert not app.warning
@@ -263,3 +263,18 @@ def test_runs_page_shows_a_comparison_with_intervals_verdicts_and_the_best_group
                                    or "worse than" in verdicts[0])
     runs_table = app.dataframe[1].value
     assert runs_table[""].str.contains("★").sum() >= 2  # the best group's runs are marked in the runs table too
+
+
+def test_missing_weights_asks_the_right_server_and_names_the_right_files(monkeypatch, tmp_path):
+    """keras.applications download from Google's storage, KerasHub (DINOv2) from Kaggle: the Train page's
+    offline check asks the server the backbone would use, and names the files to put in TL_WEIGHTS_DIR."""
+    import ui.state
+
+    asked = []
+    monkeypatch.setenv("TL_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(ui.state, "_can_download_weights", lambda host: asked.append(host) or False)
+    message = ui.state.missing_weights("dinov2_small")
+    assert asked == [ui.state.KERAS_HUB_HOST]
+    assert "`dinov2_small/model.weights.h5`" in message and "KerasHub's preset folder" in message
+    assert "Keras' own download" in ui.state.missing_weights("vgg16") and asked[-1] == ui.state.KERAS_WEIGHTS_HOST

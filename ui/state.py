@@ -127,17 +127,18 @@ def confirm_workspace_link() -> None:
 
 
 KERAS_WEIGHTS_HOST = ("storage.googleapis.com", 443)  # where keras.applications downloads its weights
+KERAS_HUB_HOST = ("api.kaggle.com", 443)  # where KerasHub downloads its presets (DINOv2)
 
 
 @st.cache_data(ttl=600, show_spinner=False)
-def _can_download_weights() -> bool:
-    """Whether Keras' weights server answers (one connection at most every 10 minutes, never a download).
+def _can_download_weights(host: tuple[str, int] = KERAS_WEIGHTS_HOST) -> bool:
+    """Whether the weights server ``host`` answers (one connection at most every 10 minutes, never a download).
     ``TL_OFFLINE=1`` says no without trying: a machine that must not download (air-gapped, or a hosted
     server whose operator ships the weights)."""
     if offline():
         return False
     try:
-        socket.create_connection(KERAS_WEIGHTS_HOST, timeout=3).close()
+        socket.create_connection(host, timeout=3).close()
     except OSError:
         return False
     return True
@@ -150,14 +151,16 @@ def missing_weights(backbone: str) -> str | None:
     files and the restart a new ``TL_WEIGHTS_DIR`` needs (the server reads it when it starts).
     """
     spec = get_spec(backbone)
-    if local_weights_file(spec.weights_files) is not None or _can_download_weights():
+    host = KERAS_HUB_HOST if spec.builder.startswith("tl_core.vit.") else KERAS_WEIGHTS_HOST
+    if local_weights_file(spec.weights_files) is not None or _can_download_weights(host):
         return None
     where = (f"The folder in `{WEIGHTS_DIR_ENV}` has none of them, and this" if os.environ.get(WEIGHTS_DIR_ENV)
              else f"`{WEIGHTS_DIR_ENV}` is not set, and this")
     names = " or ".join(f"`{name}`" for name in (spec.weights_files[0], spec.weights_files[-1]))
+    source = "KerasHub's preset folder, or its weights file alone" if host == KERAS_HUB_HOST else "Keras' own download"
     return (f"**The ImageNet weights of {spec.title} are not on this machine.** {where} machine cannot download "
             f"them, so a run with weights 'imagenet' would fail. To use them:\n"
-            f"1. Put {names} (Keras' own download) in a folder, e.g. `~/weights`.\n"
+            f"1. Put {names} ({source}) in a folder, e.g. `~/weights`.\n"
             f"2. Stop the app and start it again with the variable set: "
             f"`{WEIGHTS_DIR_ENV}=~/weights streamlit run app.py`. The app reads `{WEIGHTS_DIR_ENV}` only when it "
             "starts, so a restart is needed.")
