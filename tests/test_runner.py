@@ -245,7 +245,7 @@ def test_feature_extractor_from_an_earlier_block(toy_folder, store):
 
 
 @pytest.mark.parametrize("signal", [0, 2])
-def test_auto_feature_layer_takes_the_block_whose_features_score_better_on_validation(signal):
+def test_auto_feature_layer_takes_the_block_whose_features_score_better_on_validation(signal, monkeypatch):
     """feature_cut='auto' on features laid out as the runner extracts them (every candidate block side by
     side): the labels are readable from one block's columns only, and that block is chosen; the test
     split is never looked at (its rows are noise in every block)."""
@@ -270,7 +270,11 @@ def test_auto_feature_layer_takes_the_block_whose_features_score_better_on_valid
     chosen, head, note = _choose_layer(p, TrainConfig(**FAST))
     assert chosen == signal, note
     assert head.n_fit_ == 200 and head.held_out_proba_ is not None  # refitted on training + validation
-    assert ("last layer" in note.split(":")[0]) == (signal == 0)
+    assert ("last layer" in note.split(":")[0]) == (signal == 0) and "cross-validated" in note
+    # Above CV_MAX_ROWS images, the validation split judges (folds would take minutes there).
+    monkeypatch.setattr("tl_core.runner.CV_MAX_ROWS", 100)
+    chosen, _, note = _choose_layer(p, TrainConfig(**FAST))
+    assert chosen == signal and "accuracy on the validation images" in note, note
 
 
 def test_lpft_starts_from_the_feature_extractors_block(tmp_path, store, monkeypatch):

@@ -34,7 +34,7 @@ from tl_core.hardware import (
     jit_compile,
     use_acceleration,
 )
-from tl_core.heads import LinearHead
+from tl_core.heads import CV_MAX_ROWS, LinearHead
 from tl_core.metrics import evaluate, reliability
 from tl_core.progress import EPOCH_STAGES, MultiProgress, NullProgress, ProgressListener, StageTimer
 from tl_core.model_files import TEMPERATURE_LAYER, fold_temperature, save_model
@@ -490,12 +490,17 @@ def _choose_layer(p: _Prepared, config, fewest_blocks_left: int = 0) -> tuple[in
     fit_rows = data.take_rows(p.features, fit)
     ranked = max(early, key=lambda cut: logme(fit_rows[:, early[cut]], y[fit]))
     heads = {0: last, ranked: _fit_head(p.features, early[ranked], p.splits, y, config)}
-    scores = {cut: head.cross_validated_accuracy(fit_rows[:, slices[cut]], y[fit]) for cut, head in heads.items()}
+    if len(fit) > CV_MAX_ROWS:  # a validation split this large is a steady judge; folds would take minutes
+        scores = {cut: max(head.validation_scores_.values()) for cut, head in heads.items()}
+    else:
+        scores = {cut: head.cross_validated_accuracy(fit_rows[:, slices[cut]], y[fit]) for cut, head in heads.items()}
     chosen = ranked if scores[ranked] > scores[0] else 0
     other = ranked if chosen == 0 else 0
     where = lambda cut: f"{cut} blocks below the top" if cut else "the last layer"  # noqa: E731
-    note = (f"Features from {where(chosen)}: cross-validated accuracy {scores[chosen]:.3f} on the training and "
-            f"validation images, against {scores[other]:.3f} from {where(other)} (of the earlier blocks "
+    judge = ("cross-validated accuracy on the training and validation images" if len(fit) <= CV_MAX_ROWS
+             else "accuracy on the validation images")
+    note = (f"Features from {where(chosen)}: {judge} {scores[chosen]:.3f}, "
+            f"against {scores[other]:.3f} from {where(other)} (of the earlier blocks "
             f"{', '.join(str(c) for c in early)} below the top, LogME ranked {ranked} first).")
     return chosen, heads[chosen], note
 
