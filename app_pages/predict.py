@@ -13,6 +13,7 @@ from tl_core.config import DataConfig
 from tl_core.data import prepare_image
 from tl_core.errors import ImageDecodeError, TLCoreError
 from tl_core.model_files import load_model_file, model_file
+from tl_core.novelty import load_novelty, picture_features
 from tl_core.gradcam import grad_cam, overlay
 from tl_core.hardware import keep_off_gpu
 from tl_core.metrics import interval_text
@@ -64,6 +65,7 @@ try:
 except TLCoreError as err:
     st.error(plain(err))
     st.stop()
+novelty = load_novelty(path.parent)  # the feature extractor's "none of these" check, when the run has one
 size = metrics["image_size"]
 resize = DataConfig.stored(run["config"].get("data")).resize  # padded to a square or stretched, as the run's images were
 classes = metrics["class_names"]
@@ -90,6 +92,10 @@ for index, (name, data) in enumerate(pictures):  # files and the camera's photo:
         zoom(heat, name)
     top = {classes[i]: float(probabilities[i]) for i in order}
     right.markdown(f"**{plain(next(iter(top)))}** ({next(iter(top.values())):.0%})")
+    if novelty is not None and novelty.flags(picture_features(model, pixels[None]))[0]:
+        right.warning("None of these? This picture lies farther from every class the model learned than "
+                      f"{novelty.quantile:.0%} of the validation images do: it may show something else.",
+                      icon=":material/help:")
     sure = how_sure(probabilities, classes, metrics.get("calibration"))
     if not sure["sure"]:
         if not sure["plausible"]:

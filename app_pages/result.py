@@ -177,6 +177,12 @@ with confidence_tab:
                        f"{calibration['mean_set_size']:.1f} classes on average.")
         st.plotly_chart(charts.reliability_diagram(calibration["reliability_before"], calibration["reliability_after"]),
                         key="reliability_diagram")
+    novelty = metrics.get("novelty")
+    if novelty and novelty.get("test_flagged") is not None:
+        st.caption(f"**None of these?** Predict also flags a picture whose features lie farther from every class "
+                   f"than {novelty['quantile']:.0%} of the validation images' do (Mahalanobis distance to the "
+                   f"nearest class mean): it flagged {novelty['test_flagged']:.0%} of this run's test images, "
+                   "pictures of its own classes.")
 
 if can_export:
     with tabs[6]:

@@ -17,9 +17,9 @@ Conformal threshold from the validation split at 90% (after the ``val`` temperat
 size on the test split. Out of distribution: every picture of the other dataset (at this model's size)
 scored by this model: the share "flagged" (Predict's "not sure": top probability under NOT_SURE_BELOW,
 or a set of 2+ classes, or an empty one) against the share of its own test images flagged, and the AUROC
-of the top calibrated probability telling own test images from the others. For reference, a check in
-feature space (Mahalanobis distance to the nearest class mean, flagging beyond the validation split's 95th
-percentile): its shares of own test images and of the others flagged.
+of the top calibrated probability telling own test images from the others. And Predict's "None of these?"
+check in feature space (tl_core.novelty: Mahalanobis distance to the nearest class mean, flagging beyond
+the validation split's 95th percentile): its shares of own test images and of the others flagged.
 Results go to bench/results/calibration.json; features are cached in --cache (default /tmp/calib/features).
 """
 
@@ -47,6 +47,7 @@ from tl_core.calibration import (
 )
 from tl_core.config import DataConfig, TrainConfig
 from tl_core.heads import LinearHead
+from tl_core.novelty import fit_novelty
 
 SHARED = REPO.parent / "shared" / "datasets"
 DATASETS = {"clipart8": 224, "fashion_mnist_2k": 64}
@@ -118,26 +119,6 @@ def auroc(inside_top, outside_top) -> float:
     return float(roc_auc_score(np.r_[np.ones(len(inside_top)), np.zeros(len(outside_top))], scores))
 
 
-def feature_distance(features, y, train, val) -> callable:
-    """A reference "none of these" check in feature space (not in tl_core): the Mahalanobis distance to
-    the nearest class mean (Lee et al. 2018; shared Ledoit-Wolf covariance of standardised training
-    features); flags what lies farther than 95% of the validation images. Returns ``flags(rows)``."""
-    from sklearn.covariance import LedoitWolf
-
-    mean, scale = features[train].mean(0), features[train].std(0) + 1e-6
-    xs = (features[train] - mean) / scale
-    classes = np.unique(y[train])
-    centres = np.stack([xs[y[train] == k].mean(0) for k in classes])
-    precision = LedoitWolf().fit(xs - centres[np.searchsorted(classes, y[train])]).precision_
-
-    def distance(rows):
-        x = (rows - mean) / scale
-        return np.min([np.einsum("ij,jk,ik->i", x - c, precision, x - c) for c in centres], axis=0)
-
-    limit = np.quantile(distance(features[val]), 0.95)
-    return lambda rows: distance(rows) > limit
-
-
 def one_seed(name, decoded, features, outside_features, seed, folds) -> dict:
     y = decoded.y
     split = data.split_dataset(decoded, DataConfig(seed=seed))
@@ -170,9 +151,9 @@ def one_seed(name, decoded, features, outside_features, seed, folds) -> dict:
     row["own_test"] = inside
     row["outside"] = outside
     row["ood_auroc"] = auroc(apply_temperature(p_test, temperatures["val"]).max(1), outside_p.max(1))
-    far = feature_distance(features, y, train, val)
-    row["distance_flag_own"] = float(far(features[test]).mean())
-    row["distance_flag_outside"] = float(far(outside_features).mean())
+    far = fit_novelty(features[train], y[train], features[val])  # Predict's "None of these?" (tl_core.novelty)
+    row["distance_flag_own"] = float(far.flags(features[test]).mean())
+    row["distance_flag_outside"] = float(far.flags(outside_features).mean())
     row["seconds"] = time.perf_counter() - started
     print(f"{name:16s} seed {seed}: acc {row['accuracy']:.3f} C {head.C_:g} | T val {temperatures['val']:.2f} "
           f"oof {temperatures['oof']:.2f} oracle {temperatures['oracle']:.2f} | ECE {row['ece_before']:.3f} -> "

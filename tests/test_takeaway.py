@@ -143,3 +143,25 @@ def test_predict_classifies_a_camera_photo_through_the_same_code_as_files(app, t
     headline = [m.value for m in app.markdown if m.value.startswith("**") and m.value.endswith("%)")]
     assert len(headline) == 1 and headline[0].startswith("**red**")  # one photo, of the red block, recognised
     assert "Heat map colours" in " ".join(c.value for c in app.caption)
+
+
+def test_predict_says_none_of_these_for_a_picture_far_from_every_class(app, toy, store, tmp_path):
+    """The feature extractor's "none of these" check on Predict: a plain white photo (none of the toy's
+    coloured squares on dark noise) is flagged; a picture of the training set is not."""
+    run = _train(toy, store)
+    assert run["metrics"]["novelty"]["quantile"] == 0.95
+    _open(app, "predict")
+    next(t for t in app.toggle if t.label == "Use the camera").set_value(True)
+    app.run()
+    warnings = {}
+    for label, photo in (("blank", png_bytes(Image.new("RGB", (40, 40), "white"), "JPEG")),
+                         ("toy", (toy / "red" / "red_000.png").read_bytes())):
+        app.get("camera_input")[0].set_value((f"{label}.jpg", photo, "image/jpeg"))
+        app.run()
+        assert not app.exception, app.exception
+        warnings[label] = " ".join(w.value for w in app.warning)
+    assert "None of these?" in warnings["blank"] and "None of these?" not in warnings["toy"]
+    app.query_params["run"] = run["id"]
+    _open(app, "result")  # the Confidence tab says how often the check flags the run's own test images
+    flagged = f"it flagged {run['metrics']['novelty']['test_flagged']:.0%} of this run's test images"
+    assert any(flagged in c.value for c in app.caption), [c.value for c in app.caption]

@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -53,6 +54,7 @@ class TrainedModel:
     feature_cut: int | None = None  # the feature extractor's block, as chosen (``feature_cut='auto'``)
     # After a refit on training + validation: the validation probabilities from before it (calibration's input).
     held_out_val: np.ndarray | None = None
+    novelty: Any = None  # the feature extractor's "none of these" check (tl_core.novelty.Novelty)
 
 
 def build_augmentation(seed: int) -> keras.Sequential:

@@ -38,6 +38,7 @@ from tl_core.heads import CV_MAX_ROWS, LinearHead
 from tl_core.metrics import evaluate, reliability
 from tl_core.progress import EPOCH_STAGES, MultiProgress, NullProgress, ProgressListener, StageTimer
 from tl_core.model_files import TEMPERATURE_LAYER, fold_temperature, save_model
+from tl_core.novelty import NOVELTY_FILE, fit_novelty
 from tl_core.precision import choose_precision
 from tl_core.store import PREDICTIONS_FILE, SPLIT_FILE, RunStore
 
@@ -243,6 +244,8 @@ def _train_and_evaluate(ctx: RunContext) -> dict[str, Any]:
         trained, probabilities = _train(ctx, prepared)
     metrics = _measure(ctx, prepared, trained, probabilities)
     save_model(trained.model, ctx.folder / "model.keras")
+    if trained.novelty is not None:
+        trained.novelty.save(ctx.folder / NOVELTY_FILE)
     shutil.rmtree(ctx.folder / "checkpoints", ignore_errors=True)  # the run is complete: nothing to resume
     _explain(ctx, prepared, trained, metrics)
     return metrics
@@ -369,6 +372,7 @@ def _measure(ctx: RunContext, p: _Prepared, trained: TrainedModel, split_probabi
             "distribution": p.distribution,
             "precision": p.precision,
             **({"feature_cut": trained.feature_cut} if trained.feature_cut is not None else {}),
+            **({"novelty": trained.novelty.describe()} if trained.novelty is not None else {}),
             "history": trained.history,
             "notes": trained.notes,
             "timing": _timing(ctx.timer, trained.history, len(decoded.y), len(splits["train"]), len(splits["val"])),
@@ -541,7 +545,17 @@ def _train_linear_head(p: _Prepared, config, listener):
 
     probabilities = {"test": head.predict_proba(rows(test)),
                      "val": head.held_out_proba_ if head.held_out_proba_ is not None else head.predict_proba(rows(val))}
-    return TrainedModel(model, {}, notes, feature_cut=cut), probabilities
+    return TrainedModel(model, {}, notes, feature_cut=cut, novelty=_fit_novelty(rows, splits, decoded.y)), probabilities
+
+
+def _fit_novelty(rows, splits, y):
+    """The "none of these" check on the head's own features (tl_core.novelty); ``None`` when a split is
+    too small to fit it (no validation image, a class with no training image is impossible here)."""
+    if len(splits["val"]) == 0:
+        return None
+    check = fit_novelty(rows(splits["train"]), y[splits["train"]], rows(splits["val"]))
+    check.test_flagged = float(check.flags(rows(splits["test"])).mean()) if len(splits["test"]) else None
+    return check
 
 def _timing(timer: StageTimer, history, n_images: int, n_train: int, n_val: int) -> dict[str, dict[str, float]]:
     timing = {}

@@ -1,0 +1,99 @@
+""""None of these": how far a picture's features lie from every class the model learned.
+
+A classifier's probabilities always add up to 1 over its classes, so a picture of something else
+still gets a confident-looking answer. The distance in feature space says more: the Mahalanobis
+distance to the nearest class mean, with one covariance shared by the classes (Lee et al., NeurIPS
+2018, on frozen features), fitted on the standardised training features. A picture farther than
+:data:`NOVELTY_QUANTILE` of the validation images is flagged: about 5% of pictures like the training
+ones, by construction, and most pictures of other things (``bench/calibration.py`` measures both).
+
+Used for the feature extractor, whose saved model's ``features`` layer gives exactly the features the
+head was fitted on (:func:`picture_features`). Imports neither Keras nor TensorFlow at load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NOVELTY_QUANTILE = 0.95  # validation images closer than the limit: the flag's false-alarm rate is 1 minus this
+NOVELTY_FILE = "novelty.npz"  # beside the run's model
+FEATURES_LAYER = "features"  # the pooled-features layer of every feature model (tl_core.backbones)
+
+
+@dataclass
+class Novelty:
+    """A fitted "none of these" check. ``distance(rows)`` of feature rows; ``flags(rows)`` beyond ``limit``."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    centres: np.ndarray
+    precision: np.ndarray
+    limit: float
+    quantile: float = NOVELTY_QUANTILE
+    test_flagged: float | None = None  # the share of the run's own test images it flags (its false alarms)
+
+    def distance(self, rows) -> np.ndarray:
+        """Squared Mahalanobis distance of each row to the nearest class mean."""
+        x = (np.asarray(rows, np.float64) - self.mean) / self.scale
+        return np.min([np.einsum("ij,jk,ik->i", x - c, self.precision, x - c) for c in self.centres], axis=0)
+
+    def flags(self, rows) -> np.ndarray:
+        return self.distance(rows) > self.limit
+
+    def save(self, path: Path) -> None:
+        np.savez(path, mean=self.mean, scale=self.scale, centres=self.centres.astype(np.float32),
+                 precision=self.precision.astype(np.float32), limit=np.float64(self.limit),
+                 quantile=np.float64(self.quantile))
+
+    @classmethod
+    def load(cls, path: Path) -> Novelty:
+        with np.load(path) as stored:
+            return cls(stored["mean"], stored["scale"], stored["centres"], stored["precision"],
+                       float(stored["limit"]), float(stored["quantile"]))
+
+    def describe(self) -> dict[str, Any]:
+        """For the run's metrics: the limit, its quantile, the feature size and the test images flagged."""
+        return {"limit": self.limit, "quantile": self.quantile, "features": int(len(self.mean)),
+                "test_flagged": self.test_flagged}
+
+
+def fit_novelty(train, y_train, val, quantile: float = NOVELTY_QUANTILE) -> Novelty:
+    """The check fitted on the training features and labels; its limit from the validation features.
+
+    Raises:
+        ValueError: no validation rows, or a class without training rows.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    train, val, y_train = np.asarray(train, np.float64), np.asarray(val, np.float64), np.asarray(y_train)
+    if not len(val):
+        raise ValueError("the 'none of these' check needs validation images to set its limit")
+    # Near-constant features (dead units) are not divided by their near-zero spread: a floor at 1% of
+    # the typical spread keeps a tiny wobble in one of them from dominating the distance.
+    spread = train.std(0)
+    mean, scale = train.mean(0), np.maximum(spread, 0.01 * float(np.mean(spread)) + 1e-12)
+    xs = (train - mean) / scale
+    classes = np.unique(y_train)
+    centres = np.stack([xs[y_train == k].mean(0) for k in classes])
+    precision = LedoitWolf().fit(xs - centres[np.searchsorted(classes, y_train)]).precision_
+    check = Novelty(mean, scale, centres, precision, 0.0, quantile)
+    check.limit = float(np.quantile(check.distance(val), quantile))
+    return check
+
+
+def picture_features(model, pixels: np.ndarray) -> np.ndarray:
+    """The pooled features a saved classifier computes for ``pixels`` (its ``features`` layer)."""
+    import keras
+
+    inner = keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
+    return np.asarray(inner(np.asarray(pixels, np.float32), training=False))
+
+
+def load_novelty(folder: Path) -> Novelty | None:
+    """The run's check, or ``None`` (a run of another strategy, or from before the check existed)."""
+    path = Path(folder) / NOVELTY_FILE
+    return Novelty.load(path) if path.is_file() else None
