@@ -296,7 +296,8 @@ def check_hostile_dataset(
     """
     bad = bad_images()
     image_set = load_images(source)
-    decoded = decode_dataset(image_set, SIZE, DataConfig(), cache_dir=cache_dir)
+    # Stretched: the colour probes are fractions of each picture, which padding would move into its margins.
+    decoded = decode_dataset(image_set, SIZE, DataConfig(resize="stretch"), cache_dir=cache_dir)
     report = build_report(image_set, decoded)
 
     listed = {entry["file"]: entry["reason"] for entry in report["skipped"] + report["ignored"]}

@@ -7,8 +7,10 @@ distance to the nearest class mean, with one covariance shared by the classes (L
 :data:`NOVELTY_QUANTILE` of the validation images is flagged: about 5% of pictures like the training
 ones, by construction, and most pictures of other things (``bench/calibration.py`` measures both).
 
-Used for the feature extractor, whose saved model's ``features`` layer gives exactly the features the
-head was fitted on (:func:`picture_features`). Imports neither Keras nor TensorFlow at load.
+Every run fits one: the feature extractor on the features its head was fitted on, fine-tuned and
+from-scratch runs on their trained model's own features (a sample of at most :data:`NOVELTY_MAX_ROWS`
+images a split). The saved model gives the same features again (:func:`picture_features`). Imports
+neither Keras nor TensorFlow at load.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 NOVELTY_QUANTILE = 0.95  # validation images closer than the limit: the flag's false-alarm rate is 1 minus this
 NOVELTY_FILE = "novelty.npz"  # beside the run's model
+NOVELTY_MAX_ROWS = 5000  # images a split a trained model's features are computed for (one more forward pass)
 FEATURES_LAYER = "features"  # the pooled-features layer of every feature model (tl_core.backbones)
 
 
@@ -85,12 +88,23 @@ def fit_novelty(train, y_train, val, quantile: float = NOVELTY_QUANTILE) -> Nove
     return check
 
 
-def picture_features(model, pixels: np.ndarray) -> np.ndarray:
-    """The pooled features a saved classifier computes for ``pixels`` (its ``features`` layer)."""
+def features_model(model):
+    """The part of a classifier that gives its pooled features from pixels: its ``features`` layer's
+    output (a feature extractor's model), or its nested feature model (fine-tuned and from-scratch
+    models: pixels -> [augmentation, off at inference] -> feature model -> head)."""
     import keras
 
-    inner = keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
-    return np.asarray(inner(np.asarray(pixels, np.float32), training=False))
+    if FEATURES_LAYER in [layer.name for layer in model.layers]:
+        return keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and FEATURES_LAYER in [inner.name for inner in layer.layers]:
+            return layer
+    raise ValueError(f"the model {model.name} has no '{FEATURES_LAYER}' layer")
+
+
+def picture_features(model, pixels: np.ndarray) -> np.ndarray:
+    """The pooled features a saved classifier computes for ``pixels`` (see :func:`features_model`)."""
+    return np.asarray(features_model(model)(np.asarray(pixels, np.float32), training=False))
 
 
 def load_novelty(folder: Path) -> Novelty | None:

@@ -38,7 +38,7 @@ from tl_core.heads import CV_MAX_ROWS, LinearHead
 from tl_core.metrics import evaluate, reliability
 from tl_core.progress import EPOCH_STAGES, MultiProgress, NullProgress, ProgressListener, StageTimer
 from tl_core.model_files import TEMPERATURE_LAYER, fold_temperature, save_model
-from tl_core.novelty import NOVELTY_FILE, fit_novelty
+from tl_core.novelty import NOVELTY_FILE, NOVELTY_MAX_ROWS, features_model, fit_novelty
 from tl_core.precision import choose_precision
 from tl_core.store import PREDICTIONS_FILE, SPLIT_FILE, RunStore
 
@@ -343,6 +343,7 @@ def _train(ctx: RunContext, p: _Prepared) -> tuple[TrainedModel, dict[str, np.nd
         for part in ("val", "test")}
     if trained.held_out_val is not None:  # refitted on validation too: calibrate on the probabilities from before
         probabilities["val"] = trained.held_out_val
+    trained.novelty = _trained_novelty(trained.model, decoded, splits, inference_batch(config.batch_size))
     listener.on_stage_end("evaluate", None)
     return trained, probabilities
 
@@ -545,17 +546,32 @@ def _train_linear_head(p: _Prepared, config, listener):
 
     probabilities = {"test": head.predict_proba(rows(test)),
                      "val": head.held_out_proba_ if head.held_out_proba_ is not None else head.predict_proba(rows(val))}
-    return TrainedModel(model, {}, notes, feature_cut=cut, novelty=_fit_novelty(rows, splits, decoded.y)), probabilities
+    return TrainedModel(model, {}, notes, feature_cut=cut, novelty=_fit_novelty(
+        rows(splits["train"]), decoded.y[splits["train"]], rows(val), rows(test))), probabilities
 
 
-def _fit_novelty(rows, splits, y):
-    """The "none of these" check on the head's own features (tl_core.novelty); ``None`` when a split is
-    too small to fit it (no validation image, a class with no training image is impossible here)."""
+def _trained_novelty(model, decoded, splits, batch_size: int):
+    """The "none of these" check of a trained model (fine-tuned, from scratch) on its own features: one
+    more forward pass over at most NOVELTY_MAX_ROWS images of each split (evenly spread, seeded)."""
     if len(splits["val"]) == 0:
         return None
-    check = fit_novelty(rows(splits["train"]), y[splits["train"]], rows(splits["val"]))
-    check.test_flagged = float(check.flags(rows(splits["test"])).mean()) if len(splits["test"]) else None
+    inner = features_model(model)
+    rng = np.random.default_rng(0)
+    sampled = {part: np.sort(rng.permutation(idx)[:NOVELTY_MAX_ROWS]) for part, idx in splits.items()}
+    features = {part: inner.predict(data.make_batches(data.Rows(decoded.x, idx), None, batch_size), verbose=0)
+                if len(idx) else np.zeros((0, 1)) for part, idx in sampled.items()}
+    return _fit_novelty(features["train"], decoded.y[sampled["train"]], features["val"], features["test"])
+
+
+def _fit_novelty(train, y_train, val, test):
+    """The "none of these" check (tl_core.novelty) and the share of the test images it flags; ``None``
+    without validation images (nothing to set its limit)."""
+    if len(val) == 0:
+        return None
+    check = fit_novelty(train, y_train, val)
+    check.test_flagged = float(check.flags(test).mean()) if len(test) else None
     return check
+
 
 def _timing(timer: StageTimer, history, n_images: int, n_train: int, n_val: int) -> dict[str, dict[str, float]]:
     timing = {}
