@@ -9,7 +9,7 @@ from tl_core import charts
 from tl_core.calibration import how_sure
 from tl_core.charts import run_label
 from tl_core.comparison import best_run
-from tl_core.config import DataConfig
+from tl_core.export import run_resize
 from tl_core.data import prepare_image
 from tl_core.errors import ImageDecodeError, TLCoreError
 from tl_core.model_files import load_model_file, model_file
@@ -67,7 +67,7 @@ except TLCoreError as err:
     st.stop()
 novelty = load_novelty(path.parent)  # the feature extractor's "none of these" check, when the run has one
 size = metrics["image_size"]
-resize = DataConfig.stored(run["config"].get("data")).resize  # padded to a square or stretched, as the run's images were
+resize = run_resize(run)  # padded to a square or stretched, as the run's images were
 classes = metrics["class_names"]
 explain = st.selectbox("Grad-CAM heat map for", ["the predicted class", *classes],
                        help="Red where the ConvNet's last feature maps pushed this class's score up.")

@@ -267,13 +267,13 @@ def test_auto_feature_layer_takes_the_block_whose_features_score_better_on_valid
     splits = {"train": order[:160], "val": order[160:200], "test": order[200:]}
     features[splits["test"]] = rng.normal(size=(40, features.shape[1]))
     p = SimpleNamespace(spec=spec, base=base, features=features, splits=splits, decoded=SimpleNamespace(y=y))
-    chosen, head, note = _choose_layer(p, TrainConfig(**FAST))
-    assert chosen == signal, note
+    chosen, columns, head, note = _choose_layer(p, TrainConfig(**FAST))
+    assert chosen == signal and columns == slices[signal], note
     assert head.n_fit_ == 200 and head.held_out_proba_ is not None  # refitted on training + validation
     assert ("last layer" in note.split(":")[0]) == (signal == 0) and "cross-validated" in note
     # Above CV_MAX_ROWS images, the validation split judges (folds would take minutes there).
     monkeypatch.setattr("tl_core.runner.CV_MAX_ROWS", 100)
-    chosen, _, note = _choose_layer(p, TrainConfig(**FAST))
+    chosen, _, _, note = _choose_layer(p, TrainConfig(**FAST))
     assert chosen == signal and "accuracy on the validation images" in note, note
 
 
@@ -287,9 +287,10 @@ def test_lpft_starts_from_the_feature_extractors_block(tmp_path, store, monkeypa
     real = runner_module._choose_layer
 
     def forced(p, config, **kwargs):
-        _, head, note = real(p, config, **kwargs)
+        _, _, head, note = real(p, config, **kwargs)
         chosen["note"] = note
-        return 2, head, "Features from 2 blocks below the top (forced by the test)."
+        columns = backbones.feature_slices(p.spec, p.base, candidate_cuts(p.spec.n_blocks))[2]
+        return 2, columns, head, "Features from 2 blocks below the top (forced by the test)."
 
     monkeypatch.setattr(runner_module, "_choose_layer", forced)
     root = make_toy_folder(tmp_path / "toy", n_per_class=12)

@@ -105,10 +105,10 @@ def readable_settings(train: dict[str, Any], metrics: dict[str, Any] | None = No
     if strategy == "feature_extractor":
         cut = charts.feature_cut({"config": {"train": train}, "metrics": metrics})
         shown["Head"] = HEAD_NAMES.get(train.get("head"), str(train.get("head")))
-        shown["Features from"] = (f"{cut} blocks below the top" if cut else "the last layer") + \
-            (" (chosen on the validation split)" if (train.get("feature_cut") or 0) < 0 and cut is not None else "")
-        if cut is None:
-            shown["Features from"] = "chosen when it trains"
+        where = f"{cut} blocks below the top" if cut else "the last layer"
+        auto = (train.get("feature_cut") or 0) < 0  # the run chose the block
+        shown["Features from"] = "chosen when it trains" if cut is None else \
+            where + (" (chosen on the validation split)" if auto else "")
     else:
         shown.update(_trained_settings(train))
         if strategy == "finetune" and metrics.get("feature_cut"):

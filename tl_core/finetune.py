@@ -54,7 +54,7 @@ class TrainedModel:
     feature_cut: int | None = None  # the feature extractor's block, as chosen (``feature_cut='auto'``)
     # After a refit on training + validation: the validation probabilities from before it (calibration's input).
     held_out_val: np.ndarray | None = None
-    novelty: Any = None  # the feature extractor's "none of these" check (tl_core.novelty.Novelty)
+    novelty: Any = None  # the run's "none of these" check (tl_core.novelty.Novelty), set by the runner
 
 
 def build_augmentation(seed: int) -> keras.Sequential:

@@ -21,7 +21,7 @@ import numpy as np
 import tl_core
 from tl_core import backbones, data
 from tl_core.calibration import apply_temperature, calibrate
-from tl_core.config import FEATURE_CUT_AUTO, DataConfig, candidate_cuts, TrainConfig, env_number, run_payload
+from tl_core.config import FEATURE_CUT_AUTO, DataConfig, TrainConfig, candidate_cuts, env_number, run_payload
 from tl_core.errors import CancelledError, TLCoreError
 from tl_core.fsutil import write_json_atomic
 from tl_core.features import FeaturePass, extract_features, features_key
@@ -317,9 +317,8 @@ def _train(ctx: RunContext, p: _Prepared) -> tuple[TrainedModel, dict[str, np.nd
             # The feature extractor's block (its rule, the same features): fine-tuning starts from that
             # solution, the ConvNet ending at that block and its top blocks unfrozen in stage 2.
             listener.on_stage_start("head", 1)
-            cut, _, note = _choose_layer(p, config, fewest_blocks_left=max(config.unfreeze_blocks, 0))
+            cut, columns, _, note = _choose_layer(p, config, fewest_blocks_left=max(config.unfreeze_blocks, 0))
             listener.on_stage_end("head", None)
-            columns = backbones.feature_slices(spec, base, candidate_cuts(spec.n_blocks))[cut]
             features = {part: np.ascontiguousarray(data.take_rows(p.features, idx)[:, columns])
                         for part, idx in splits.items()}
             base = backbones.truncate_base(spec, base, cut)  # one model: unfreezing and the split act on it
@@ -475,7 +474,7 @@ def _fit_head(features, columns: slice | None, splits, y, config) -> LinearHead:
         rows("train"), y[splits["train"]], rows("val"), y[splits["val"]])
 
 
-def _choose_layer(p: _Prepared, config, fewest_blocks_left: int = 0) -> tuple[int, LinearHead, str]:
+def _choose_layer(p: _Prepared, config, fewest_blocks_left: int = 0) -> tuple[int, slice, LinearHead, str]:
     """``feature_cut='auto'``: LogME ranks the earlier candidate blocks on the training and validation
     images; a head on the best of them and one on the last layer each choose C on the validation
     split; then 5-fold cross-validation on training + validation at those C settles which features
@@ -483,7 +482,10 @@ def _choose_layer(p: _Prepared, config, fewest_blocks_left: int = 0) -> tuple[in
     only C). A tie keeps the last layer. ``bench/recipe_vs_baseline.py`` measures the rule.
 
     ``fewest_blocks_left``: earlier blocks are candidates only when at least this many blocks stay
-    below the cut's top (fine-tuning unfreezes them)."""
+    below the cut's top (fine-tuning unfreezes them).
+
+    Returns:
+        ``(cut, columns of its features in p.features, its head, a note for the run)``."""
     from tl_core.transferability import logme
 
     slices = backbones.feature_slices(p.spec, p.base, candidate_cuts(p.spec.n_blocks))
@@ -491,7 +493,7 @@ def _choose_layer(p: _Prepared, config, fewest_blocks_left: int = 0) -> tuple[in
     last = _fit_head(p.features, slices[0], p.splits, y, config)
     early = {cut: columns for cut, columns in slices.items() if cut and p.spec.n_blocks - cut >= fewest_blocks_left}
     if not early or len(p.splits["val"]) == 0:
-        return 0, last, "Features from the last layer."
+        return 0, slices[0], last, "Features from the last layer."
     fit_rows = data.take_rows(p.features, fit)
     ranked = max(early, key=lambda cut: logme(fit_rows[:, early[cut]], y[fit]))
     heads = {0: last, ranked: _fit_head(p.features, early[ranked], p.splits, y, config)}
@@ -507,18 +509,16 @@ def _choose_layer(p: _Prepared, config, fewest_blocks_left: int = 0) -> tuple[in
     note = (f"Features from {where(chosen)}: {judge} {scores[chosen]:.3f}, "
             f"against {scores[other]:.3f} from {where(other)} (of the earlier blocks "
             f"{', '.join(str(c) for c in early)} below the top, LogME ranked {ranked} first).")
-    return chosen, heads[chosen], note
+    return chosen, slices[chosen], heads[chosen], note
 
 
 def _train_linear_head(p: _Prepared, config, listener):
     splits, decoded, features = p.splits, p.decoded, p.features
-    val, test = splits["val"], splits["test"]
     # scikit-learn fits in memory: the split's features (n x feature_dim), not its pixels.
     listener.on_stage_start("head", 1)
     notes, columns, feature_model = [], None, p.feature_model
     if config.feature_cut == FEATURE_CUT_AUTO:
-        cut, head, layer_note = _choose_layer(p, config)
-        columns = backbones.feature_slices(p.spec, p.base, candidate_cuts(p.spec.n_blocks))[cut]
+        cut, columns, head, layer_note = _choose_layer(p, config)
         feature_model = backbones.build_feature_model(p.spec, p.base, p.size, cut=cut)
         notes.append(layer_note)
     else:
@@ -540,14 +540,13 @@ def _train_linear_head(p: _Prepared, config, listener):
         notes.append("The head was refitted on the training and validation images, so its calibration (below) comes "
                      "from the validation images' probabilities before that refit: the ones it had not trained on.")
 
-    def rows(idx):
-        chosen = data.take_rows(features, idx)
-        return chosen if columns is None else chosen[:, columns]
-
-    probabilities = {"test": head.predict_proba(rows(test)),
-                     "val": head.held_out_proba_ if head.held_out_proba_ is not None else head.predict_proba(rows(val))}
-    return TrainedModel(model, {}, notes, feature_cut=cut, novelty=_fit_novelty(
-        rows(splits["train"]), decoded.y[splits["train"]], rows(val), rows(test))), probabilities
+    # Each split's features of the chosen block, read once: the probabilities and the "none of these" check.
+    rows = {part: data.take_rows(features, idx) if columns is None else data.take_rows(features, idx)[:, columns]
+            for part, idx in splits.items()}
+    probabilities = {"test": head.predict_proba(rows["test"]),
+                     "val": head.held_out_proba_ if head.held_out_proba_ is not None else head.predict_proba(rows["val"])}
+    novelty = _fit_novelty(rows["train"], decoded.y[splits["train"]], rows["val"], rows["test"])
+    return TrainedModel(model, {}, notes, feature_cut=cut, novelty=novelty), probabilities
 
 
 def _trained_novelty(model, decoded, splits, batch_size: int):
