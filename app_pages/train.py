@@ -162,11 +162,12 @@ with st.form("settings"):
         feature_cut = c4.selectbox(
             "Features from", cut_choices, index=cut_choices.index(defaults.feature_cut)
             if defaults.feature_cut in cut_choices else 0,
-            format_func=lambda c: "auto: chosen on validation" if c == FEATURE_CUT_AUTO
+            format_func=lambda c: "auto (cross-validated)" if c == FEATURE_CUT_AUTO
             else "the last layer" if c == 0 else f"{c} blocks below the top",
             help="Feature extractor: which block's features the head reads. Earlier layers are more generic. "
-                 "auto: the last layer or the earlier block LogME ranks first, whichever scores better on the "
-                 "validation split (one forward pass gives both); the Strategy page measures it too.")
+                 "auto: the last layer or the earlier block LogME ranks first, whichever scores better in 5-fold "
+                 "cross-validation on the training and validation images (one forward pass gives both); the "
+                 "Strategy page measures it too.")
         resize = c4.selectbox(
             "To a square by", RESIZE_MODES, index=RESIZE_MODES.index(DataConfig.resize),
             format_func={"pad": "padding (shape kept)", "stretch": "stretching"}.get,
@@ -201,7 +202,7 @@ with st.form("settings"):
 recommended_cut = rec.settings.get("feature_cut", 0) if rec else 0
 if rec and recommended_cut and backbone != rec.settings.get("backbone") and int(feature_cut) == recommended_cut:
     feature_cut = FEATURE_CUT_AUTO
-    st.caption(f"Features of {BACKBONES[backbone].title}: the block is chosen on the validation split, since the "
+    st.caption(f"Features of {BACKBONES[backbone].title}: the block is chosen by cross-validation, since the "
                f"earlier-layer recommendation was measured on {BACKBONES[rec.settings.get('backbone', 'mobilenet')].title}.")
 config = TrainConfig(
     backbone=backbone, strategy=strategy, head=head, weights=weights, image_size=int(image_size),

@@ -140,9 +140,9 @@ def test_the_report_and_card_read_the_split_and_settings_in_words(trained, tmp_p
     words = f"{split['train']} training / {split['val']} validation / {split['test']} test images"
     report = html_report(run)
     assert words in report and "{'train'" not in report
-    cut = run["metrics"]["feature_cut"]  # the default: chosen on the validation split
+    cut = run["metrics"]["feature_cut"]  # the default: chosen by cross-validation
     where = f"{cut} blocks below the top" if cut else "the last layer"
-    assert f"<td>Features from</td><td>{where} (chosen on the validation split)</td>" in report
+    assert f"<td>Features from</td><td>{where} (chosen by cross-validation)</td>" in report
     assert "fine_tune_learning_rate" not in report
     card, _ = model_card(run, {"format": "keras", "path": str(tmp_path / "model.keras"), "bytes": 1, "agreement": 1.0,
                                "accuracy": 1.0, "app_accuracy": 1.0, "n_test": split["test"], "passed": True,

@@ -96,9 +96,9 @@ def test_result_settings_show_what_applied_to_each_strategy_in_words(app, toy, s
         assert not any("{" in line for line in lines)
 
     extractor = shown["feature_extractor"]
-    cut = runs["feature_extractor"]["metrics"]["feature_cut"]  # auto, the default: chosen on the validation split
+    cut = runs["feature_extractor"]["metrics"]["feature_cut"]  # auto, the default: chosen by cross-validation
     assert extractor["Head"].startswith("softmax") and extractor["Features from"] == \
-        (f"{cut} blocks below the top" if cut else "the last layer") + " (chosen on the validation split)"
+        (f"{cut} blocks below the top" if cut else "the last layer") + " (chosen by cross-validation)"
     assert extractor["Image size"] == "32 x 32 px" and extractor["Pretrained weights"] == "random initialisation"
     assert not [key for key in extractor if "epoch" in key.lower() or "learning rate" in key.lower()
                 or "Stage" in key or "Augmentation" in key]

@@ -23,7 +23,7 @@ TWIN_VERSION = 2
 # The model formats a finished run exports to (tl_core.export checks each against the app's model).
 EXPORT_FORMATS = ("keras", "savedmodel", "tflite", "tflite-int8")
 # TrainConfig.feature_cut's "auto": the feature extractor takes the last layer's features or those of
-# the earlier block LogME ranks first among EARLY_CUTS, whichever scores better on the validation split.
+# the earlier block LogME ranks first among EARLY_CUTS, whichever scores better in cross-validation.
 FEATURE_CUT_AUTO = -1
 EARLY_CUTS = (2, 4, 6)  # candidate blocks below the top for earlier-layer features (advisor, auto)
 
@@ -150,8 +150,9 @@ class TrainConfig:
             the backbone (0: the last layer). Earlier features are more generic, which can help
             small datasets unlike ImageNet (Yosinski et al. 2014). :data:`FEATURE_CUT_AUTO` (-1,
             the default): the last layer or the earlier block of :data:`EARLY_CUTS` that LogME
-            ranks first, whichever scores better on the validation split (both come from the same
-            forward pass). Fine-tuning and training from scratch use the last layer.
+            ranks first, whichever scores better in 5-fold cross-validation on training +
+            validation (both come from the same forward pass). Two-stage fine-tuning with ``auto``
+            ends its ConvNet at the block so chosen; training from scratch uses the last layer.
         weights: ``imagenet``, ``none`` (random initialisation) or a path to a weights file.
         image_size: side in pixels images are resized to; ``None`` takes the backbone's own.
         batch_size: images per training / extraction batch.

@@ -108,7 +108,7 @@ def readable_settings(train: dict[str, Any], metrics: dict[str, Any] | None = No
         where = f"{cut} blocks below the top" if cut else "the last layer"
         auto = (train.get("feature_cut") or 0) < 0  # the run chose the block
         shown["Features from"] = "chosen when it trains" if cut is None else \
-            where + (" (chosen on the validation split)" if auto else "")
+            where + (" (chosen by cross-validation)" if auto else "")
     else:
         shown.update(_trained_settings(train))
         if strategy == "finetune" and metrics.get("feature_cut"):
