@@ -169,18 +169,41 @@ def lpft_table() -> str:
     return "\n".join(lines)
 
 
+def compare_table() -> str:
+    """``python -m tl_core compare`` on clipart8 with its defaults, from ``compare_clipart8.json``: each
+    strategy's mean and interval over its splits, best group starred, flags, and every paired verdict."""
+    path = RESULTS / "compare_clipart8.json"
+    if not path.exists():
+        return "(run the command below to fill this table)"
+    result = json.loads(path.read_text())
+    lines = ["| strategy (MobileNet, 224 px) | splits (seeds) | mean test accuracy (95% CI) | per split | mean time a run |",
+             "| --- | --- | --- | --- | --- |"]
+    for s in result["strategies"]:
+        flagged = ", **flagged**" if s["flagged"] else ""
+        mean = f"**{s['mean_accuracy']:.3f}**" if s["best"] else f"{s['mean_accuracy']:.3f}"
+        lines.append(f"| {'★ ' if s['best'] else ''}{s['label']} | {s['n_splits']} ({s['seeds'][0]}-{s['seeds'][-1]}) "
+                     f"| {mean} ({s['accuracy_ci'][0]:.3f}-{s['accuracy_ci'][1]:.3f}){flagged} "
+                     f"| {', '.join(f'{a:.3f}' for a in s['accuracies'])} | {s['seconds']:.1f} s |")
+    guesses = sorted({round(g, 3) for s in result["strategies"] for g in s["majority_baselines"]})
+    lines += ["", f"Always guessing the largest class scores {', '.join(f'{g:.3f}' for g in guesses)} on these splits. "
+              "★ is the best group: every strategy no other is measurably better than. The paired verdicts, "
+              "on the same test images:", ""]
+    lines += [f"- {v['sentence']}" for v in result["verdicts"]]
+    return "\n".join(lines)
+
+
 BLOCKS = {"advisor-thresholds": advisor_thresholds, "advisor-strategies": strategy_table,
           "advisor-lesson": advisor_lesson, "backbones": backbone_table, "recipe": recipe_table,
-          "lpft": lpft_table}
+          "lpft": lpft_table, "compare": compare_table}
 
 
 def render(text: str) -> str:
     """``text`` with every marked block replaced by its rendering."""
     for name, make in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- facts:{name} -->\n).*?(\n<!-- /facts:{name} -->)", re.S)
+        pattern = re.compile(rf"(<!-- facts:{name} -->\n)(?:.*?\n)?(<!-- /facts:{name} -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README.md has no block '{name}' (<!-- facts:{name} --> ... <!-- /facts:{name} -->).")
-        text = pattern.sub(lambda m: m.group(1) + make() + m.group(2), text)
+        text = pattern.sub(lambda m: m.group(1) + make() + "\n" + m.group(2), text)
     return text
 
 
