@@ -70,7 +70,8 @@ def test_the_network_is_traced_once_per_model_whatever_the_batch_sizes_and_passe
     x = np.random.default_rng(2).integers(0, 255, (7, 32, 32, 3), dtype=np.uint8)
     first = extract_features(model, x, batch_size=3)  # batches of 3, 3 and 1
     second = extract_features(model, x[:5], batch_size=4)  # 4 and 1, in a new pass
-    np.testing.assert_array_equal(second, first[:5])
+    # The same rows; oneDNN may pick another kernel for another batch size (a float16 step apart).
+    np.testing.assert_allclose(second, first[:5], rtol=2e-3, atol=1e-5)
     forward = inference_function(model, np.uint8)
     assert forward is inference_function(model, "uint8")
     assert forward.experimental_get_tracing_count() == 1  # tracing costs as much as ~40 images

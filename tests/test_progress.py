@@ -83,3 +83,26 @@ def test_the_time_breakdown_splits_a_run_into_its_parts_in_order():
     assert [s for _, s in parts] == pytest.approx([2.0, 4.0, 1.0, 13.0, 8.0, 1.99])
     assert sum(s for _, s in time_breakdown(run)) <= run["updated_at"] - run["created_at"]
     assert time_breakdown({"progress": {"stages": {}}}) == []  # a run from before timelines
+
+
+def test_stages_that_ran_at_the_same_time_are_one_joint_part_and_never_counted_twice():
+    from tl_core.charts import time_breakdown as chart
+    from tl_core.progress import time_breakdown
+
+    # Images decoded from 10 s to 20 s, the ConvNet extracting their features from 12 s to 23 s.
+    run = {"created_at": 9.0, "updated_at": 30.0, "progress": {
+        "process_started_at": 9.0, "run_started_at": 9.0,
+        "stages": {"extract": {"started_at": 12.0, "finished_at": 23.0},
+                   "decode": {"started_at": 10.0, "finished_at": 20.0},
+                   "head": {"started_at": 23.0, "finished_at": 28.0}}}}
+    parts = time_breakdown(run)
+    assert parts == [("build", 1.0), ("decode", 2.0), ("decode+extract", 8.0), ("extract", 3.0), ("head", 5.0),
+                     ("finish", 2.0)]
+    assert sum(s for _, s in parts) == run["updated_at"] - run["created_at"]
+    names = list(chart(parts).data[0].y)
+    assert names[2] == "Decoding images while extracting features (overlapped)" and names[1] == "Decoding images"
+    # A pair without a title of its own is named from the stages' titles.
+    other = time_breakdown({**run, "progress": {**run["progress"], "stages": {
+        "head": {"started_at": 10.0, "finished_at": 20.0}, "explain": {"started_at": 15.0, "finished_at": 20.0}}}})
+    assert ("head+explain", 5.0) in other
+    assert "Fitting the linear head while Grad-CAM heat maps of the mistakes" in chart(other).data[0].y

@@ -250,7 +250,7 @@ def comparison(summary: dict[str, Any]) -> go.Figure:
 def time_breakdown(parts: list[tuple[str, float]]) -> go.Figure:
     """Where a run's time went (:func:`tl_core.progress.time_breakdown`): one bar a part, in order."""
     titles = {**STAGE_TITLES, **TIMELINE_TITLES}
-    names = [titles.get(part, part) for part, _ in parts]
+    names = [titles.get(part) or " while ".join(titles.get(p, p) for p in part.split("+")) for part, _ in parts]
     seconds = [value for _, value in parts]
     total = sum(seconds) or 1.0
     fig = go.Figure(go.Bar(

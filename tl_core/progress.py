@@ -166,6 +166,7 @@ TIMELINE_TITLES = {
     "startup": "Starting TensorFlow (imports)",
     "build": "Building the model (weights)",
     "finish": "Saving the model and the results",
+    "decode+extract": "Decoding images while extracting features (overlapped)",
 }
 
 
@@ -174,8 +175,10 @@ def time_breakdown(run: dict[str, Any]) -> list[tuple[str, float]]:
 
     From the run's stored progress snapshot (each stage's start and end, the run's and its process's
     start) and its ``created_at`` / ``updated_at``: waiting for the worker, starting TensorFlow,
-    building the model, each stage (:data:`STAGE_TITLES`), and saving. Parts of no measurable length
-    are left out; a run without these records (from an older version) has an empty breakdown.
+    building the model, each stage (:data:`STAGE_TITLES`), and saving. The parts never overlap: stages
+    that ran at the same time make one joint part (``"decode+extract"``), so they add up to at most the
+    run's time. Parts of no measurable length are left out; a run without these records (from an older
+    version) has an empty breakdown.
     """
     progress = run.get("progress") or {}
     stages = {k: v for k, v in (progress.get("stages") or {}).items()
@@ -188,7 +191,21 @@ def time_breakdown(run: dict[str, Any]) -> list[tuple[str, float]]:
     last = max(v["finished_at"] for v in stages.values())
     parts = [("waiting", process_started - (run.get("created_at") or process_started)),
              ("startup", run_started - process_started), ("build", first - run_started)]
-    parts += [(stage, info["finished_at"] - info["started_at"])
-              for stage, info in sorted(stages.items(), key=lambda item: item[1]["started_at"])]
+    parts += _stage_parts(stages)
     parts.append(("finish", (run.get("updated_at") or last) - last))
     return [(part, seconds) for part, seconds in parts if seconds >= 0.05]
+
+
+def _stage_parts(stages: dict[str, dict[str, float]]) -> list[tuple[str, float]]:
+    """Each instant of the stages counted once: stages that ran at the same time (images decoded while
+    the ConvNet extracts the features of the ones before) make a joint part, ``"decode+extract"``."""
+    order = sorted(stages, key=lambda stage: (stages[stage]["started_at"], stages[stage]["finished_at"]))
+    edges = sorted({t for info in stages.values() for t in (info["started_at"], info["finished_at"])})
+    seconds: dict[str, float] = {}
+    for start, end in zip(edges, edges[1:]):
+        active = [s for s in order if stages[s]["started_at"] <= start and stages[s]["finished_at"] >= end]
+        if active:
+            part = "+".join(active)
+            seconds[part] = seconds.get(part, 0.0) + end - start
+    return list(seconds.items())  # in the order each part first ran
+
