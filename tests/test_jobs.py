@@ -125,7 +125,8 @@ def test_an_idle_worker_keeps_a_training_process_ready_and_hands_it_the_next_run
         run = wait_for_status(store, submit(store, root, FAST), {"succeeded", "failed"})
         assert run["status"] == "succeeded" and run["progress"]["pid"] == ready  # trained by the ready process
         parts = [part for part, _ in time_breakdown(run)]
-        assert set(parts) <= {"waiting", "build", "decode", "decode+extract", "extract", "head", "explain", "finish"}
+        assert set(parts) <= {"waiting", "build", "decode", "decode+extract", "extract", "head", "explain", "between",
+                              "finish"}
         assert {"extract", "head"} <= set(run["progress"]["stages"])  # timed, though too short to show here
         assert "startup" not in parts  # TensorFlow's imports were paid before the run was queued
         total = sum(seconds for _, seconds in time_breakdown(run))

@@ -32,6 +32,19 @@ def test_flags_about_the_quantile_of_own_pictures_and_nearly_all_of_others(tmp_p
     again = load_novelty(tmp_path)
     np.testing.assert_allclose(again.distance(test), check.distance(test), rtol=1e-4)
     assert load_novelty(tmp_path / "elsewhere") is None
+    # The distance is the definition's, class by class: min over c of (x - c)' P (x - c), standardised.
+    x = (test[:50] - check.mean) / check.scale
+    direct = np.min([[(r - c) @ check.precision @ (r - c) for c in check.centres] for r in x], axis=1)
+    np.testing.assert_allclose(check.distance(test[:50]), direct, rtol=1e-9)
+    # The precision is the inverse of scikit-learn's Ledoit-Wolf covariance of the centred, standardised rows.
+    from sklearn.covariance import LedoitWolf
+
+    xs = (train - check.mean) / check.scale
+    lw = LedoitWolf().fit(xs - check.centres[y])
+    np.testing.assert_allclose(check.precision, lw.precision_, rtol=1e-6, atol=1e-9)
+    from tl_core.novelty import _inverse
+
+    np.testing.assert_allclose(_inverse(np.diag([4.0, 2.0, 0.0])), np.diag([0.25, 0.5, 0.0]))  # singular: pseudo-inverse
     with pytest.raises(ValueError, match="validation images"):
         fit_novelty(train, y, val[:0])
 

@@ -83,6 +83,10 @@ def test_the_time_breakdown_splits_a_run_into_its_parts_in_order():
     assert [s for _, s in parts] == pytest.approx([2.0, 4.0, 1.0, 13.0, 8.0, 1.99])
     assert sum(s for _, s in time_breakdown(run)) <= run["updated_at"] - run["created_at"]
     assert time_breakdown({"progress": {"stages": {}}}) == []  # a run from before timelines
+    # The CLI imports TensorFlow, then creates its run: the breakdown starts when the run does.
+    cli = {**run, "progress": {**run["progress"], "process_started_at": 95.0, "run_started_at": 101.0}}
+    assert time_breakdown(cli)[0] == ("startup", 1.0)
+    assert sum(s for _, s in time_breakdown(cli)) <= run["updated_at"] - run["created_at"]
 
 
 def test_stages_that_ran_at_the_same_time_are_one_joint_part_and_never_counted_twice():
@@ -94,13 +98,15 @@ def test_stages_that_ran_at_the_same_time_are_one_joint_part_and_never_counted_t
         "process_started_at": 9.0, "run_started_at": 9.0,
         "stages": {"extract": {"started_at": 12.0, "finished_at": 23.0},
                    "decode": {"started_at": 10.0, "finished_at": 20.0},
-                   "head": {"started_at": 23.0, "finished_at": 28.0}}}}
+                   "head": {"started_at": 23.5, "finished_at": 27.0},  # the split and the metrics between
+                   "explain": {"started_at": 27.5, "finished_at": 28.0}}}}
     parts = time_breakdown(run)
-    assert parts == [("build", 1.0), ("decode", 2.0), ("decode+extract", 8.0), ("extract", 3.0), ("head", 5.0),
-                     ("finish", 2.0)]
+    assert parts == [("build", 1.0), ("decode", 2.0), ("decode+extract", 8.0), ("extract", 3.0), ("head", 3.5),
+                     ("explain", 0.5), ("between", 1.0), ("finish", 2.0)]
     assert sum(s for _, s in parts) == run["updated_at"] - run["created_at"]
     names = list(chart(parts).data[0].y)
     assert names[2] == "Decoding images while extracting features (overlapped)" and names[1] == "Decoding images"
+    assert names[6] == "Between the stages (splitting, metrics, saving files)"
     # A pair without a title of its own is named from the stages' titles.
     other = time_breakdown({**run, "progress": {**run["progress"], "stages": {
         "head": {"started_at": 10.0, "finished_at": 20.0}, "explain": {"started_at": 15.0, "finished_at": 20.0}}}})

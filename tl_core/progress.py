@@ -167,6 +167,7 @@ TIMELINE_TITLES = {
     "build": "Building the model (weights)",
     "finish": "Saving the model and the results",
     "decode+extract": "Decoding images while extracting features (overlapped)",
+    "between": "Between the stages (splitting, metrics, saving files)",
 }
 
 
@@ -176,9 +177,9 @@ def time_breakdown(run: dict[str, Any]) -> list[tuple[str, float]]:
     From the run's stored progress snapshot (each stage's start and end, the run's and its process's
     start) and its ``created_at`` / ``updated_at``: waiting for the worker, starting TensorFlow,
     building the model, each stage (:data:`STAGE_TITLES`), and saving. The parts never overlap: stages
-    that ran at the same time make one joint part (``"decode+extract"``), so they add up to at most the
-    run's time. Parts of no measurable length are left out; a run without these records (from an older
-    version) has an empty breakdown.
+    that ran at the same time make one joint part (``"decode+extract"``) and the time between stages is
+    one part, so they add up to the run's time from its queueing. Parts of no measurable length are left
+    out; a run without these records (from an older version) has an empty breakdown.
     """
     progress = run.get("progress") or {}
     stages = {k: v for k, v in (progress.get("stages") or {}).items()
@@ -186,10 +187,13 @@ def time_breakdown(run: dict[str, Any]) -> list[tuple[str, float]]:
     run_started = progress.get("run_started_at")
     if not stages or run_started is None:
         return []
-    process_started = min(progress.get("process_started_at") or run_started, run_started)
+    # The run's time starts when it was queued: a process that started before (the CLI's, which
+    # imports TensorFlow and then creates the run) counts from then, as the run's duration does.
+    created = run.get("created_at") or run_started
+    process_started = min(max(progress.get("process_started_at") or run_started, created), run_started)
     first = min(v["started_at"] for v in stages.values())
     last = max(v["finished_at"] for v in stages.values())
-    parts = [("waiting", process_started - (run.get("created_at") or process_started)),
+    parts = [("waiting", process_started - created),
              ("startup", run_started - process_started), ("build", first - run_started)]
     parts += _stage_parts(stages)
     parts.append(("finish", (run.get("updated_at") or last) - last))
@@ -197,15 +201,16 @@ def time_breakdown(run: dict[str, Any]) -> list[tuple[str, float]]:
 
 
 def _stage_parts(stages: dict[str, dict[str, float]]) -> list[tuple[str, float]]:
-    """Each instant of the stages counted once: stages that ran at the same time (images decoded while
-    the ConvNet extracts the features of the ones before) make a joint part, ``"decode+extract"``."""
+    """Each instant from the first stage's start to the last one's end counted once: stages that ran at
+    the same time (images decoded while the ConvNet extracts the features of the ones before) make a
+    joint part, ``"decode+extract"``; the time between stages is ``"between"``."""
     order = sorted(stages, key=lambda stage: (stages[stage]["started_at"], stages[stage]["finished_at"]))
     edges = sorted({t for info in stages.values() for t in (info["started_at"], info["finished_at"])})
     seconds: dict[str, float] = {}
     for start, end in zip(edges, edges[1:]):
         active = [s for s in order if stages[s]["started_at"] <= start and stages[s]["finished_at"] >= end]
-        if active:
-            part = "+".join(active)
-            seconds[part] = seconds.get(part, 0.0) + end - start
-    return list(seconds.items())  # in the order each part first ran
+        part = "+".join(active) if active else "between"  # no stage: splitting, metrics, saving files
+        seconds[part] = seconds.get(part, 0.0) + end - start
+    between = seconds.pop("between", 0.0)
+    return [*seconds.items(), ("between", between)]  # in the order each part first ran; the gaps last
 
