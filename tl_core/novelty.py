@@ -44,10 +44,9 @@ class Novelty:
         x = (np.asarray(rows, np.float64) - self.mean) / self.scale
         # (x - c)' P (x - c) = x'Px - 2 x'Pc + c'Pc for every class at once: matrix products (BLAS),
         # not a three-operand einsum per class (n d^2 multiply-adds each, ~1 s for 80 rows of 1024).
-        precision, centres = np.asarray(self.precision, np.float64), np.asarray(self.centres, np.float64)
-        xp = x @ precision
-        squared = (np.einsum("ij,ij->i", xp, x)[:, None] - 2.0 * (xp @ centres.T)
-                   + np.einsum("ij,ij->i", centres @ precision, centres)[None, :])
+        xp = x @ self.precision
+        squared = (np.einsum("ij,ij->i", xp, x)[:, None] - 2.0 * (xp @ self.centres.T)
+                   + np.einsum("ij,ij->i", self.centres @ self.precision, self.centres)[None, :])
         return np.maximum(squared.min(axis=1), 0.0)  # never below 0 for rounding
 
     def flags(self, rows) -> np.ndarray:
@@ -61,8 +60,9 @@ class Novelty:
     @classmethod
     def load(cls, path: Path) -> Novelty:
         with np.load(path) as stored:
-            return cls(stored["mean"], stored["scale"], stored["centres"], stored["precision"],
-                       float(stored["limit"]), float(stored["quantile"]))
+            # Stored as float32 (half the file); computed with in float64, converted once here.
+            return cls(stored["mean"], stored["scale"], stored["centres"].astype(np.float64),
+                       stored["precision"].astype(np.float64), float(stored["limit"]), float(stored["quantile"]))
 
     def describe(self) -> dict[str, Any]:
         """For the run's metrics: the limit, its quantile, the feature size and the test images flagged."""
@@ -95,8 +95,8 @@ def fit_novelty(train, y_train, val, quantile: float = NOVELTY_QUANTILE) -> Nove
 
 
 def _inverse(covariance: np.ndarray) -> np.ndarray:
-    """The shrunk covariance's inverse: by Cholesky (positive definite: ~4x faster than scikit-learn's
-    eigendecomposition, 0.3 s for 1024 features on 2 cores), the pseudo-inverse if it is singular."""
+    """The shrunk covariance's inverse: by Cholesky (positive definite; 0.08 s for 1024 features on 2
+    cores, against 0.32 s for scikit-learn's eigendecomposition), the pseudo-inverse if it is singular."""
     from scipy import linalg
 
     try:
