@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -26,9 +28,13 @@ from ui.state import (
     ICONS,
     PAGES,
     current_dataset,
+    dataset_notice,
     dataset_report,
+    forget_dataset,
     get_store,
     hosted,
+    notify_dataset,
+    saved_label,
     set_dataset,
     upload_too_large,
     workspace,
@@ -158,26 +164,37 @@ with saved_tab:
     if not saved:
         st.caption("Uploaded datasets are kept here.")
     else:
-        labels = {f"{d['name']} ({d['n_files']} files)": d for d in saved}
-        choice = st.selectbox("Saved dataset", list(labels))
+        # Keyed by folder: two saves with the same name and file count (a corrected re-upload) stay apart.
+        by_path = {d["path"]: d for d in saved}
+        chosen = by_path[st.selectbox("Saved dataset", list(by_path), format_func=lambda p: saved_label(by_path[p]))]
         use, delete = st.columns(2)
         if use.button("Use it"):
             # An upload saved before this server's disk was wiped comes back from the artifacts location.
-            set_dataset(local_source(store, labels[choice]["path"]), labels[choice]["name"])
-            st.rerun()
-        if is_saved_upload(labels[choice]["path"]) and delete.button(
+            path = local_source(store, chosen["path"])
+            if Path(path).exists():
+                set_dataset(path, chosen["name"])
+                st.rerun()
+            st.error(f"“{plain(chosen['name'])}” is listed but its files are not on this server, nor at the artifacts "
+                     "location: upload it again.")
+        if is_saved_upload(chosen["path"]) and delete.button(
             "Delete it", key="delete_dataset",
             help="Frees its room (hosted: a workspace's saved datasets have a disk quota). Runs trained on it keep "
-                 "their results, but cannot be resumed.",
+                 "their results, but cannot be resumed. Refused while a queued or running run reads it.",
         ):
             try:
-                delete_dataset(store, labels[choice]["path"], workspace())
+                delete_dataset(store, chosen["path"], workspace())
             except TLCoreError as err:
                 st.error(plain(err))
             else:
+                deleted = f"Deleted “{plain(chosen['name'])}” ({saved_label(chosen, name=False)})."
+                if (current_dataset() or {}).get("path") != chosen["path"]:
+                    notify_dataset(deleted)
+                else:
+                    forget_dataset(deleted)
                 st.rerun()
 
 dataset = current_dataset()
+dataset_notice()
 if dataset is None:
     st.info("No dataset yet: upload one above, or try a sample set.")
     st.stop()

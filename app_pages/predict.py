@@ -57,7 +57,11 @@ if photo is not None:
     pictures.append(("camera photo", photo.getvalue()))
 store.ensure_local(run["id"])  # after a wiped disk: fetches the run's folder from the artifacts location
 path = model_file(run)
-if not pictures or path is None:
+if path is None:
+    st.error("This run's model file is not on this server, nor at the artifacts location, so it cannot predict. "
+             "Pick another model, or train this one again.")
+    st.stop()
+if not pictures:
     st.stop()
 
 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO, SHARED_WEIGHTS, make_toy_folder, needs_shared_weights
@@ -219,6 +220,10 @@ def test_runs_result_and_predict_pages_render_a_finished_run(app, finished_run):
     _open(app, "predict")
     n_test = finished_run["metrics"]["n_test"]
     assert f"(95% CI {low:.1%}-{high:.1%} · {n_test} test images · largest class alone" in app.selectbox[0].value
+
+    Path(finished_run["model_path"]).unlink()  # a wiped disk and no artifacts location to fetch it from
+    _open(app, "predict")
+    assert not app.exception and app.error[0].value.startswith("This run's model file is not on this server")
 
 
 def test_result_page_refuses_bad_links(app, store):

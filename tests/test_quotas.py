@@ -6,8 +6,13 @@ hosted visitor, ``workspace=None`` for a local app, which has no quotas.
 
 from __future__ import annotations
 
+import shutil
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
+
 from conftest import REPO, make_toy_folder, png_bytes
 from streamlit.testing.v1 import AppTest
 
@@ -132,6 +137,59 @@ def test_the_data_page_deletes_a_saved_upload_to_free_room(store, toy_folder):
     at.button(key="delete_dataset").click().run()
     assert not at.exception, at.exception
     assert list_datasets(store) == [] and not any(datasets_dir(store).iterdir())
+
+
+def test_saved_datasets_with_the_same_name_stay_apart_and_deleting_the_one_in_use_loses_nothing(
+    store, tmp_path, monkeypatch
+):
+    """A corrected re-upload has the same name and file count as the first: both are listed, each
+    opens its own files, and deleting the dataset a session works on (or its folder vanishing)
+    gives a message, never a traceback."""
+    older = save_image_set(store, load_images(make_toy_folder(tmp_path / "v1", n_per_class=4, seed=1)), "flowers")
+    time.sleep(1.1)  # listed by the second they were saved
+    newer = save_image_set(store, load_images(make_toy_folder(tmp_path / "v2", n_per_class=4, seed=2)), "flowers")
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    at.switch_page("app_pages/data.py").run()
+    picker = next(s for s in at.selectbox if s.label == "Saved dataset")
+    assert len(picker.options) == 2 and all(o.startswith("flowers (12 files, saved ") for o in picker.options)
+    assert picker.options[0] != picker.options[1]  # told apart by when they were saved
+
+    picker.select_index(1)  # the older one
+    next(b for b in at.button if b.label == "Use it").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state["dataset"]["path"] == str(older)
+
+    at.button(key="delete_dataset").click().run()  # the one in use
+    assert not at.exception, at.exception
+    assert len(at.success) == 1 and at.success[0].value.startswith("Deleted “flowers” (12 files, saved ")
+    assert [Path(d["path"]) for d in list_datasets(store)] == [newer] and not older.exists()
+    assert "No dataset yet" in at.info[0].value
+
+    # The other one in use, then its folder goes (another tab deleted it, or it was moved).
+    next(b for b in at.button if b.label == "Use it").click()
+    at.run()
+    assert at.session_state["dataset"]["path"] == str(newer)
+    shutil.rmtree(newer)
+    at.switch_page("app_pages/train.py").run()
+    assert not at.exception, at.exception
+    assert [w.value for w in at.warning][:1] == [
+        "The dataset “flowers” is no longer on this server (deleted, or its folder moved or renamed). Load it "
+        "again on the Data page."]
+    assert "dataset" not in at.session_state
+
+
+def test_a_dataset_that_a_queued_run_reads_cannot_be_deleted(store, tmp_path):
+    saved = save_image_set(store, load_images(make_toy_folder(tmp_path / "toy", n_per_class=4)), "mine")
+    run_id = submit(store, saved, FAST)
+    with pytest.raises(DataError, match=r"^1 queued or running run\(s\) still read this dataset's files, so nothing "
+                                        r"was deleted\. Let them finish \(or cancel them on the Train page\)"):
+        delete_dataset(store, saved)
+    assert saved.is_dir() and len(list_datasets(store)) == 1
+    store.request_cancel(run_id)  # a queued run is cancelled at once
+    assert store.get_run(run_id)["status"] == "cancelled"
+    delete_dataset(store, saved)
+    assert not saved.exists() and list_datasets(store) == []
 
 
 def test_resuming_a_run_counts_against_the_queue_quota(tmp_path, monkeypatch):

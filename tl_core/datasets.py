@@ -220,13 +220,21 @@ def delete_dataset(store: RunStore, path: str | Path, workspace: str | None = No
         workspace: the private workspace (hosted mode) it must belong to; any when ``None``.
 
     Raises:
-        DataError: ``path`` is not a saved upload (of this workspace): nothing is deleted.
+        DataError: ``path`` is not a saved upload (of this workspace), or a queued or running run
+            still reads its files: nothing is deleted.
     """
     name = Path(path).name
     listed = {Path(d["path"]).name for d in list_datasets(store, workspace)}
     if not is_saved_upload(name) or name not in listed:
         raise DataError(f"'{name}' is not a saved upload of this workspace, so nothing was deleted. "
                         "Pick one from Saved datasets.")
+    using = [
+        run for status in ("queued", "running") for run in store.list_runs(status=status, workspace=workspace)
+        if Path((run.get("config") or {}).get("source") or "").name == name
+    ]
+    if using:
+        raise DataError(f"{len(using)} queued or running run(s) still read this dataset's files, so nothing was "
+                        "deleted. Let them finish (or cancel them on the Train page), then delete it.")
     shutil.rmtree(datasets_dir(store) / name, ignore_errors=True)
     if store.artifacts is not None:
         store.artifacts.delete(f"datasets/{name}")

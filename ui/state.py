@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +216,40 @@ def current_dataset() -> dict[str, Any] | None:
         previous = last_dataset()
         if previous is not None:
             st.session_state["dataset"] = {"path": previous["path"], "name": previous["name"]}
-    return st.session_state.get("dataset")
+    dataset = st.session_state.get("dataset")
+    if dataset is not None and not Path(dataset["path"]).exists():
+        # Deleted (in another tab too), or its folder moved: the pages say so instead of failing on it.
+        forget_dataset(f"The dataset “{plain(dataset['name'])}” is no longer on this server (deleted, or its "
+                       "folder moved or renamed). Load it again on the Data page.", "warning")
+        return None
+    return dataset
+
+
+def forget_dataset(notice: str, kind: str = "success") -> None:
+    """Drops this session's dataset and says why (see :func:`notify_dataset`)."""
+    st.session_state.pop("dataset", None)
+    st.session_state.pop("recommendation", None)
+    notify_dataset(notice, kind)
+
+
+def notify_dataset(notice: str, kind: str = "success") -> None:
+    """``notice`` (Markdown, user text escaped) is shown once, after a rerun, as an ``st.success`` or
+    ``st.warning`` (``kind``), by the next :func:`dataset_notice`."""
+    st.session_state["dataset_notice"] = (kind, notice)
+
+
+def saved_label(saved: dict[str, Any], name: bool = True) -> str:
+    """How a saved dataset is named in a list (plain text): its name, file count and when it was saved."""
+    when = time.strftime("%d %b %Y %H:%M:%S", time.localtime(saved["created_at"])) if saved.get("created_at") else None
+    about = f"{saved.get('n_files', '?')} files" + (f", saved {when}" if when else "")
+    return f"{saved['name']} ({about})" if name else about
+
+
+def dataset_notice() -> None:
+    """Shows, once, what happened to this session's dataset (see :func:`notify_dataset`)."""
+    kind, notice = st.session_state.pop("dataset_notice", (None, None))
+    if notice:
+        (st.warning if kind == "warning" else st.success)(notice)
 
 
 def _last_dataset_file() -> Path:
@@ -253,7 +287,11 @@ def dataset_report(path: str) -> dict[str, Any] | None:
 
     Errors become an ``st.error`` and ``None``.
     """
-    key = (path, dataset_stamp(Path(path)))
+    try:
+        key = (path, dataset_stamp(Path(path)))
+    except OSError as err:  # gone since the page checked
+        st.error(f"The dataset's folder cannot be read ({plain(err.strerror or err)}). Load it again on the Data page.")
+        return None
     cache = st.session_state.setdefault("reports", {})
     if key not in cache:
         try:
@@ -274,6 +312,7 @@ def require_dataset() -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The current dataset and its report, or a pointer to the Data page."""
     dataset = current_dataset()
     if dataset is None:
+        dataset_notice()
         st.info("Load a dataset first.")
         st.page_link(PAGES["data"], label="Go to Data", icon=ICONS["data"])
         return None
