@@ -14,7 +14,7 @@ from tl_core.export import (html_report, model_file, readable_settings, split_te
                             take_home_name, take_home_usage)
 from tl_core.hardware import keep_off_gpu
 from tl_core.jobs import resume
-from tl_core.metrics import reliability
+from tl_core.metrics import CI_LABEL, CONFIDENCE, reliability
 from tl_core.store import is_valid_run_id
 from ui.export_panel import export_panel
 from ui.gallery import mistakes_gallery
@@ -87,12 +87,12 @@ if metrics.get("confusion_matrix"):
     facts = reliability(metrics)
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Test accuracy", f"{metrics['test_accuracy']:.1%}",
-              help="The share of the held-out test images it classifies right, with its 95% (Wilson) interval: "
+              help=f"The share of the held-out test images it classifies right, with its {CONFIDENCE:.0%} (Wilson) interval: "
                    "on a small test split one image moves it by several points.")
-    c1.caption(f"95% CI {facts['test_accuracy_ci'][0]:.1%}-{facts['test_accuracy_ci'][1]:.1%}")
+    c1.caption(f"{CI_LABEL} {facts['test_accuracy_ci'][0]:.1%}-{facts['test_accuracy_ci'][1]:.1%}")
     c2.metric("Macro F1", f"{metrics['macro_f1']:.3f}",
-              help="The mean of the per-class F1 scores, with a 95% bootstrap interval over the test images.")
-    c2.caption(f"95% CI {facts['macro_f1_ci'][0]:.3f}-{facts['macro_f1_ci'][1]:.3f}")
+              help=f"The mean of the per-class F1 scores, with a {CONFIDENCE:.0%} bootstrap interval over the test images.")
+    c2.caption(f"{CI_LABEL} {facts['macro_f1_ci'][0]:.3f}-{facts['macro_f1_ci'][1]:.3f}")
     c3.metric("Largest class alone", f"{facts['majority_baseline']:.1%}",
               help="The accuracy of always guessing the test split's largest class: a model must clearly beat it.")
     c3.caption(f"{facts['n_test']} test images")
@@ -175,7 +175,8 @@ with confidence_tab:
                        f"{calibration['threshold']:.0%} (split conformal prediction): on the test split such sets held "
                        f"the right class for {calibration['test_coverage']:.0%} of the images, "
                        f"{calibration['mean_set_size']:.1f} classes on average.")
-        st.plotly_chart(charts.reliability_diagram(calibration["reliability_before"], calibration["reliability_after"]),
+        st.plotly_chart(charts.reliability_diagram(calibration["reliability_before"], calibration["reliability_after"],
+                                                   calibration["ece_before"], calibration["ece_after"]),
                         key="reliability_diagram")
     novelty = metrics.get("novelty")
     if novelty and novelty.get("test_flagged") is not None:

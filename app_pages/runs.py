@@ -7,8 +7,9 @@ import streamlit as st
 
 from tl_core import charts, comparison
 from tl_core.backbones import weights_label
-from tl_core.charts import STRATEGY_LABELS, run_label
-from tl_core.metrics import reliability
+from tl_core.charts import run_label
+from tl_core.config import STRATEGY_LABELS
+from tl_core.metrics import CI_LABEL, CONFIDENCE, reliability
 from ui.reliability import plain
 from ui.state import ICONS, PAGES, current_dataset, get_store, workspace
 
@@ -58,7 +59,7 @@ for position, (group, members) in enumerate(list(comparison.groups(runs).items()
             "strategy": s["label"],
             "splits": f"{s['n_splits']} of {s['planned']}",
             "mean accuracy": s["mean_accuracy"],
-            "95% CI": "{:.1%}-{:.1%}".format(*s["accuracy_ci"]),
+            CI_LABEL: "{:.1%}-{:.1%}".format(*s["accuracy_ci"]),
             shared_column: s["shared_mean_accuracy"],
             "mean time (s)": s["seconds"],
             "warning": f"flagged on {s['flagged']} of {s['n_splits']} splits" if s["flagged"] else "",
@@ -97,7 +98,7 @@ for run in runs:
             "dataset": run.get("name") or UNNAMED,
             "status": run["status"],
             "test accuracy": metrics.get("test_accuracy"),
-            "95% CI": "{:.1%}-{:.1%}".format(*facts["test_accuracy_ci"]) if facts else "",
+            CI_LABEL: "{:.1%}-{:.1%}".format(*facts["test_accuracy_ci"]) if facts else "",
             "time (s)": metrics.get("seconds"),
             "warning": " ".join(facts["flags"]) if facts else "",
             "weights": weights_label(train.get("weights")),
@@ -123,14 +124,14 @@ picked = st.dataframe(
     placeholder=MISSING,
     # What a laptop screen (1400 px) shows without scrolling sideways; the rest stays in the data.
     column_order=["", "run"] + (["dataset"] if len({r["dataset"] for r in rows}) > 1 else [])
-    + ["status", "test accuracy", "95% CI", "time (s)", "warning"],
+    + ["status", "test accuracy", CI_LABEL, "time (s)", "warning"],
     column_config={
         "": st.column_config.TextColumn(width=48),
         "run": st.column_config.TextColumn(width=330),
         "dataset": st.column_config.TextColumn(width=90),
         "status": st.column_config.TextColumn(width=85),
         "test accuracy": st.column_config.ProgressColumn(format="%.3f", min_value=0, max_value=1, width=110),
-        "95% CI": st.column_config.TextColumn(help="95% Wilson interval of the test accuracy", width=105),
+        CI_LABEL: st.column_config.TextColumn(help=f"{CONFIDENCE:.0%} Wilson interval of the test accuracy", width=105),
         "time (s)": st.column_config.NumberColumn(format="%.1f", help="Training time", width=65),
         "warning": st.column_config.TextColumn(help="Why not to trust the test accuracy, if there is a reason "
                                                     "(open the run for details)"),

@@ -11,6 +11,7 @@ import streamlit as st
 
 from tl_core import charts
 from tl_core.advisor import (
+    ADVICE_TIME,
     BENCH,
     LARGE_MIN_PER_CLASS,
     PART_WEIGHTS,
@@ -22,8 +23,7 @@ from tl_core.advisor import (
     recommend,
 )
 from tl_core.backbones import BACKBONES
-from tl_core.charts import STRATEGY_LABELS
-from tl_core.config import TrainConfig
+from tl_core.config import STRATEGY_LABELS, TrainConfig
 from tl_core.errors import TLCoreError
 from tl_core.escape import markdown as plain
 from tl_core.export import readable_settings
@@ -48,7 +48,7 @@ elif advice is None:
     automatic = weights_on_disk(backbone)
     slot = st.empty()
     clicked = slot.button("Measure domain similarity", type="primary",
-                          help="About 20 s on two CPU cores: a few hundred of your images through the pretrained network.")
+                          help=f"About {ADVICE_TIME}: a few hundred of your images through the pretrained network.")
     if automatic or clicked:
         slot.empty()
         with st.spinner(f"Measuring a sample of your images with {BACKBONES[backbone].title}..."):

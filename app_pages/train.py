@@ -9,7 +9,7 @@ import streamlit as st
 
 from tl_core import charts, comparison, quotas
 from tl_core.backbones import BACKBONES
-from tl_core.charts import STRATEGY_LABELS, run_label
+from tl_core.charts import run_label
 from tl_core.config import (
     COMPARE_COSTLY_SPLITS,
     COMPARE_FEATURE_SPLITS,
@@ -20,6 +20,7 @@ from tl_core.config import (
     PRECISIONS,
     RESIZE_MODES,
     STRATEGIES,
+    STRATEGY_LABELS,
     DataConfig,
     TrainConfig,
 )

@@ -8,7 +8,7 @@ same cost), in one process, the same images each time, ``--reps`` rounds of thes
 
 1. raw forward: the network on pre-decoded uint8 tensors already in memory (the baseline, timed
    at the start and at the end of the round, its mean speed);
-2. from files: the engine's path for a run on files not seen before (``runner.decode_and_extract``:
+2. from files: the engine's path for a run on files not seen before (``features.decode_and_extract``:
    decoding on lowest-priority threads, overlapped with the forward pass, then the feature cache);
 3. decode, then extract: the same work one after the other (what the engine did before);
 4. decoded cache warm: the pixels read from the uint8 cache, then the forward pass.
@@ -48,9 +48,8 @@ from _common import DEFAULT_DATA, machine
 
 from tl_core import backbones, data
 from tl_core.config import DataConfig
-from tl_core.features import extract_features
+from tl_core.features import decode_and_extract, extract_features
 from tl_core.progress import NullProgress
-from tl_core.runner import decode_and_extract
 
 PATHS = ("from files", "decode, then extract", "decoded cache warm")
 

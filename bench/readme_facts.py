@@ -5,6 +5,8 @@
 
 A block sits between ``<!-- facts:NAME -->`` and ``<!-- /facts:NAME -->``; everything between the
 markers is replaced. Edit the constants in ``tl_core/advisor.py`` or rerun the bench, never the block.
+Figures inside sentences and table rows (:data:`PHRASES`) are checked against their source instead:
+the command names each one the README lacks.
 """
 
 from __future__ import annotations
@@ -192,6 +194,72 @@ def compare_table() -> str:
     return "\n".join(lines)
 
 
+def first_result_phrases() -> list[str]:
+    """The time-to-first-result figures of the Performance table, from ``first_result.json``: the
+    headline and where the time went (each part's mean over the rounds)."""
+    result = json.loads((RESULTS / "first_result.json").read_text())
+
+    def parts(key: str) -> str:
+        rounds = result["results"][key]
+        shown = []
+        for name, _ in rounds[0]["parts"]:
+            seconds = sum(dict(r["parts"])[name] for r in rounds) / len(rounds)
+            precision = rounds[0].get("precision", "float32")
+            shown.append(f"{name} {seconds:.1f} s" + (f" ({precision})" if name == "extract" and precision != "float32"
+                                                       else ""))
+        return ", ".join(shown)
+
+    before, after = result["mean_seconds"]["before"], result["mean_seconds"]["after"]
+    return [f"**{before:.1f} s -> {after:.1f} s = {after / before:.2f}x ({100 * (1 - after / before):.0f}% sooner)**",
+            f"Where it went, before: {parts('before')}; after: {parts('after')}."]
+
+
+def memory_phrases() -> list[str]:
+    """The app server + worker memory figures (Performance table and hosted mode), from
+    ``memory_server_worker.txt``."""
+    text = (RESULTS / "memory_server_worker.txt").read_text()
+    total, server, worker = (re.search(pattern, text).group(1) for pattern in (
+        r"server \+ worker peaks: ([\d.]+) GB", r"server peak:\s+([\d.]+) GB", r"worker peak:\s+([\d.]+) GB"))
+    return [f"**{total} GB** (server {server} GB, worker {worker} GB)",
+            f"the app server and its training worker peak at {total} GB fine-tuning MobileNetV2"]
+
+
+def advice_time_phrases() -> list[str]:
+    return [f"It takes about {advisor.ADVICE_TIME}:"]
+
+
+def threshold_phrases() -> list[str]:
+    """The thresholds and defaults the README quotes, from the constants the code uses."""
+    from tl_core.calibration import COVERAGE, NOT_SURE_BELOW
+    from tl_core.config import COMPARE_COSTLY_SPLITS, COMPARE_FEATURE_SPLITS, DEFAULT_MAX_PIXELS, QuotaConfig
+    from tl_core.export import REQUIRED_AGREEMENT
+    from tl_core.novelty import NOVELTY_MAX_ROWS, NOVELTY_QUANTILE
+
+    quota = QuotaConfig()
+    compare_runs = 2 * COMPARE_FEATURE_SPLITS + 2 * COMPARE_COSTLY_SPLITS  # two heads; fine-tuning and from scratch
+    return [f"classes that holds the right one for {COVERAGE:.0%} of pictures like the training ones",
+            f"when the top class is under {NOT_SURE_BELOW:.0%}",
+            f"limit is the distance {NOVELTY_QUANTILE:.0%} of the validation images stay under",
+            f"at most {NOVELTY_MAX_ROWS:,} images a split",
+            f"| TFLite float32 | RGB 0-255 at the model's size (resize first; the card says how) | at least "
+            f"{REQUIRED_AGREEMENT['tflite']:.0%} |",
+            f"An image over {DEFAULT_MAX_PIXELS / 1e6:g} megapixels (configurable)",
+            f"| `TL_QUOTA_DATASET_MB` | {quota.dataset_mb:g} |", f"| `TL_QUOTA_QUEUED_RUNS` | {quota.queued_runs} |",
+            f"| `TL_QUOTA_RUN_EPOCHS` | {quota.run_epochs:g} |", f"a comparison ({compare_runs} runs by default)"]
+
+
+# Figures inside sentences and table rows, which a block cannot hold: checked, not rewritten.
+PHRASES = {"first-result": first_result_phrases, "memory": memory_phrases, "advice-time": advice_time_phrases,
+           "thresholds": threshold_phrases}
+
+
+def missing_phrases(text: str) -> list[str]:
+    """The :data:`PHRASES` that ``text`` does not contain (whitespace and line breaks aside)."""
+    flat = " ".join(text.split())
+    return [f"{name}: {phrase}" for name, make in PHRASES.items() for phrase in make()
+            if " ".join(phrase.split()) not in flat]
+
+
 BLOCKS = {"advisor-thresholds": advisor_thresholds, "advisor-strategies": strategy_table,
           "advisor-lesson": advisor_lesson, "backbones": backbone_table, "recipe": recipe_table,
           "lpft": lpft_table, "compare": compare_table}
@@ -213,13 +281,16 @@ def main() -> int:
     args = parser.parse_args()
     current = README.read_text()
     rendered = render(current)
+    missing = missing_phrases(rendered)
+    for phrase in missing:
+        print(f"README.md lacks this figure from its source (edit the sentence by hand): {phrase}", file=sys.stderr)
     if args.check:
         if rendered != current:
             print("README.md's facts blocks are out of date: run python bench/readme_facts.py", file=sys.stderr)
             return 1
-        return 0
+        return 1 if missing else 0
     README.write_text(rendered)
-    return 0
+    return 1 if missing else 0
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ from tl_core.calibration import (
     how_sure,
     negative_log_likelihood,
     prediction_sets,
-    reliability_figure,
     reliability_table,
     set_coverage,
 )
+from tl_core.charts import reliability_diagram
 from tl_core.errors import ConfigError, TLCoreError
 
 
@@ -180,10 +180,10 @@ def test_the_reliability_figure_shows_the_diagonal_and_each_ece():
     p, y = _calibrated(n=1000)
     sharp = apply_temperature(p, 1 / 4)
     c = calibrate(sharp[:500], y[:500], sharp[500:], y[500:])
-    fig = reliability_figure(c.reliability_before, c.reliability_after, c.ece_before, c.ece_after)
+    fig = reliability_diagram(c.reliability_before, c.reliability_after, c.ece_before, c.ece_after)
     assert len(fig.data) == 3 and list(fig.data[0].x) == [0, 1] and list(fig.data[0].y) == [0, 1]
     assert f"ECE {c.ece_before:.3f}" in fig.data[1].name and f"ECE {c.ece_after:.3f}" in fig.data[2].name
-    assert "ECE" in reliability_figure(c.reliability_before, c.reliability_after).data[1].name
+    assert "ECE" in reliability_diagram(c.reliability_before, c.reliability_after).data[1].name
 
 
 def test_calibrate_measures_on_the_test_split():

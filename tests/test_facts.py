@@ -51,3 +51,18 @@ def test_the_matrix_picture_and_the_page_use_the_thresholds():
     assert f"{advisor.SCRATCH_MIN_PER_CLASS:,} per class" in texts
     page = (REPO / "app_pages" / "strategy.py").read_text()
     assert "anchors_sentence()" in page and "{SAMPLE_SIZE}" in page
+
+
+def test_figures_quoted_inside_sentences_are_checked_against_their_source(monkeypatch):
+    from tl_core.calibration import NOT_SURE_BELOW
+
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import readme_facts
+
+    text = (REPO / "README.md").read_text()
+    assert readme_facts.missing_phrases(text) == []
+    quoted = f"when the top class is under {NOT_SURE_BELOW:.0%}"
+    assert readme_facts.missing_phrases(text.replace(quoted, "when the top class is under 40%")) == [
+        f"thresholds: {quoted}"]
+    memory = readme_facts.memory_phrases()[0]  # e.g. "**1.54 GB** (server 0.24 GB, worker 1.31 GB)"
+    assert readme_facts.missing_phrases(text.replace(memory, "**1.51 GB**")) == [f"memory: {memory}"]

@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO
+from PIL import Image
 
 N_IMAGES, SIZE = 6000, 160
 DECODED_BYTES = N_IMAGES * SIZE * SIZE * 3
@@ -75,7 +74,7 @@ import keras
 from tl_core.config import DataConfig
 from tl_core.features import extract_features
 from tl_core.progress import NullProgress
-from tl_core.runner import decode_and_extract
+from tl_core.features import decode_and_extract
 size = int(sys.argv[3])
 inputs = keras.Input((size, size, 3))
 model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))  # per-channel means: cheap

@@ -112,3 +112,15 @@ def _reachable(graph, start) -> set[str]:
 def test_training_never_imports_serving_code():
     graph = _graph()
     assert {m: sorted(_reachable(graph, m) & set(SERVING)) for m in TRAINING} == {m: [] for m in TRAINING}
+
+
+# The top of the engine: what draws (Plotly charts) and what runs a whole training. Measuring
+# modules (metrics, calibration, comparison, label issues) sit below both.
+DRAWING_AND_RUNNING = {"tl_core.charts": {"tl_core.export"},
+                       "tl_core.runner": {"tl_core.execution", "tl_core.__main__"}}
+
+
+def test_only_the_top_of_the_engine_imports_the_charts_or_the_run_orchestrator():
+    graph = _graph()
+    found = {top: sorted(m for m, deps in graph.items() if top in deps) for top in DRAWING_AND_RUNNING}
+    assert found == {top: sorted(allowed) for top, allowed in DRAWING_AND_RUNNING.items()}

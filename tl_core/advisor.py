@@ -100,12 +100,15 @@ def _read_bench(path: Path = BENCH_RESULTS) -> dict[str, dict[str, Any]]:
 BENCH = _read_bench()
 SIMILAR_MIN = 0.7
 SAMPLE_SIZE = 300
+# How long a recommendation takes (bench/results/advisor_vs_best.txt: 12.7-18.8 s inside the bench;
+# `python -m tl_core advise` with its imports: 14-29 s).
+ADVICE_TIME = "15-40 s on two CPU cores"
 PART_WEIGHTS = {"statistics": 0.5, "recognition": 0.25, "transferability": 0.25}
 # Similarities measured with MobileNet on samples of SAMPLE_SIZE images (python -m tl_core advise):
 # SIMILAR_MIN sits between the clip art and Fashion-MNIST.
 SIMILARITY_ANCHORS = {
     "crops of two photographs": 0.89,
-    "clip art of everyday objects (clipart8)": 0.78,
+    "clip art of everyday objects (clipart8)": 0.77,
     "Fashion-MNIST": 0.60,
     "scikit-learn's 8 x 8 digits": 0.54,
     "uniform noise": 0.12,

@@ -12,7 +12,7 @@ calibrated probabilities into a set of classes per image: every class whose prob
 images like those, the set holds the true class at least ``coverage`` of the time; an image unlike any
 class tends to get a large set, or an empty one, which the app shows as "not sure".
 
-numpy and scipy only (Plotly is imported by :func:`reliability_figure` alone): no TensorFlow.
+numpy and scipy only: no TensorFlow, no Plotly (the diagram is :func:`tl_core.charts.reliability_diagram`).
 """
 
 from __future__ import annotations
@@ -287,17 +287,3 @@ def how_sure(probabilities, class_names: list[str], calibration: dict[str, Any] 
     plausible = [class_names[k] for k in prediction_sets(p[None], calibration["threshold"])[0]]
     return {"sure": bool(p[top] >= NOT_SURE_BELOW and plausible == [class_names[top]]), "plausible": plausible,
             "coverage": calibration["coverage"]}
-
-
-def reliability_figure(table_before: list[dict[str, float]], table_after: list[dict[str, float]],
-                       ece_before: float | None = None, ece_after: float | None = None):
-    """The reliability diagram as a Plotly figure (:func:`tl_core.charts.reliability_diagram`, imported
-    here only): accuracy against confidence per bin before and after, the diagonal of a model exactly
-    as sure as it is right, and each curve's ECE in the legend: as given (``Calibration.ece_before``,
-    15 bins), else that of its table's bins."""
-    from tl_core.charts import reliability_diagram
-
-    fig = reliability_diagram(table_before, table_after)
-    for trace, table, ece in ((fig.data[1], table_before, ece_before), (fig.data[2], table_after, ece_after)):
-        trace.name = f"{trace.name}: ECE {ece_of_table(table) if ece is None else ece:.3f}"
-    return fig

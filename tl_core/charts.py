@@ -15,13 +15,9 @@ import plotly.graph_objects as go
 from tl_core import escape
 from tl_core.advisor import SCRATCH_MIN_PER_CLASS
 from tl_core.backbones import BACKBONES
+from tl_core.calibration import ece_of_table
+from tl_core.config import STRATEGY_LABELS
 from tl_core.progress import EPOCH_STAGES, STAGE_TITLES, TIMELINE_TITLES
-
-STRATEGY_LABELS = {
-    "feature_extractor": "Feature extractor",
-    "finetune": "Two-stage fine-tuning",
-    "scratch": "From scratch",
-}
 
 
 def feature_cut(run: dict[str, Any]) -> int | None:
@@ -263,19 +259,23 @@ def time_breakdown(parts: list[tuple[str, float]]) -> go.Figure:
     return _layout(fig, f"Where the time went: {total:.1f} s in all", 90 + 34 * len(parts))
 
 
-def reliability_diagram(before: list[dict[str, float]], after: list[dict[str, float]]) -> go.Figure:
+def reliability_diagram(before: list[dict[str, float]], after: list[dict[str, float]],
+                        ece_before: float | None = None, ece_after: float | None = None) -> go.Figure:
     """Accuracy against confidence per bin, before and after calibration, with the diagonal of a model
-    that is exactly as sure as it is right; a marker's size is its bin's number of images."""
+    that is exactly as sure as it is right; a marker's size is its bin's number of images. Each curve's
+    ECE is in the legend: as given (``Calibration.ece_before``, 15 bins), else that of its table's bins."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#999"),
                              name="as sure as right", hoverinfo="skip"))
-    for rows, name, color in ((before, "before calibration", "#e45756"), (after, "after calibration", "#4c78a8")):
+    for rows, ece, title, color in ((before, ece_before, "before calibration", "#e45756"),
+                                    (after, ece_after, "after calibration", "#4c78a8")):
+        name = f"{title}: ECE {ece_of_table(rows) if ece is None else ece:.3f}"
         fig.add_trace(go.Scatter(
             x=[r["confidence"] for r in rows], y=[r["accuracy"] for r in rows], mode="lines+markers", name=name,
             marker=dict(size=[6 + 14 * math.sqrt(r["count"] / max(1, max(x["count"] for x in rows))) for r in rows],
                         color=color),
             line=dict(color=color), customdata=[r["count"] for r in rows],
-            hovertemplate="confidence %{x:.0%}: right %{y:.0%} of %{customdata} images<extra>" + name + "</extra>",
+            hovertemplate="confidence %{x:.0%}: right %{y:.0%} of %{customdata} images<extra>" + title + "</extra>",
         ))
     fig.update_xaxes(title="confidence (top probability)", range=[0, 1.02], tickformat=".0%")
     fig.update_yaxes(title="accuracy", range=[0, 1.02], tickformat=".0%")

@@ -16,8 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from tl_core.charts import STRATEGY_LABELS
-from tl_core.config import COMPARE_COSTLY_SPLITS, COMPARE_FEATURE_SPLITS, DataConfig, TrainConfig
+from tl_core.config import (
+    COMPARE_COSTLY_SPLITS,
+    COMPARE_FEATURE_SPLITS,
+    STRATEGY_LABELS,
+    DataConfig,
+    TrainConfig,
+)
 from tl_core.metrics import CONFIDENCE, mean_accuracy_interval, paired_verdict, reliability
 from tl_core.store import PREDICTIONS_FILE, SPLIT_FILE, RunStore
 

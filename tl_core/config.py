@@ -14,6 +14,7 @@ from typing import Any
 from tl_core.errors import ConfigError
 
 STRATEGIES = ("feature_extractor", "finetune", "scratch")
+STRATEGY_LABELS = {"feature_extractor": "Feature extractor", "finetune": "Two-stage fine-tuning", "scratch": "From scratch"}
 HEADS = ("softmax", "ovr", "svm")
 # The frozen ConvNet's inference precision (tl_core.precision): auto, or one of the two forced.
 PRECISIONS = ("auto", "float32", "bfloat16")

@@ -13,7 +13,7 @@ import numpy as np
 
 from tl_core import charts, escape
 from tl_core.backbones import BACKBONES, weights_label
-from tl_core.config import EXPORT_FORMATS, HEAD_NAMES
+from tl_core.config import EXPORT_FORMATS, HEAD_NAMES, STRATEGY_LABELS
 from tl_core.errors import ExportError, TLCoreError
 from tl_core.metrics import reliability
 from tl_core.model_files import load_model_file, model_file
@@ -97,7 +97,7 @@ def readable_settings(train: dict[str, Any], metrics: dict[str, Any] | None = No
     strategy = train.get("strategy")
     spec = BACKBONES.get(train.get("backbone"))
     size = train.get("image_size") or metrics.get("image_size") or (spec.input_size if spec else None)
-    shown = {"Strategy": charts.STRATEGY_LABELS.get(strategy, str(strategy)),
+    shown = {"Strategy": STRATEGY_LABELS.get(strategy, str(strategy)),
              "Backbone": spec.title if spec else str(train.get("backbone"))}
     if strategy != "scratch":
         shown["Pretrained weights"] = weights_label(metrics.get("weights") or train.get("weights"))

@@ -3,7 +3,7 @@
 The features go into a memory-mapped ``.npy`` file as they are computed, so neither the pixels
 (read from their own memory-mapped cache) nor the features of a large dataset are held in memory.
 A :class:`FeaturePass` can also be fed the rows of a decoding pass as they are written, so the
-network runs while the next images are decoded (``runner.decode_and_extract``).
+network runs while the next images are decoded (:func:`decode_and_extract`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,16 @@ import hashlib
 import os
 import shutil
 import weakref
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tl_core.config import DEFAULT_RESIZE, TWIN_VERSION
+from tl_core import data
+from tl_core.config import DEFAULT_RESIZE, TWIN_VERSION, DataConfig
 from tl_core.data.arrays import (
     RELEASE_BYTES,
     PageRelease,
@@ -267,3 +270,54 @@ def _read_cache(path: Path, n: int) -> np.ndarray | None:
     if features.ndim != 2 or features.dtype.kind != "f" or features.shape[0] != n:
         return None
     return features
+
+
+def decode_and_extract(
+    image_set: data.ImageSet,
+    size: int,
+    data_config: DataConfig,
+    *,
+    cache_dir: Path,
+    feature_model: keras.Model,
+    features_path: Callable[[list], Path],
+    batch_size: int,
+    progress: ProgressListener,
+    need_features: bool = True,
+) -> tuple[data.DecodedDataset, Any]:
+    """The decoded images and (with ``need_features``) their features, each from its cache if there.
+
+    Images decoded from files go through the frozen ConvNet as they are decoded: the network runs
+    on each batch as soon as it exists, while lowest-priority threads decode the next images on the
+    cores it leaves idle. Not when the features of these files are cached already (their hashes,
+    read first, say so: a re-upload of the same files).
+
+    Args:
+        cache_dir: holds ``decoded/`` (pixels) and ``features/`` (features and the pass's scratch file).
+        features_path: the features' cache file for a list of image hashes.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(decoded, features)``; ``features`` is ``None`` without ``need_features`` or after a cancel.
+    """
+    decoded_dir = Path(cache_dir) / "decoded"
+    decoded = data.cached_decode(image_set, size, data_config, decoded_dir, progress)
+    if decoded is None and need_features and not _features_of_files_cached(image_set, cache_dir, features_path):
+        with FeaturePass(feature_model, len(image_set.items), batch_size, progress, Path(cache_dir) / "features") as feature_pass:
+            decoded = data.decode_dataset(image_set, size, data_config, progress, decoded_dir, on_rows=feature_pass.feed)
+            path = features_path(decoded.hashes)
+            if not progress.should_stop() and not path.exists():  # else: cancelled; or skipped images, the rest cached
+                return decoded, feature_pass.finish(decoded.x, len(decoded.x), path)
+    if decoded is None:
+        decoded = data.decode_dataset(image_set, size, data_config, progress, decoded_dir)
+    if not need_features or progress.should_stop():
+        return decoded, None
+    return decoded, extract_features(feature_model, decoded.x, batch_size, progress, features_path(decoded.hashes))
+
+
+def _features_of_files_cached(image_set: data.ImageSet, cache_dir: Path, features_path) -> bool:
+    """Whether the features of every file of ``image_set`` are cached (when every image decodes:
+    the usual case). Reads the files only when some features are cached at all."""
+    if not any((Path(cache_dir) / "features").glob("*.npy")):
+        return False
+    hashes = data.file_hashes(image_set)
+    return None not in hashes and features_path(hashes).exists()

@@ -165,7 +165,7 @@ def label_issues_for(source, *, backbone: str = "mobilenet", weights: str = "ima
     """Likely label errors of a dataset (a folder of class folders, or a zip), from its features.
 
     The images are loaded, decoded and pushed through the frozen ConvNet as a feature-extractor run
-    does it (``runner.decode_and_extract``: the network runs while the next images decode), with the
+    does it (``features.decode_and_extract``: the network runs while the next images decode), with the
     same caches: given ``cache_dir`` (``RunStore.cache_dir``), pixels and features are read from and
     written to it, so a run on the same images and backbone reuses them, and a second call takes a
     second or so. Then :func:`find_label_issues`.
@@ -193,11 +193,10 @@ def label_issues_for(source, *, backbone: str = "mobilenet", weights: str = "ima
     """
     from tl_core import backbones, data
     from tl_core.config import DataConfig
-    from tl_core.features import features_key
+    from tl_core.features import decode_and_extract, features_key
     from tl_core.hardware import inference_batch, jit_compile
     from tl_core.precision import choose_precision
     from tl_core.progress import NullProgress
-    from tl_core.runner import decode_and_extract
 
     data_config = data_config or DataConfig()
     progress = progress or NullProgress()

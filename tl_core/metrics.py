@@ -15,6 +15,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 CONFIDENCE = 0.95
+CI_LABEL = f"{CONFIDENCE:.0%} CI"  # how an interval is headed on every page and report
 N_BOOTSTRAP = 2000
 
 

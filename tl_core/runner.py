@@ -11,7 +11,6 @@ import os
 import shutil
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from tl_core.calibration import apply_temperature, calibrate
 from tl_core.config import FEATURE_CUT_AUTO, DataConfig, TrainConfig, candidate_cuts, env_number, run_payload
 from tl_core.errors import CancelledError, TLCoreError
 from tl_core.fsutil import write_json_atomic
-from tl_core.features import FeaturePass, extract_features, features_key
+from tl_core.features import decode_and_extract, features_key
 from tl_core.finetune import StageCheckpoints, TrainedModel, train_scratch, train_two_stage
 from tl_core.explain import explain_mistakes
 from tl_core.hardware import (
@@ -411,57 +410,6 @@ def _explain(ctx: RunContext, p: _Prepared, trained: TrainedModel, metrics: dict
     except Exception as err:  # noqa: BLE001
         metrics["notes"].append(f"No Grad-CAM heat maps: {err.__class__.__name__}: {err}")
     ctx.listener.on_stage_end("explain", None)
-
-
-def decode_and_extract(
-    image_set: data.ImageSet,
-    size: int,
-    data_config: DataConfig,
-    *,
-    cache_dir: Path,
-    feature_model: keras.Model,
-    features_path: Callable[[list], Path],
-    batch_size: int,
-    progress: ProgressListener,
-    need_features: bool = True,
-) -> tuple[data.DecodedDataset, Any]:
-    """The decoded images and (with ``need_features``) their features, each from its cache if there.
-
-    Images decoded from files go through the frozen ConvNet as they are decoded: the network runs
-    on each batch as soon as it exists, while lowest-priority threads decode the next images on the
-    cores it leaves idle. Not when the features of these files are cached already (their hashes,
-    read first, say so: a re-upload of the same files).
-
-    Args:
-        cache_dir: holds ``decoded/`` (pixels) and ``features/`` (features and the pass's scratch file).
-        features_path: the features' cache file for a list of image hashes.
-        batch_size: images per forward pass.
-
-    Returns:
-        ``(decoded, features)``; ``features`` is ``None`` without ``need_features`` or after a cancel.
-    """
-    decoded_dir = Path(cache_dir) / "decoded"
-    decoded = data.cached_decode(image_set, size, data_config, decoded_dir, progress)
-    if decoded is None and need_features and not _features_of_files_cached(image_set, cache_dir, features_path):
-        with FeaturePass(feature_model, len(image_set.items), batch_size, progress, Path(cache_dir) / "features") as feature_pass:
-            decoded = data.decode_dataset(image_set, size, data_config, progress, decoded_dir, on_rows=feature_pass.feed)
-            path = features_path(decoded.hashes)
-            if not progress.should_stop() and not path.exists():  # else: cancelled; or skipped images, the rest cached
-                return decoded, feature_pass.finish(decoded.x, len(decoded.x), path)
-    if decoded is None:
-        decoded = data.decode_dataset(image_set, size, data_config, progress, decoded_dir)
-    if not need_features or progress.should_stop():
-        return decoded, None
-    return decoded, extract_features(feature_model, decoded.x, batch_size, progress, features_path(decoded.hashes))
-
-
-def _features_of_files_cached(image_set: data.ImageSet, cache_dir: Path, features_path) -> bool:
-    """Whether the features of every file of ``image_set`` are cached (when every image decodes:
-    the usual case). Reads the files only when some features are cached at all."""
-    if not any((Path(cache_dir) / "features").glob("*.npy")):
-        return False
-    hashes = data.file_hashes(image_set)
-    return None not in hashes and features_path(hashes).exists()
 
 
 def _fit_head(features, columns: slice | None, splits, y, config) -> LinearHead:
