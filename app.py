@@ -16,7 +16,7 @@ from ui.state import ICONS, PAGES, confirm_workspace_link, workspace
 
 
 def main() -> None:
-    st.set_page_config(page_title="Transfer Learning Studio", page_icon=ICONS["train"], layout="wide")
+    st.set_page_config(page_title="Transfer Learning Studio", page_icon="🧠", layout="wide")
     pages = [
         st.Page(PAGES["data"], title="Data", icon=ICONS["data"], url_path="data"),
         st.Page(PAGES["strategy"], title="Strategy", icon=ICONS["strategy"], url_path="strategy"),

@@ -40,6 +40,8 @@ from ui.state import (
     workspace,
 )
 
+SKIPPED_LISTED = 20  # skipped files listed with their whole reason; more go in a table
+
 st.title(f"{ICONS['data']} Data")
 st.caption("One folder per class. JPEG, PNG, BMP, GIF, WebP and TIFF are read; anything else is listed, not lost.")
 store = get_store()
@@ -53,6 +55,9 @@ def _load(source, name: str, save: bool) -> None:
             path = save_image_set(store, image_set, name, workspace()) if save else source
     except TLCoreError as err:
         st.error(plain(err))
+        kept = current_dataset()
+        if kept is not None:
+            st.caption(f"Nothing was loaded: the dataset in use, and the report below, are still “{plain(kept['name'])}”.")
         return
     set_dataset(path, name)
     st.rerun()
@@ -220,7 +225,11 @@ if report["width"]:
 
 if report["skipped"]:
     st.subheader("Skipped images")
-    st.dataframe(pd.DataFrame(report["skipped"]), hide_index=True)
+    if len(report["skipped"]) <= SKIPPED_LISTED:  # each reason whole: it ends with what to do about it
+        st.markdown("\n".join(f"- **{plain(s['file'])}**: {plain(s['reason'])}" for s in report["skipped"]))
+    else:
+        st.caption("Point at a reason to read it whole.")
+        st.dataframe(pd.DataFrame(report["skipped"]), hide_index=True)
 if report["duplicates"]:
     st.subheader("Identical files")
     st.dataframe(

@@ -14,7 +14,7 @@ from tl_core.export import (html_report, model_file, readable_settings, split_te
                             take_home_name, take_home_usage)
 from tl_core.hardware import keep_off_gpu
 from tl_core.jobs import resume
-from tl_core.metrics import CI_LABEL, CONFIDENCE, reliability
+from tl_core.metrics import CI_LABEL, CONFIDENCE, accuracy_text, reliability
 from tl_core.store import is_valid_run_id
 from ui.export_panel import export_panel
 from ui.gallery import mistakes_gallery
@@ -30,7 +30,9 @@ def _picker_label(run: dict, best: dict | None) -> str:
     if run["status"] != "succeeded":
         return f"{run_label(run)} · {run['status']}"
     mark = " · best" if best is not None and run["id"] == best["id"] else ""
-    return f"{run_label(run)} · test accuracy {run['metrics']['test_accuracy']:.1%}{mark}"
+    metrics = run["metrics"]
+    accuracy = accuracy_text(metrics) if metrics.get("confusion_matrix") else f"{metrics['test_accuracy']:.1%}"
+    return f"{run_label(run)} · test accuracy {accuracy}{mark}"
 
 
 def _take_home_bytes(run: dict) -> bytes:
@@ -91,7 +93,8 @@ if metrics.get("confusion_matrix"):
                    "on a small test split one image moves it by several points.")
     c1.caption(f"{CI_LABEL} {facts['test_accuracy_ci'][0]:.1%}-{facts['test_accuracy_ci'][1]:.1%}")
     c2.metric("Macro F1", f"{metrics['macro_f1']:.3f}",
-              help=f"The mean of the per-class F1 scores, with a {CONFIDENCE:.0%} bootstrap interval over the test images.")
+              help=f"The mean of the per-class F1 scores, with its {CONFIDENCE:.0%} interval (Bayesian, from the "
+                   "confusion matrix): on few test images it is wide.")
     c2.caption(f"{CI_LABEL} {facts['macro_f1_ci'][0]:.3f}-{facts['macro_f1_ci'][1]:.3f}")
     c3.metric("Largest class alone", f"{facts['majority_baseline']:.1%}",
               help="The accuracy of always guessing the test split's largest class: a model must clearly beat it.")

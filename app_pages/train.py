@@ -125,7 +125,7 @@ st.caption(
 )
 
 weights_slot = st.empty()  # filled once the form's settings are known: the weights they need
-with st.form("settings"):
+with st.form("settings", enter_to_submit=False):  # Enter in a field commits it, never queues a run
     c1, c2, c3 = st.columns(3)
     backbone = c1.selectbox("Backbone", list(BACKBONES), index=list(BACKBONES).index(defaults.backbone),
                             format_func=lambda b: BACKBONES[b].title)

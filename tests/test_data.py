@@ -472,3 +472,20 @@ def test_batches_stream_a_split_from_the_memory_mapped_cache_without_copying_it(
             np.testing.assert_array_equal(labels.numpy(), labels_ref.numpy())
         first = np.concatenate([labels.numpy() for (_, labels), _ in pairs])
         assert sorted(first.tolist()) == sorted(y.tolist()) and not np.array_equal(first, y)
+
+
+def test_class_names_a_folder_cannot_hold_are_renamed_in_words_not_silently(store):
+    from tl_core.data import build_report, decode_dataset
+    from tl_core.datasets import save_image_set
+
+    rng = np.random.default_rng(0)
+    upload = [(f"{i}.png", png_bytes(toy_image(color, rng, 16)), label)
+              for label, color in (("cats: big", (200, 30, 30)), ("dogs", (30, 30, 200))) for i in range(3)]
+    folder = save_image_set(store, load_images(upload), "pets")
+    image_set = load_images(folder)
+    assert image_set.class_names == ["cats_ big", "dogs"] and image_set.renamed == {"cats: big": "cats_ big"}
+    report = build_report(image_set, decode_dataset(image_set, 16))
+    assert ("1 class name(s) held characters a folder name cannot (\\ / : * ? \" < > |, control characters), each "
+            "replaced by _ in the saved copy: 'cats: big' is now 'cats_ big'. Rename the folders before uploading "
+            "to choose other names.") in report["warnings"]
+    assert load_images(save_image_set(store, load_images(upload[3:]), "dogs only")).renamed == {}

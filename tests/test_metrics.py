@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from sklearn.metrics import f1_score
 
 from tl_core.metrics import (
@@ -56,6 +55,18 @@ def test_macro_f1_interval_holds_the_point_estimate_and_narrows_with_more_images
     wide = macro_f1_interval(small * 20)  # the same rates on 600 images
     assert wide[0] < f1 < wide[1] and (wide[1] - wide[0]) < (high - low) / 3  # ~ 1/sqrt(20) as wide
     assert macro_f1_interval(small) == (low, high)  # seeded: the same figures every time
+
+
+def test_macro_f1_interval_is_never_zero_wide_and_holds_a_perfect_score():
+    """A percentile bootstrap gave "0.333-0.333" on 2 test images and "1.000-1.000" for any perfect
+    score: it resamples only what was seen."""
+    low, high = macro_f1_interval([[1, 0], [1, 0]])  # 2 test images, one right
+    assert low < float(_macro_f1_of(np.array([[1, 0], [1, 0]]))) < high and high - low > 0.5
+    perfect = np.eye(8, dtype=int) * 9  # 72 test images, all right
+    low, high = macro_f1_interval(perfect)
+    assert high == 1.0 and 0.8 < low < 0.98
+    low_more, _ = macro_f1_interval(perfect * 10)  # 720 images: surer
+    assert low < low_more < 1.0
 
 
 def test_a_one_class_model_and_a_model_no_better_than_the_baseline_are_flagged():

@@ -219,3 +219,20 @@ def test_compare_says_what_it_will_run_before_the_click(store, folder):
     expected = (f"Compare queues {2 * (COMPARE_FEATURE_SPLITS + COMPARE_COSTLY_SPLITS)} runs: Feature extractor "
                 f"(softmax) x {COMPARE_FEATURE_SPLITS} splits")
     assert any(c.value.startswith(expected) for c in at.caption)
+
+
+def test_accuracy_against_time_shows_each_runs_interval_and_marks_the_best_in_words():
+    from tl_core.metrics import accuracy_interval
+
+    confusion = [[9, 1], [3, 7]]  # 16 of 20 right
+    runs = [{"id": "a", "config": {"train": {"strategy": "scratch", "backbone": "vgg16"}},
+             "metrics": {"test_accuracy": 0.8, "seconds": 5.0, "confusion_matrix": confusion, "class_names": ["x", "y"]}},
+            {"id": "b", "config": {"train": {"strategy": "scratch", "backbone": "vgg16"}},
+             "metrics": {"test_accuracy": 0.5, "seconds": 7.0}}]  # an old run without its matrix: no bar
+    fig = charts.accuracy_vs_time(runs, best={"a"})
+    low, high = accuracy_interval(16, 20)
+    assert fig.data[0].error_y.array[0] == pytest.approx(high - 0.8)
+    assert fig.data[0].error_y.arrayminus[0] == pytest.approx(0.8 - low)
+    assert fig.data[0].name.startswith("best · ") and fig.data[0].marker.symbol == "diamond"
+    assert fig.data[1].error_y.array is None and not fig.data[1].name.startswith("best")
+    assert fig.layout.yaxis.title.text == "test accuracy (bars: 95% CI)"

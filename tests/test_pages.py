@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def test_data_page_loads_a_local_folder_and_reports_its_health(app, folder, stor
         assert not app.exception
         metrics = {m.label: m.value for m in app.metric}
         assert metrics["Images"] == "24" and metrics["Classes"] == "3" and metrics["Skipped"] == "1"
-        assert "broken.png" in app.dataframe[0].value.to_string()
+        skipped = next(m.value for m in app.markdown if "broken\\.png" in m.value)  # listed with its whole reason
+        assert skipped.startswith("- **red/broken\\.png**: not a readable image\\: the file holds text")
         assert app.session_state["dataset"]["path"] == str(folder)
         # The health check decoded the images into the pixel cache a training run reads (224 px).
         recorder = _Logs()
@@ -283,3 +285,29 @@ def test_missing_weights_asks_the_right_server_and_names_the_right_files(monkeyp
     assert asked == [ui.state.KERAS_HUB_HOST]
     assert "`dinov2_small/model.weights.h5`" in message and "KerasHub's preset folder" in message
     assert "Keras' own download" in ui.state.missing_weights("vgg16") and asked[-1] == ui.state.KERAS_WEIGHTS_HOST
+
+
+def test_strategy_and_train_refuse_a_dataset_of_one_class_before_any_work(app, tmp_path, store):
+    folder = make_toy_folder(tmp_path / "one", n_per_class=4)
+    for name in ("green", "blue"):
+        shutil.rmtree(folder / name)
+    for page in ("strategy", "train"):
+        _open(app, page, dataset={"path": str(folder), "name": "one"})
+        assert [e.value for e in app.error] == ["A classifier needs at least 2 classes with images; “one” has only 1 "
+                                                "class with images: red. Add a folder of images per class on the "
+                                                "Data page."]
+        assert not [b for b in app.button if b.label in ("Measure domain similarity", "Train", "Compare strategies")]
+    assert store.list_runs() == []
+
+
+def test_a_failed_load_says_the_dataset_in_use_is_unchanged(app, folder, tmp_path):
+    _open(app, "data", **_dataset(folder))
+    (tmp_path / "empty").mkdir()
+    next(t for t in app.text_input if t.label == "Folder path").set_value(str(tmp_path / "empty"))
+    app.run()
+    next(b for b in app.button if b.label == "Use this folder").click()
+    app.run()
+    assert not app.exception and app.error[0].value.startswith("No images found")
+    assert "Nothing was loaded: the dataset in use, and the report below, are still “toy”." in [
+        c.value for c in app.caption]
+    assert app.session_state["dataset"]["path"] == str(folder)

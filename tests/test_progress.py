@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import time
 
 import keras
 import numpy as np
+import pytest
 
-from tl_core.progress import CancelToken, KerasProgressBridge, MultiProgress, NullProgress, ProgressListener, StageTimer
+from tl_core.progress import (
+    CancelToken,
+    KerasProgressBridge,
+    MultiProgress,
+    NullProgress,
+    ProgressListener,
+    StageTimer,
+)
 
 
 class Recorder(NullProgress):
@@ -112,3 +120,11 @@ def test_stages_that_ran_at_the_same_time_are_one_joint_part_and_never_counted_t
         "head": {"started_at": 10.0, "finished_at": 20.0}, "explain": {"started_at": 15.0, "finished_at": 20.0}}}})
     assert ("head+explain", 5.0) in other
     assert "Fitting the linear head while Grad-CAM heat maps of the mistakes" in chart(other).data[0].y
+
+
+def test_time_left_says_at_most_only_for_stages_early_stopping_can_end():
+    from ui.run_view import _eta
+
+    info = {"step": 2, "total": 4, "started_at": time.time() - 10}
+    assert _eta(info, None).startswith(" · about ") and "early stopping" not in _eta(info, None)  # decoding
+    assert _eta(info, None, early_stopping=True).endswith(" (at most: early stopping may end it sooner)")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, make_toy_folder, png_bytes
 from streamlit.testing.v1 import AppTest
 

@@ -15,9 +15,9 @@ from conftest import TOY_COLORS, make_toy_folder, png_bytes
 from PIL import Image
 from test_pages import _open, app  # noqa: F401 - app: the AppTest fixture
 
+from tl_core import export, model_files
 from tl_core.config import DataConfig, TrainConfig
 from tl_core.data import prepare_image
-from tl_core import export, model_files
 from tl_core.runner import run_training
 
 
@@ -62,6 +62,7 @@ def test_the_downloaded_model_takes_any_size_and_its_snippet_names_the_apps_clas
     with zipfile.ZipFile(tmp_path / name) as bundle:
         assert {"model.keras", "classes.json", "README.md"} <= set(bundle.namelist())
         assert json.loads(bundle.read("classes.json")) == run["metrics"]["class_names"]
+        assert f"{run['metrics']['test_accuracy']:.1%} (95% CI " in bundle.read("README.md").decode()  # never alone
     photo = _non_square_photo(tmp_path / "photo.jpg")
     assert Image.open(tmp_path / "photo.jpg").size == (307, 172)
 
@@ -117,7 +118,10 @@ def test_result_and_predict_open_on_the_best_run_not_the_newest(app, toy, store)
 
     _open(app, "result")
     picker = app.selectbox[0]
-    assert picker.value.endswith(f"test accuracy {best['metrics']['test_accuracy']:.1%} · best")
+    from tl_core.metrics import accuracy_text
+
+    assert picker.value.endswith(f"test accuracy {accuracy_text(best['metrics'])} · best")  # with its interval
+    assert f"{best['metrics']['test_accuracy']:.1%} (95% CI " in picker.value
     assert best["id"][:4] in picker.value
     assert any(f"test accuracy {worse['metrics']['test_accuracy']:.1%}" in option for option in picker.options)
 

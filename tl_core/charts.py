@@ -17,6 +17,7 @@ from tl_core.advisor import SCRATCH_MIN_PER_CLASS
 from tl_core.backbones import BACKBONES
 from tl_core.calibration import ece_of_table
 from tl_core.config import STRATEGY_LABELS
+from tl_core.metrics import CI_LABEL, reliability
 from tl_core.progress import EPOCH_STAGES, STAGE_TITLES, TIMELINE_TITLES
 
 
@@ -182,7 +183,9 @@ def time_ticks(seconds: list[float]) -> list[float]:
 
 
 def accuracy_vs_time(runs: list[dict[str, Any]], *, best: set[str] = frozenset()) -> go.Figure:
-    """Each run's test accuracy against its training time (log scale); runs in ``best`` drawn as stars."""
+    """Each run's test accuracy, with its Wilson interval as an error bar, against its training time
+    (log scale); runs in ``best`` (the highest accuracy on their dataset) drawn as diamonds, named
+    "best" (★ means a comparison's best group elsewhere)."""
     fig = go.Figure()
     seconds = []
     for run in runs:
@@ -190,14 +193,18 @@ def accuracy_vs_time(runs: list[dict[str, Any]], *, best: set[str] = frozenset()
         if metrics.get("test_accuracy") is None:
             continue
         seconds.append(metrics.get("seconds"))
-        fig.add_trace(go.Scatter(x=[metrics.get("seconds")], y=[metrics["test_accuracy"]], mode="markers",
-                                 marker=dict(size=18 if run["id"] in best else 14,
-                                             symbol="star" if run["id"] in best else "circle"),
-                                 name=escape.plotly(("★ " if run["id"] in best else "") + run_label(run))))
+        accuracy = metrics["test_accuracy"]
+        interval = reliability(metrics, macro_f1=False)["test_accuracy_ci"] if metrics.get("confusion_matrix") else None
+        error = (dict(type="data", array=[interval[1] - accuracy], arrayminus=[accuracy - interval[0]], thickness=1.5)
+                 if interval else None)
+        fig.add_trace(go.Scatter(x=[metrics.get("seconds")], y=[accuracy], mode="markers", error_y=error,
+                                 marker=dict(size=16 if run["id"] in best else 12,
+                                             symbol="diamond" if run["id"] in best else "circle"),
+                                 name=escape.plotly(("best · " if run["id"] in best else "") + run_label(run))))
     ticks = time_ticks(seconds)
     fig.update_xaxes(title="training time (s)", type="log", tickvals=ticks,
                      ticktext=[f"{t:g} s" for t in ticks], minor=dict(showgrid=False, ticks=""))
-    fig.update_yaxes(title="test accuracy", range=[0, 1.12])
+    fig.update_yaxes(title=f"test accuracy (bars: {CI_LABEL})", range=[0, 1.12])
     return _layout(fig, "Test accuracy against training time")
 
 

@@ -137,6 +137,8 @@ def save_image_set(store: RunStore, image_set: ImageSet, name: str, workspace: s
             "ignored": image_set.ignored,
             "source": image_set.source,
             "workspace": workspace,
+            # Class names a file system could not hold as they were, and the folder each is stored under.
+            "renamed": {label: stored for label, stored in namer.folders.items() if label != stored},
         }
         write_json_atomic(partial / DATASET_META, meta)
         partial.rename(folder)

@@ -113,7 +113,7 @@ def features_model(model):
     import keras
 
     if FEATURES_LAYER in [layer.name for layer in model.layers]:
-        return keras.Model(model.inputs, model.get_layer(FEATURES_LAYER).output)
+        return keras.Model(model.input, model.get_layer(FEATURES_LAYER).output)  # one tensor in: no structure warning
     for layer in model.layers:
         if isinstance(layer, keras.Model) and FEATURES_LAYER in [inner.name for inner in layer.layers]:
             return layer

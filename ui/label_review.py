@@ -67,7 +67,7 @@ def label_review(dataset: dict) -> None:
     st.caption(f"{len(issues)} image(s) whose label the rest of the data contradicts"
                + (f"; the {SHOWN} most likely first" if len(issues) > SHOWN else "")
                + ". Decide for each, then save a corrected copy: the original stays as it is.")
-    with st.form("label_review"):
+    with st.form("label_review", enter_to_submit=False):
         for start in range(0, len(shown), COLUMNS):
             for column, issue in zip(st.columns(COLUMNS), shown[start : start + COLUMNS]):
                 with column:

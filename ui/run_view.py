@@ -33,14 +33,15 @@ def stage_fraction(info: dict | None) -> float:
     return min((info.get("step") or 0) / info["total"], 1.0)
 
 
-def _eta(info: dict, epoch: dict | None) -> str:
-    """Time left in a stage from its pace so far (the running epoch's batches included)."""
+def _eta(info: dict, epoch: dict | None, early_stopping: bool = False) -> str:
+    """Time left in a stage from its pace so far (the running epoch's batches included); for a stage
+    of epochs (``early_stopping``), an upper bound."""
     step, total, started = info.get("step") or 0, info.get("total") or 0, info.get("started_at")
     done = step + (stage_fraction(epoch) if epoch and "finished_at" not in epoch else 0.0)
     if not started or done <= 0 or not total or step >= total:
         return ""
     left = (time.time() - started) / done * (total - done)
-    return f" · about {left:.0f} s left (at most: early stopping may end it sooner)"
+    return f" · about {left:.0f} s left" + (" (at most: early stopping may end it sooner)" if early_stopping else "")
 
 
 def live_run(run: dict, store) -> None:
@@ -57,8 +58,11 @@ def live_run(run: dict, store) -> None:
         step = info.get("step") or 0
         done = "finished_at" in info
         epoch = stages.get(f"{stage}.epoch")
-        unit = "epoch" if stage in EPOCH_STAGES else "image" if stage in ("decode", "extract", "cache") else "step"
-        text = f"{STAGE_TITLES.get(stage, stage)} — {step}/{total} {unit}s" + ("" if done else _eta(info, epoch))
+        # Decoding counts files (an unreadable one is skipped and listed afterwards), the network images.
+        unit = ("epoch" if stage in EPOCH_STAGES else "file" if stage == "decode"
+                else "image" if stage in ("extract", "cache") else "step")
+        text = (f"{STAGE_TITLES.get(stage, stage)} — {step}/{total} {unit}s"
+                + ("" if done else _eta(info, epoch, early_stopping=unit == "epoch")))
         if done and unit == "epoch" and step < total:
             text += " (stopped early: validation loss stopped improving)"
         st.progress(1.0 if done else min(step / total, 1.0), text=text)

@@ -317,4 +317,13 @@ def require_dataset() -> tuple[dict[str, Any], dict[str, Any]] | None:
         st.page_link(PAGES["data"], label="Go to Data", icon=ICONS["data"])
         return None
     report = dataset_report(dataset["path"])
-    return (dataset, report) if report is not None else None
+    if report is None:
+        return None
+    usable = [name for name, n in report["per_class"].items() if n > 0]
+    if len(usable) < 2:  # nothing to measure or train: say so before any work, not when a run fails
+        found = f"only 1 class with images: {plain(usable[0])}" if usable else "no class with images"
+        st.error(f"A classifier needs at least 2 classes with images; “{plain(dataset['name'])}” has {found}. "
+                 "Add a folder of images per class on the Data page.")
+        st.page_link(PAGES["data"], label="Go to Data", icon=ICONS["data"])
+        return None
+    return dataset, report

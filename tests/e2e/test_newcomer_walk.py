@@ -82,6 +82,10 @@ def test_without_weights_the_app_says_what_to_do_before_anything_is_queued(offli
                                                                           screenshot_dir):
     folder = make_toy_folder(tmp_path / "shapes", n_per_class=8)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    # Offline, nothing may be fetched from elsewhere (a Material favicon is fetched from Google's fonts).
+    elsewhere = []
+    page.on("request", lambda r: elsewhere.append(r.url)
+            if not r.url.startswith((offline_server["url"], "data:", "blob:")) else None)
     page.goto(offline_server["url"] + "/")
     page.get_by_role("heading", name=re.compile("Data")).first.wait_for(timeout=TIMEOUT)
     # A whole folder of class folders, straight from the browser (no zip), as Teachable Machine users do.
@@ -112,10 +116,16 @@ def test_without_weights_the_app_says_what_to_do_before_anything_is_queued(offli
 
     # Weights "none" needs nothing: it is queued (the settings are a form: they apply on a click).
     _choose(page, "Weights", "none")
-    _fill_number(page, "Image size (px)", "32")
+    size = page.get_by_role("spinbutton", name="Image size (px)")
+    size.fill("32")
+    size.press("Enter")  # commits the value; it must not queue a run (Streamlit forms submit on Enter by default)
+    page.wait_for_timeout(1500)
+    assert RunStore(offline_server["data_dir"]).list_runs() == []
     page.get_by_role("button", name="Train", exact=True).click()
     page.get_by_text("Queued 1 run(s).").wait_for(timeout=TIMEOUT)
     assert page.get_by_text("The ImageNet weights of MobileNet v1 are not on this machine").count() == 0
+    assert len(RunStore(offline_server["data_dir"]).list_runs()) == 1
+    assert elsewhere == []
     page.close()
 
 

@@ -61,12 +61,15 @@ class ImageSet:
     """The labelled files found in a source, and the files ignored with their reason.
 
     ``empty_classes`` names the class folders that hold no image (they are also in ``ignored``).
+    ``renamed`` maps a class name as uploaded to the folder name a saved upload stores it under,
+    for the names a file system could not hold as they were.
     """
 
     items: list[ImageItem]
     ignored: list[dict[str, str]] = field(default_factory=list)
     source: str = ""
     empty_classes: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
 
     @property
     def class_names(self) -> list[str]:
@@ -189,18 +192,21 @@ def _items_from_paths(
     return items, ignored, empty
 
 
-def _read_saved_ignored(folder: Path) -> list[dict[str, str]]:
-    """What was ignored when a saved upload was first read (``DATASET_META`` of ``datasets.py``)."""
+def _read_saved_meta(folder: Path) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """What was ignored, and which classes were renamed, when a saved upload was first read
+    (``DATASET_META`` of ``datasets.py``); nothing for any other folder."""
     try:
         meta = json.loads((folder / DATASET_META).read_text())
     except (OSError, ValueError):
-        return []
-    listed = meta.get("ignored") if isinstance(meta, dict) else None
-    return [
+        return [], {}
+    meta = meta if isinstance(meta, dict) else {}
+    ignored = [
         {"file": entry["file"], "reason": entry["reason"]}
-        for entry in listed or []
+        for entry in meta.get("ignored") or []
         if isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in ("file", "reason"))
     ]
+    renamed = meta.get("renamed") if isinstance(meta.get("renamed"), dict) else {}
+    return ignored, {str(k): str(v) for k, v in renamed.items()}
 
 
 def load_folder(folder: Path) -> ImageSet:
@@ -246,10 +252,10 @@ def load_folder(folder: Path) -> ImageSet:
         return "not a regular file (a pipe, socket or device)"
 
     items, ignored, empty = _items_from_paths(entries, make_item, folders)
-    earlier = _read_saved_ignored(folder)  # their reasons say more than the saved copy can
+    earlier, renamed = _read_saved_meta(folder)  # their reasons say more than the saved copy can
     listed = {entry["file"] for entry in earlier}
     ignored = earlier + [entry for entry in skipped + ignored if entry["file"] not in listed]
-    return ImageSet(items=items, ignored=ignored, source=str(folder), empty_classes=empty)
+    return ImageSet(items=items, ignored=ignored, source=str(folder), empty_classes=empty, renamed=renamed)
 
 
 def _zip_member_name(info: zipfile.ZipInfo) -> str:

@@ -48,6 +48,13 @@ def build_report(image_set: ImageSet, decoded: DecodedDataset) -> dict[str, Any]
     heights = [info["height"] for info in decoded.infos]
     duplicates = find_duplicates(decoded)
     warnings_ = _class_warnings(image_set, decoded, per_class)
+    if image_set.renamed:
+        shown = "; ".join(f"'{label}' is now '{stored}'" for label, stored in image_set.renamed.items())
+        warnings_.append(
+            f"{len(image_set.renamed)} class name(s) held characters a folder name cannot (\\ / : * ? \" < > |, "
+            f"control characters), each replaced by _ in the saved copy: {shown}. Rename the folders before "
+            "uploading to choose other names."
+        )
     cross = [d for d in duplicates if d["cross_class"]]
     if cross:
         warnings_.append(
