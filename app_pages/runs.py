@@ -151,7 +151,10 @@ if finished:
     # Feature-extractor runs fit in one step (no curve): the default shows runs that have epochs.
     with_curves = [name for name, r in labels.items()
                    if (r.get("config") or {}).get("train", {}).get("strategy") != "feature_extractor"]
-    chosen = st.multiselect("Compare learning curves of", list(labels), default=(with_curves or list(labels))[:4])
+    if not with_curves:
+        st.caption("No learning curves to compare: every run here is a feature extractor, whose linear head is "
+                   "fitted in one step (no epochs). Two-stage fine-tuning and from-scratch runs have curves.")
+    chosen = st.multiselect("Compare learning curves of", list(labels), default=with_curves[:4]) if with_curves else []
     selected = [store.get_run(labels[name]["id"]) for name in chosen]
     with_epochs = [r for r in selected if any(r["epochs"].values())]
     if with_epochs:

@@ -130,6 +130,9 @@ if advice is not None:
                                for k, v in advice["layers"].items()])
         st.markdown("**Which layer's features fit your labels** (LogME ranks them, higher is better; a softmax "
                     "head cross-validated on the sample settles the best against the last layer)")
+        st.caption("Measured on the pictures as training will see them (its size and resize). The similarity's "
+                   "LogME above is measured on pictures stretched to the backbone's square, as its anchors were, "
+                   "so the last layer's two figures can differ.")
         st.dataframe(layers, hide_index=True, width="stretch", placeholder="—", column_config={
             "cross-validated accuracy": st.column_config.NumberColumn(
                 format="%.3f", help="Measured for the last layer and LogME's best earlier layer; '—': not needed")})
