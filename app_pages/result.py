@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from tl_core import charts
+from tl_core.calibration import ece_noise_text
 from tl_core.charts import run_label
 from tl_core.comparison import best_run
 from tl_core.errors import TLCoreError
@@ -178,6 +179,7 @@ with confidence_tab:
                        f"{calibration['threshold']:.0%} (split conformal prediction): on the test split such sets held "
                        f"the right class for {calibration['test_coverage']:.0%} of the images, "
                        f"{calibration['mean_set_size']:.1f} classes on average.")
+        st.caption(ece_noise_text(calibration, sum(map(sum, metrics["confusion_matrix"]))))
         st.plotly_chart(charts.reliability_diagram(calibration["reliability_before"], calibration["reliability_after"],
                                                    calibration["ece_before"], calibration["ece_after"]),
                         key="reliability_diagram")

@@ -36,10 +36,10 @@ from _common import REPO, machine
 from tl_core import backbones, data
 from tl_core.calibration import (
     COVERAGE,
-    ECE_BINS,
     NOT_SURE_BELOW,
     apply_temperature,
     calibrate,
+    ece_noise,
     expected_calibration_error,
     fit_temperature,
     how_sure,
@@ -88,19 +88,6 @@ def out_of_fold(features, y, C: float, seed: int, folds: int) -> tuple[np.ndarra
     return out, y
 
 
-def ece_noise(probabilities, rng, draws: int = 200, n_bins: int = ECE_BINS) -> float:
-    """The mean ECE of a perfectly calibrated model with these top probabilities (each image right with
-    probability its confidence) on this many images: the ECE that is sampling noise alone."""
-    confidence = probabilities.max(axis=1)
-    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    values = []
-    for _ in range(draws):
-        right = rng.random(len(confidence)) < confidence
-        values.append(sum(abs(right[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).sum()
-                          for b in np.unique(bins)) / len(confidence))
-    return float(np.mean(values))
-
-
 def flagged(probabilities, class_names, calibration) -> dict[str, float]:
     """How Predict would speak of these calibrated probabilities."""
     verdicts = [how_sure(row, class_names, calibration) for row in probabilities]
@@ -133,7 +120,7 @@ def one_seed(name, decoded, features, outside_features, seed, folds) -> dict:
     row = {"seed": seed, "n": {"train": len(train), "val": len(val), "test": len(test)}, "C": head.C_,
            "accuracy": float((p_test.argmax(1) == y[test]).mean()),
            "ece_before": expected_calibration_error(p_test, y[test]), "nll_before": negative_log_likelihood(p_test, y[test]),
-           "ece_noise": ece_noise(apply_temperature(p_test, temperatures["val"]), np.random.default_rng(seed))}
+           "ece_noise": ece_noise(apply_temperature(p_test, temperatures["val"]), seed)}
     for method, t in temperatures.items():
         q = apply_temperature(p_test, t)
         row[f"T_{method}"] = t

@@ -11,6 +11,8 @@ from tl_core.calibration import (
     apply_temperature,
     calibrate,
     conformal_threshold,
+    ece_noise,
+    ece_noise_text,
     ece_of_table,
     expected_calibration_error,
     fit_temperature,
@@ -236,3 +238,27 @@ def test_how_sure_says_not_sure_for_a_flat_picture():
     assert how_sure([0.45, 0.4, 0.15], ["a", "b", "c"], calibration)["plausible"] == ["a", "b"]
     assert how_sure([0.25, 0.25, 0.25, 0.25], list("abcd"), calibration) == {"sure": False, "plausible": [],
                                                                              "coverage": 0.9}
+
+
+def test_the_ece_of_chance_is_what_a_perfectly_calibrated_model_shows_and_shrinks_with_images():
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(4) * 0.5, size=80)
+    noise = ece_noise(p, seed=1)
+    # Draw labels from the probabilities themselves: a model exactly as sure as it is right.
+    direct = np.mean([expected_calibration_error(p, np.array([rng.choice(4, p=row) for row in p])) for _ in range(300)])
+    assert noise == pytest.approx(direct, rel=0.15) and 0.03 < noise < 0.3
+    assert ece_noise(np.tile(p, (25, 1)), seed=1) < noise / 3  # 2,000 images: about 1/5 as much
+
+
+def test_a_change_of_ece_within_chance_is_said_to_tell_nothing():
+    within = {"ece_before": 0.101, "ece_after": 0.124, "ece_noise": 0.09}
+    assert ece_noise_text(within, 83) == (
+        "On 83 test images a perfectly calibrated model would still show an ECE of about 0.090, by chance alone: "
+        "this change (+0.023) is within it, so the test split cannot tell whether calibration helped. The "
+        "temperature was fitted on the validation split, where it gives the lowest log loss; the model keeps it.")
+    beyond = {"ece_before": 0.30, "ece_after": 0.05, "ece_noise": 0.02}
+    assert ece_noise_text(beyond, 2000).endswith("this change (-0.250) is larger than that.")
+    assert "before" in ece_noise_text({"ece_before": 0.1, "ece_after": 0.1}, 10)
+    c = calibrate(p_val := np.full((50, 2), 0.5), np.r_[np.zeros(25, int), np.ones(25, int)], p_val,
+                  np.r_[np.zeros(25, int), np.ones(25, int)])
+    assert c.ece_noise is not None and c.to_dict()["ece_noise"] == c.ece_noise

@@ -218,6 +218,8 @@ def test_runs_result_and_predict_pages_render_a_finished_run(app, finished_run):
     assert f"95% CI {low:.1%}-{high:.1%}" in [c.value for c in app.caption]
     assert metrics["Largest class alone"] == f"{finished_run['metrics']['majority_baseline']:.1%}"
     assert f"?run={finished_run['id']}" in app.code[0].value
+    n_test = finished_run["metrics"]["n_test"]  # the Confidence tab says what ECE chance alone gives on them
+    assert any(c.value.startswith(f"On {n_test} test images a perfectly calibrated model") for c in app.caption)
 
     _open(app, "predict")
     n_test = finished_run["metrics"]["n_test"]

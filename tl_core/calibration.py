@@ -154,6 +154,20 @@ def expected_calibration_error(probabilities, labels, n_bins: int = ECE_BINS) ->
     return ece_of_table(reliability_table(probabilities, labels, n_bins))
 
 
+def ece_noise(probabilities, seed: int = 0, draws: int = 200, n_bins: int = ECE_BINS) -> float:
+    """The mean ECE a perfectly calibrated model with these top probabilities would show on this many
+    images (each image right with probability its confidence, ``draws`` times): the ECE that is
+    sampling noise alone. On a small test split a change of ECE below it tells nothing."""
+    confidence = np.asarray(probabilities, dtype=np.float64).max(axis=1)
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    right = np.random.default_rng(seed).random((draws, len(confidence))) < confidence
+    total = np.zeros(draws)
+    for b in np.unique(bins):
+        rows = bins == b
+        total += np.abs(right[:, rows].mean(axis=1) - confidence[rows].mean()) * rows.sum()
+    return float(np.mean(total / max(len(confidence), 1)))
+
+
 def conformal_threshold(probabilities, labels, coverage: float = COVERAGE) -> float:
     """The least probability a class needs to enter a prediction set (split conformal, LAC score).
 
@@ -215,6 +229,7 @@ class Calibration:
     mean_set_size: float | None = None
     reliability_before: list[dict[str, float]] = field(default_factory=list)
     reliability_after: list[dict[str, float]] = field(default_factory=list)
+    ece_noise: float | None = None  # the test split's ECE of sampling noise alone (after the temperature)
 
     @property
     def conformal_threshold(self) -> float:
@@ -268,7 +283,23 @@ def calibrate(val_probabilities, val_labels, test_probabilities, test_labels, co
         mean_set_size=float(np.mean([len(s) for s in sets])),
         reliability_before=reliability_table(test_before, y, RELIABILITY_BINS),
         reliability_after=reliability_table(test_after, y, RELIABILITY_BINS),
+        ece_noise=ece_noise(test_after),
     )
+
+
+def ece_noise_text(calibration: dict[str, Any], n_test: int) -> str:
+    """Whether a run's change of ECE on its test split says anything, in words (no user text in it)."""
+    noise = calibration.get("ece_noise")
+    if noise is None:
+        return "This run was trained before the ECE of chance was measured."
+    change = calibration["ece_after"] - calibration["ece_before"]
+    chance = (f"On {n_test} test images a perfectly calibrated model would still show an ECE of about "
+              f"{noise:.3f}, by chance alone")
+    if abs(change) < noise:
+        return (f"{chance}: this change ({change:+.3f}) is within it, so the test split cannot tell whether "
+                "calibration helped. The temperature was fitted on the validation split, where it gives the lowest "
+                "log loss; the model keeps it.")
+    return f"{chance}: this change ({change:+.3f}) is larger than that."
 
 
 def how_sure(probabilities, class_names: list[str], calibration: dict[str, Any] | None) -> dict[str, Any]:
