@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pandas as pd
 import streamlit as st
 
@@ -20,7 +22,7 @@ from tl_core.store import is_valid_run_id
 from ui.export_panel import export_panel
 from ui.gallery import mistakes_gallery
 from ui.reliability import show_flags
-from ui.state import ICONS, get_store, may_show_images, owns, workspace
+from ui.state import ICONS, get_store, hosted, may_show_images, owns, workspace
 
 store = get_store()
 run_id = st.query_params.get("run")
@@ -106,6 +108,10 @@ if metrics.get("confusion_matrix"):
 base = (st.context.url or "").split("?")[0]
 st.markdown("**Share this result** (read-only):")
 st.code(f"{base}?run={run['id']}", language=None)
+if not hosted() and urlsplit(base).hostname in ("localhost", "127.0.0.1", "::1"):
+    st.caption("This address opens on this computer only (the app listens on 127.0.0.1). For a link others can "
+               "open, deploy it in hosted mode (README: Deploy on Streamlit Community Cloud), or download the "
+               "report (HTML) below and send the file.")
 
 d1, d2 = st.columns(2)
 path = model_file(run)

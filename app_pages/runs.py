@@ -100,7 +100,8 @@ for run in runs:
             "test accuracy": metrics.get("test_accuracy"),
             CI_LABEL: "{:.1%}-{:.1%}".format(*facts["test_accuracy_ci"]) if facts else "",
             "time (s)": metrics.get("seconds"),
-            "warning": " ".join(facts["flags"]) if facts else "",
+            # A failed run's own error (its first line): why it has no accuracy.
+            "warning": " ".join(facts["flags"]) if facts else (run.get("error") or "").strip().split("\n")[0],
             "weights": weights_label(train.get("weights")),
             # Kept in the data (hidden: the table fits a laptop screen); the result page shows them.
             "strategy": STRATEGY_LABELS.get(train.get("strategy"), train.get("strategy")),
@@ -133,8 +134,8 @@ picked = st.dataframe(
         "test accuracy": st.column_config.ProgressColumn(format="%.3f", min_value=0, max_value=1, width=110),
         CI_LABEL: st.column_config.TextColumn(help=f"{CONFIDENCE:.0%} Wilson interval of the test accuracy", width=105),
         "time (s)": st.column_config.NumberColumn(format="%.1f", help="Training time", width=65),
-        "warning": st.column_config.TextColumn(help="Why not to trust the test accuracy, if there is a reason "
-                                                    "(open the run for details)"),
+        "warning": st.column_config.TextColumn(help="Why not to trust the test accuracy, if there is a reason, "
+                                                    "or why a run failed (open the run for details)"),
     },
 ).selection.rows
 if picked:

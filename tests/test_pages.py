@@ -313,3 +313,15 @@ def test_a_failed_load_says_the_dataset_in_use_is_unchanged(app, folder, tmp_pat
     assert "Nothing was loaded: the dataset in use, and the report below, are still “toy”." in [
         c.value for c in app.caption]
     assert app.session_state["dataset"]["path"] == str(folder)
+
+
+def test_runs_table_says_why_a_run_failed(app, store):
+    from tl_core.config import run_payload
+
+    run_id = store.create_run(run_payload(TrainConfig(backbone="vgg16", weights="none"), DataConfig(), "/nowhere"),
+                              status="running", name="toy")
+    store.finish(run_id, "failed", error="Found 1 class (birds); a classifier needs at least 2.\nTraceback ...")
+    _open(app, "runs")
+    table = app.dataframe[0].value
+    assert table.loc[0, "status"] == "failed"
+    assert table.loc[0, "warning"] == "Found 1 class (birds); a classifier needs at least 2."

@@ -485,7 +485,8 @@ def _train_linear_head(p: _Prepared, config, listener):
     model = keras.Model(feature_model.input, outputs, name=f"{feature_model.name}_{config.head}")
     notes.append(f"Linear head '{config.head}' on cached features; {head.describe()}")
     if head.held_out_proba_ is not None:
-        notes.append("The head was refitted on the training and validation images, so its calibration (below) comes "
+        notes.append("The head was refitted on the training and validation images, so its calibration (the temperature "
+                     "and the plausible-class sets) comes "
                      "from the validation images' probabilities before that refit: the ones it had not trained on.")
 
     # Each split's features of the chosen block, read once: the probabilities and the "none of these" check.

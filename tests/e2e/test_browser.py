@@ -88,6 +88,7 @@ def test_upload_train_share(app_server, browser, screenshot_dir, tmp_path):
     page.get_by_text("Share this result").wait_for(timeout=TIMEOUT)
     share_url = page.locator('[data-testid="stCode"]').first.inner_text().strip()
     assert re.search(r"/result\?run=[A-Za-z0-9_-]{22}$", share_url), share_url
+    page.get_by_text("This address opens on this computer only").wait_for(timeout=TIMEOUT)  # a local app
 
     # A fresh browser context has no session: the page must rebuild from storage alone.
     fresh = browser.new_context(viewport={"width": 1400, "height": 1000})

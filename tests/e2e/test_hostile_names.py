@@ -133,6 +133,7 @@ def test_hostile_names_are_shown_as_text_everywhere(hosted_server, browser, tmp_
             assert ws not in (opener.get_attribute("href") or "")
             opener.click()
             page.get_by_text("Share this result").wait_for(timeout=TIMEOUT)
+            assert page.get_by_text("This address opens on this computer only").count() == 0  # hosted: it does not
             assert "run=" in page.url and ws not in page.url
     assert "[Verify your account]" in text  # Predict lists the classes, as typed
 
