@@ -33,9 +33,7 @@ def _picker_label(run: dict, best: dict | None) -> str:
     if run["status"] != "succeeded":
         return f"{run_label(run)} · {run['status']}"
     mark = " · best" if best is not None and run["id"] == best["id"] else ""
-    metrics = run["metrics"]
-    accuracy = accuracy_text(metrics) if metrics.get("confusion_matrix") else f"{metrics['test_accuracy']:.1%}"
-    return f"{run_label(run)} · test accuracy {accuracy}{mark}"
+    return f"{run_label(run)} · test accuracy {accuracy_text(run['metrics'])}{mark}"
 
 
 def _take_home_bytes(run: dict) -> bytes:
@@ -185,7 +183,7 @@ with confidence_tab:
                        f"{calibration['threshold']:.0%} (split conformal prediction): on the test split such sets held "
                        f"the right class for {calibration['test_coverage']:.0%} of the images, "
                        f"{calibration['mean_set_size']:.1f} classes on average.")
-        st.caption(ece_noise_text(calibration, sum(map(sum, metrics["confusion_matrix"]))))
+        st.caption(ece_noise_text(calibration, metrics["n_test"]))
         st.plotly_chart(charts.reliability_diagram(calibration["reliability_before"], calibration["reliability_after"],
                                                    calibration["ece_before"], calibration["ece_after"]),
                         key="reliability_diagram")

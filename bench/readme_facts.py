@@ -201,10 +201,10 @@ def first_result_phrases() -> list[str]:
 
     def parts(key: str) -> str:
         rounds = result["results"][key]
+        precision = rounds[0].get("precision", "float32")
         shown = []
         for name, _ in rounds[0]["parts"]:
             seconds = sum(dict(r["parts"])[name] for r in rounds) / len(rounds)
-            precision = rounds[0].get("precision", "float32")
             shown.append(f"{name} {seconds:.1f} s" + (f" ({precision})" if name == "extract" and precision != "float32"
                                                        else ""))
         return ", ".join(shown)

@@ -158,14 +158,11 @@ def ece_noise(probabilities, seed: int = 0, draws: int = 200, n_bins: int = ECE_
     """The mean ECE a perfectly calibrated model with these top probabilities would show on this many
     images (each image right with probability its confidence, ``draws`` times): the ECE that is
     sampling noise alone. On a small test split a change of ECE below it tells nothing."""
-    confidence = np.asarray(probabilities, dtype=np.float64).max(axis=1)
-    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    right = np.random.default_rng(seed).random((draws, len(confidence))) < confidence
-    total = np.zeros(draws)
-    for b in np.unique(bins):
-        rows = bins == b
-        total += np.abs(right[:, rows].mean(axis=1) - confidence[rows].mean()) * rows.sum()
-    return float(np.mean(total / max(len(confidence), 1)))
+    p = np.asarray(probabilities, dtype=np.float64)
+    top = p.argmax(axis=1)
+    wrong = (top + 1) % p.shape[1]  # any other class: only right or wrong counts
+    right = np.random.default_rng(seed).random((draws, len(p))) < p.max(axis=1)
+    return float(np.mean([expected_calibration_error(p, np.where(hit, top, wrong), n_bins) for hit in right]))
 
 
 def conformal_threshold(probabilities, labels, coverage: float = COVERAGE) -> float:

@@ -319,8 +319,7 @@ def _take_home_readme(run: dict[str, Any]) -> str:
     shown = ", ".join(escape.markdown(name) for name in metrics["class_names"])  # user text: shown as typed
     return f"""# {escape.markdown(charts.run_label(run))}
 
-Test accuracy {accuracy_text(metrics) if metrics.get('confusion_matrix') else f"{metrics['test_accuracy']:.1%}"}
-({split_text(metrics.get('split'))}; run `{run['id']}`).
+Test accuracy {accuracy_text(metrics)} ({split_text(metrics.get('split'))}; run `{run['id']}`).
 
 - `model.keras`: a Keras 3 model. It takes RGB pixels 0-255 (float32) of any size, as a batch, and
   {"pads them to a square with white and resizes them" if run_resize(run) == "pad" else "resizes them"} to {size} x {size} itself; preprocessing is inside. Plain `keras.saving.load_model`

@@ -174,7 +174,10 @@ def interval_text(metrics: dict[str, Any]) -> str:
 
 
 def accuracy_text(metrics: dict[str, Any]) -> str:
-    """``78.3% (95% CI 64.4-87.7% · 46 test images · largest class alone: 30.4%)``."""
+    """``78.3% (95% CI 64.4-87.7% · 46 test images · largest class alone: 30.4%)``; the accuracy alone
+    for a run stored without its confusion matrix (nothing to compute the interval from)."""
+    if not metrics.get("confusion_matrix"):
+        return f"{metrics['test_accuracy']:.1%}"
     return f"{metrics['test_accuracy']:.1%} ({interval_text(metrics)})"
 
 
